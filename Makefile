@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   install, then train LoRA on the offline MiniLM over generated ListOps
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel by default; a GPU user installs their own torch build into the venv first (any >= 2.4).
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[dev,offline]"
+	touch $@
+
+demo: install
+	$(BIN)/peftx run recipes/listops_lora.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check peftx tests scripts
+	$(BIN)/ruff format --check peftx tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

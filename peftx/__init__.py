@@ -1,0 +1,32 @@
+"""peftx: parameter-efficient fine-tuning of pretrained language models on non-language tasks.
+
+Python API (the CLI calls the same functions):
+    from peftx import load_recipe, run, Predictor
+    result = run(load_recipe("recipes/listops_lora.yaml", ["train.steps=100"]))
+    Predictor(result.run_dir).predict(["[MAX 2 9 [MIN 4 7 ] 0 ]"])
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_recipe": "peftx.recipe",
+    "validate_recipe": "peftx.recipe",
+    "run": "peftx.run",
+    "Predictor": "peftx.predict",
+    "PeftxError": "peftx.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import peftx` (and `peftx --help`) should not pay for importing torch and transformers.
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'peftx' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

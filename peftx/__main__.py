@@ -1,0 +1,5 @@
+"""`python -m peftx` (and `accelerate launch -m peftx run ...`)."""
+
+from peftx.cli import main
+
+main()

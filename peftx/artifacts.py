@@ -1,0 +1,75 @@
+"""What a run leaves on disk, and reloading it to predict.
+
+runs/<name>/
+  recipe.yaml          the resolved recipe (every default written out)
+  result.json          budget, metrics over time, final metrics, timings, memory, versions, status
+  weights.safetensors  trained parameters + input-layer buffers (+ the whole backbone when it was
+                       built from scratch, since random weights cannot be re-downloaded)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from peftx.errors import PeftxError
+
+WEIGHTS = "weights.safetensors"
+RESULT = "result.json"
+RECIPE = "recipe.yaml"
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> Path:
+    """Create an empty run directory; an existing one is an error unless `overwrite`."""
+    if path.exists():
+        if not overwrite:
+            raise PeftxError(f"{path}: run directory exists; pass --overwrite or choose --name / output.name")
+        if not (path / RESULT).exists() and not (path / RECIPE).exists() and any(path.iterdir()):
+            raise PeftxError(f"{path}: exists and is not a peftx run directory; refusing to overwrite it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def weights_to_save(model: torch.nn.Module, whole_backbone: bool) -> dict[str, torch.Tensor]:
+    """Trainable parameters, the input layer's and extras' buffers, and optionally the backbone."""
+    out = {
+        n: p for n, p in model.named_parameters() if p.requires_grad or (whole_backbone and n.startswith("backbone."))
+    }
+    out.update({n: b for n, b in model.named_buffers() if n.startswith(("input.", "extras."))})
+    return {n: t.detach().contiguous().cpu() for n, t in out.items()}
+
+
+def save_weights(model: torch.nn.Module, run_dir: Path, whole_backbone: bool) -> None:
+    save_file(weights_to_save(model, whole_backbone), str(run_dir / WEIGHTS))
+
+
+def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
+    """Load a run's saved tensors into a freshly built model; every saved name must exist."""
+    path = run_dir / WEIGHTS
+    if not path.is_file():
+        raise PeftxError(f"{path}: missing; the run did not finish")
+    state = load_file(str(path))
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise PeftxError(f"{path}: holds {len(unknown)} tensor(s) the rebuilt model lacks, e.g. {unknown[0]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if own[name].shape != tensor.shape:
+                raise PeftxError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}"
+                )
+            own[name].copy_(tensor)

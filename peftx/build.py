@@ -1,0 +1,48 @@
+"""Build a `PeftxModel` from a recipe: backbone, input adapter, head, method. Used by `run` and by
+reloading a finished run, so both construct the model the same way."""
+
+from __future__ import annotations
+
+import torch
+
+from peftx.errors import PeftxError
+from peftx.inputs import InputContext
+from peftx.loading import load_backbone
+from peftx.methods import apply_method
+from peftx.model import PeftxModel
+from peftx.recipe import RecipeBase
+from peftx.tasks import TaskInfo
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
+    """The recipe's model with its method applied (trainable set fixed).
+
+    Returns:
+        (model, provenance of the backbone for result.json).
+
+    Raises:
+        PeftxError: the backbone cannot be had, or the recipe's choices do not fit it.
+    """
+    m = recipe.model
+    bb = load_backbone(m.source, m.pretrained, m.family, DTYPES[m.dtype], m.config_overrides)
+    pooling = m.pooling or bb.family.poolings[0]
+    if pooling not in bb.family.poolings:
+        raise PeftxError(
+            f"model.pooling: {pooling!r} is not one of {bb.family.name}'s: {', '.join(bb.family.poolings)}"
+        )
+    specials = bb.family.special_ids(bb.model.config, bb.tokenizer)
+    ctx = InputContext(
+        family=bb.family,
+        backbone=bb.model,
+        tokenizer=bb.tokenizer,
+        specials=specials,
+        spec=info.input_spec,
+        hidden_size=bb.family.hidden_size(bb.model.config),
+    )
+    input_layer = recipe.input.build(ctx)
+    model = PeftxModel(bb.family, bb.model, input_layer, info.num_classes, pooling, specials, m.head_dropout)
+    apply_method(model, recipe.method, recipe.input)
+    bb.provenance["family"] = bb.family.name
+    return model, bb.provenance

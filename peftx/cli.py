@@ -1,0 +1,122 @@
+"""The `peftx` command line: thin commands that parse, call one library function, and print.
+
+User mistakes (`PeftxError`) print one line and exit with code 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from peftx.errors import PeftxError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Parameter-efficient fine-tuning of pretrained language models on non-language tasks.",
+)
+err = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Turn a PeftxError into `error: <message>` and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PeftxError as e:
+            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable; values are YAML)."),
+]
+
+
+@app.command()
+@user_errors
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: SetOption = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default: the recipe's name).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory of the same name.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or summary.")] = False,
+) -> None:
+    """Train and evaluate a recipe; write runs/<name>/ (result.json, weights, resolved recipe)."""
+    from peftx.display import RunDisplay
+    from peftx.recipe import load_recipe
+    from peftx.run import run as run_recipe
+
+    overrides = list(set_ or []) + ([f"output.name={name}"] if name else [])
+    loaded = load_recipe(recipe, overrides)
+    run_recipe(loaded, overwrite=overwrite, display=RunDisplay(err, enabled=not quiet))
+
+
+@app.command()
+@user_errors
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
+    set_: SetOption = None,
+) -> None:
+    """Check recipes against the schema without running them (exit 2 if any is invalid)."""
+    from peftx.recipe import load_recipe
+
+    failed = 0
+    for path in recipes:
+        try:
+            load_recipe(path, list(set_ or []))
+            print(f"ok: {path}")
+        except PeftxError as e:
+            failed += 1
+            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    inputs: Annotated[Path, typer.Argument(help="One input per line, or a TSV with a Source column ('-': stdin).")],
+) -> None:
+    """Reload a trained run and print one prediction per input (TSV: input, prediction[, target])."""
+    from peftx.predict import Predictor
+
+    if str(inputs) == "-":
+        text = sys.stdin.read()
+    elif inputs.is_file():
+        text = inputs.read_text()
+    else:
+        raise PeftxError(f"{inputs}: no such file")
+    lines = [line for line in text.splitlines() if line.strip()]
+    targets = None
+    if lines and lines[0].split("\t")[0] == "Source":
+        rows = list(csv.DictReader(lines, delimiter="\t"))
+        lines = [r["Source"] for r in rows]
+        targets = [r.get("Target") for r in rows] if "Target" in rows[0] else None
+    predictor = Predictor(run_dir)
+    preds = predictor.predict(lines)
+    out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    out.writerow(["input", "prediction"] + (["target"] if targets else []))
+    for i, (line, pred) in enumerate(zip(lines, preds)):
+        out.writerow([line, pred] + ([targets[i]] if targets else []))
+    if targets:
+        acc = sum(p == t for p, t in zip(preds, targets)) / max(len(preds), 1)
+        err.print(f"accuracy against Target: {100 * acc:.2f}% ({len(preds)} inputs)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,141 @@
+"""From dataset splits to padded batches: framing, truncation, length-grouped batching.
+
+Symbol inputs share one index space across input adapters: 0 = padding, 1 = the family's start
+token, 2 = its end token, task symbol i = i + 3. Batches are padded only to their own longest
+sequence, and the training order groups similar lengths (less padding, same randomness per epoch).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from peftx.families import SpecialIds
+
+PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
+
+
+class SymbolSplit:
+    """One split's symbol sequences held as one flat array plus offsets (cheap even for LRA sizes)."""
+
+    def __init__(self, ds: datasets.Dataset) -> None:
+        col = ds.data.column("tokens").combine_chunks()
+        self.offsets = col.offsets.to_numpy().astype(np.int64)  # (n + 1,)
+        self.flat = col.values.to_numpy().astype(np.int16) + OFFSET  # task ids -> shared index space
+        self.labels = torch.tensor(ds["label"], dtype=torch.long) if "label" in ds.column_names else None
+        self.lengths = np.diff(self.offsets)  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sequence(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+
+class SymbolCollator:
+    """Frames (start/end tokens as the family wants), truncates and right-pads symbol sequences.
+
+    Args:
+        split: the sequences.
+        specials: which framing tokens the family uses (bos/eos of None: not added).
+        max_length: longest framed sequence the backbone takes (None: unbounded); longer inputs keep
+            their first tokens.
+        pad_to_multiple: round the padded length up (tensor-core and vector-unit friendly shapes).
+    """
+
+    def __init__(self, split: SymbolSplit, specials: SpecialIds, max_length: int | None, pad_to_multiple: int = 8):
+        self.split = split
+        self.bos = specials.bos is not None
+        self.eos = specials.eos is not None
+        self.frame = int(self.bos) + int(self.eos)
+        self.max_body = None if max_length is None else max_length - self.frame
+        self.multiple = pad_to_multiple
+        self.max_length = max_length
+
+    def framed_length(self, i: int) -> int:
+        n = int(self.split.lengths[i])
+        return (n if self.max_body is None else min(n, self.max_body)) + self.frame
+
+    def num_truncated(self) -> int:
+        return 0 if self.max_body is None else int((self.split.lengths > self.max_body).sum())
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        longest = max(self.framed_length(i) for i in indices)
+        width = -(-longest // self.multiple) * self.multiple
+        if self.max_length is not None:
+            width = min(width, self.max_length)
+        ids = np.full((len(indices), width), PAD, dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        for row, i in enumerate(indices):
+            body = self.split.sequence(i)[: self.max_body]
+            start = int(self.bos)
+            if self.bos:
+                ids[row, 0] = BOS
+            ids[row, start : start + len(body)] = body
+            if self.eos:
+                ids[row, start + len(body)] = EOS
+            mask[row, : len(body) + self.frame] = 1
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if self.split.labels is not None:
+            batch["labels"] = self.split.labels[indices]
+        return batch
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Training batches of similar lengths in random order.
+
+    Each epoch shuffles the examples, cuts them into windows of `window` batches, sorts each window by
+    length and slices it into batches, then shuffles the batches: the order stays random while a batch
+    holds sequences of near-equal length. `group_by_length=False` gives plain shuffled batches.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool = True, window: int = 64):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group_by_length
+        self.window = window
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if self.group:
+            span = self.batch_size * self.window
+            order = [
+                i
+                for s in range(0, len(order), span)
+                for i in sorted(order[s : s + span], key=lambda j: -self.lengths[j])
+            ]
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.group:
+            rng.shuffle(batches)
+        yield from batches
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Evaluation batches sorted by length (order does not matter for metrics; padding does)."""
+    order = np.argsort(-lengths, kind="stable").tolist()
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None):
+    """A split ready for batching: (collate function, lengths) for the task's kind of input."""
+    from peftx.tasks.base import SymbolVocab
+    from peftx.train import Split
+
+    if isinstance(spec, SymbolVocab):
+        collate = SymbolCollator(SymbolSplit(ds), specials, max_length)
+        lengths = np.array([collate.framed_length(i) for i in range(len(ds))])
+        return Split(collate=collate, lengths=lengths)
+    raise TypeError(f"no batching for input spec {type(spec).__name__}")

@@ -1,0 +1,105 @@
+"""What a run shows on the terminal: a header, a live progress bar, a summary. Nothing here decides
+anything; it only prints."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from peftx.budget import Budget
+
+
+def fmt_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+class RunDisplay:
+    """Header, progress bar (loss, accuracy, examples/s, ETA) and summary of one run."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.progress: Progress | None = None
+        self.task = None
+        self.last: dict = {}
+
+    def header(
+        self, name: str, provenance: dict, method: str, budget: Budget, notes: list[str], precision: str
+    ) -> None:
+        if not self.enabled:
+            return
+        src = provenance.get("name", provenance["source"])
+        kind = "pretrained" if provenance["pretrained"] else "from scratch"
+        self.console.print(
+            f"[bold]{name}[/]: {provenance['family']} {src} ({kind}), method {method}, precision {precision}"
+        )
+        self.console.print(
+            f"parameters: {fmt_count(budget.trainable)} trainable of {fmt_count(budget.total)} "
+            f"({budget.trainable_pct:.3f}%)"
+        )
+        for note in notes:
+            self.console.print(f"[dim]{note}[/]")
+
+    def start(self, total_steps: int) -> None:
+        if not self.enabled:
+            return
+        self.progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_steps, loss="-", acc="-", speed="-")
+
+    def step(self, step: int, info: dict) -> None:
+        if self.progress is None:
+            return
+        if not self.console.is_terminal:  # logs get one plain line per evaluation instead of a live bar
+            if "val_accuracy" in info:
+                loss, speed = self.last.get("loss", float("nan")), self.last.get("examples_per_s", float("nan"))
+                self.console.print(
+                    f"step {step}: train loss {loss:.3f}, val acc {100 * info['val_accuracy']:.2f}%, {speed:.1f} ex/s"
+                )
+            else:
+                self.last = info
+            return
+        if "val_accuracy" in info:
+            self.progress.update(self.task, acc=f"{100 * info['val_accuracy']:.1f}%")
+        else:
+            self.progress.update(
+                self.task, completed=step, loss=f"{info['loss']:.3f}", speed=f"{info['examples_per_s']:.0f}"
+            )
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def summary(self, result: dict, run_dir) -> None:
+        if not self.enabled:
+            return
+        table = Table(title="result", show_header=True)
+        table.add_column("")
+        table.add_column("test accuracy", justify="right")
+        table.add_row("this run", f"{100 * result['metrics']['test_accuracy']:.2f}%")
+        for name, acc in result["baselines"].items():
+            table.add_row(f"baseline: {name.replace('_', ' ')}", f"{100 * acc:.2f}%")
+        self.console.print(table)
+        b = result["budget"]
+        t = result["timing"]
+        self.console.print(
+            f"trainable {fmt_count(b['trainable'])} / {fmt_count(b['total'])} parameters ({b['trainable_pct']:.3f}%); "
+            f"best validation {100 * result['metrics']['val_accuracy']:.2f}% "
+            f"at step {result['metrics']['selected_step']}; "
+            f"{t['train_examples_per_s']:.1f} train examples/s; {t['wall_seconds']:.0f} s"
+        )
+        self.console.print(f"written: {run_dir}/")

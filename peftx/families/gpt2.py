@@ -1,0 +1,51 @@
+"""GPT-2 family (GPT2Model, no LM head). Pools the last non-pad token: with causal attention it is the
+only position that has seen the whole sequence."""
+
+from __future__ import annotations
+
+from transformers import GPT2Config, GPT2Model
+
+from peftx.families.base import Family, SpecialIds, last_token, masked_mean
+from peftx.families.registry import FAMILIES
+
+
+def _encode(backbone, embeds, mask, pooling, specials):
+    hidden = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    return last_token(hidden, mask) if pooling == "last" else masked_mean(hidden, mask)
+
+
+def _special_ids(config: GPT2Config, tokenizer) -> SpecialIds:
+    # GPT-2 has no pad token; padded positions are masked out, so <|endoftext|> serves.
+    eos = config.eos_token_id if config.eos_token_id is not None else config.vocab_size - 1
+    return SpecialIds(pad=eos, bos=None, eos=None)
+
+
+_LAYER = r"h\.\d+\."
+
+FAMILY = Family(
+    name="gpt2",
+    model_types=("gpt2",),
+    build=lambda config: GPT2Model(config),
+    load=lambda path, config, **kw: GPT2Model.from_pretrained(path, config=config, **kw),
+    roles={
+        "token_embedding": r"wte\.weight",
+        "position_embedding": r"wpe\.weight",
+        "attention": _LAYER + r"attn\.(c_attn|c_proj)\.(weight|bias)",
+        "feed_forward": _LAYER + r"mlp\.(c_fc|c_proj)\.(weight|bias)",
+        "layer_norm": r"(" + _LAYER + r"ln_[12]|ln_f)\.(weight|bias)",
+    },
+    layer_pattern=r"h\.(\d+)\.",
+    linear_modules={
+        "attention": _LAYER + r"attn\.(c_attn|c_proj)",
+        "feed_forward": _LAYER + r"mlp\.(c_fc|c_proj)",
+    },
+    poolings=("last", "mean"),
+    encode=_encode,
+    special_ids=_special_ids,
+    max_positions=lambda c: c.n_positions,
+    hidden_size=lambda c: c.n_embd,
+    num_layers=lambda c: {"decoder": c.n_layer},
+    space_prefix=True,
+)
+
+FAMILIES.register(FAMILY.name, FAMILY)

@@ -1,0 +1,94 @@
+"""`pretrained_vocab`: each task symbol is embedded by the model's own pretrained token embeddings.
+
+This is the paper's key finding: the input layer must reuse the language model's embedding table. Each
+symbol is spelled as text (the task's default spelling, overridable in the recipe) and tokenised by the
+model's tokenizer. A spelling that becomes several tokens is embedded as the mean of their embeddings
+(`pieces: mean`) or as its first token (`pieces: first`); `pieces: error` refuses it.
+
+Without a tokenizer (a from-scratch model whose vocabulary is not available offline) symbol i takes
+the i-th token id not used by a special token: the weights are random anyway, so only a fixed one-to-one
+map matters. The map is a buffer, saved with the run, so a reloaded run embeds exactly as it trained.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftx.errors import PeftxError
+from peftx.inputs.base import InputConfig, InputContext
+from peftx.inputs.registry import INPUTS
+from peftx.tasks.base import SymbolVocab
+
+
+def spell_tokens(ctx: InputContext, spellings: list[str], pieces: str) -> list[list[int]]:
+    """Token ids of each spelling in the model's vocabulary (or a fixed fallback map)."""
+    reserved = {i for i in (ctx.specials.pad, ctx.specials.bos, ctx.specials.eos) if i is not None}
+    if ctx.tokenizer is None:
+        free = (i for i in range(ctx.backbone.get_input_embeddings().num_embeddings) if i not in reserved)
+        return [[next(free)] for _ in spellings]
+    out = []
+    unk = getattr(ctx.tokenizer, "unk_token_id", None)
+    for text in spellings:
+        ids = ctx.tokenizer(" " + text if ctx.family.space_prefix else text, add_special_tokens=False).input_ids
+        if not ids or (unk is not None and unk in ids):
+            raise PeftxError(f"input.spelling: {text!r} is not in the model's vocabulary")
+        if len(ids) > 1 and pieces == "error":
+            raise PeftxError(f"input.spelling: {text!r} is {len(ids)} tokens and input.pieces is 'error'")
+        out.append(ids[:1] if pieces == "first" else ids)
+    return out
+
+
+class PretrainedVocabEmbedding(nn.Module):
+    """Looks symbols up in the backbone's own embedding module (not registered here: it stays the
+    backbone's parameter, counted once, under the `token_embedding` role)."""
+
+    def __init__(self, embed: nn.Module, token_ids: list[list[int]]) -> None:
+        super().__init__()
+        self._embed = [embed]  # a list hides the module from registration
+        width = max(len(t) for t in token_ids)
+        ids = torch.zeros(len(token_ids), width, dtype=torch.long)
+        mask = torch.zeros(len(token_ids), width)
+        for i, t in enumerate(token_ids):
+            ids[i, : len(t)] = torch.tensor(t)
+            mask[i, : len(t)] = 1.0
+        self.register_buffer("token_ids", ids)  # (index, pieces)
+        self.register_buffer("piece_mask", mask)  # (index, pieces)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pieces = self._embed[0](self.token_ids)  # (index, pieces, hidden)
+        weights = self.piece_mask / self.piece_mask.sum(1, keepdim=True)
+        table = torch.einsum("iph,ip->ih", pieces, weights.to(pieces.dtype))  # (index, hidden)
+        return F.embedding(batch["input_ids"], table)  # (batch, seq, hidden)
+
+
+class PretrainedVocabConfig(InputConfig):
+    """Task symbols -> the model's own tokens, embedded by its pretrained embedding table."""
+
+    name: Literal["pretrained_vocab"] = "pretrained_vocab"
+    spelling: dict[str, str] = {}
+    """Symbol -> text, overriding the task's default spelling (e.g. {'[SM': 'modulo'})."""
+    pieces: Literal["mean", "first", "error"] = "mean"
+    """A spelling that is several tokens: mean of their embeddings, the first one, or refuse."""
+
+    def build(self, ctx: InputContext) -> nn.Module:
+        if not isinstance(ctx.spec, SymbolVocab):
+            raise PeftxError("input.name: pretrained_vocab needs a task with discrete symbols")
+        unknown = sorted(set(self.spelling) - set(ctx.spec.symbols))
+        if unknown:
+            raise PeftxError(f"input.spelling: unknown symbol(s) {unknown} (valid: {' '.join(ctx.spec.symbols)})")
+        symbol_ids = spell_tokens(
+            ctx, [self.spelling.get(s, ctx.spec.spelling(s)) for s in ctx.spec.symbols], self.pieces
+        )
+        sp = ctx.specials
+        framing = [[sp.pad], [sp.bos if sp.bos is not None else sp.pad], [sp.eos if sp.eos is not None else sp.pad]]
+        return PretrainedVocabEmbedding(ctx.backbone.get_input_embeddings(), framing + symbol_ids)
+
+    def trained_roles(self) -> set[str]:
+        return {"token_embedding"} if self.trainable else set()
+
+
+INPUTS.register("pretrained_vocab", PretrainedVocabConfig)

@@ -1,0 +1,30 @@
+"""Methods (what trains). Each module registers its recipe config class when imported."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from peftx.methods import lora  # noqa: F401  (registration)
+from peftx.methods.base import MethodConfig, role_selected
+from peftx.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from peftx.inputs import InputConfig
+    from peftx.model import PeftxModel
+
+
+def apply_method(model: PeftxModel, method: MethodConfig, input_cfg: InputConfig) -> set[str]:
+    """Add the method's modules to `model`, then make exactly the intended parameters trainable.
+
+    Trainable = what the method trains + the head + `method.train_roles` + the input layer when
+    `input.trainable`. Returns the trainable parameter names.
+    """
+    method.prepare(model)
+    extra = set(method.train_roles) | input_cfg.trained_roles() | {"head"}
+    trainable = {n for n, info in model.param_infos().items() if method.trains(info) or role_selected(info, extra)}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trainable)
+    return trainable
+
+
+__all__ = ["METHODS", "MethodConfig", "apply_method"]

@@ -1,0 +1,76 @@
+"""`lora`: low-rank updates of chosen linear layers, via peft. The body stays frozen; the LoRA
+matrices, the head (and any `train_roles`) train."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import inject_adapter_in_model
+from pydantic import Field, field_validator
+from transformers.pytorch_utils import Conv1D
+
+from peftx.errors import PeftxError
+from peftx.families import ParamInfo
+from peftx.methods.base import MethodConfig
+from peftx.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from peftx.model import PeftxModel
+
+
+class LoraMethod(MethodConfig):
+    """LoRA (Hu et al. 2021) on the family's attention (and feed-forward) matrices."""
+
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    """Rank: higher means more capacity and more parameters (r x (in + out) per matrix)."""
+    alpha: float = 16.0
+    """Scale of the update is alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(default_factory=lambda: ["attention", "feed_forward"])
+    """Roles (attention, feed_forward) or module-name regexes (e.g. 'encoder\\.layer\\.5\\..*query')."""
+    use_dora: bool = False
+    use_rslora: bool = False
+
+    @field_validator("targets")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("targets must name at least one role or module pattern")
+        return v
+
+    def target_modules(self, model: PeftxModel) -> list[str]:
+        roles = [t for t in self.targets if t in model.family.linear_modules]
+        patterns = [t for t in self.targets if t not in model.family.linear_modules]
+        names = model.family.modules_of(model.backbone, roles) if roles else []
+        if patterns:
+            for p in patterns:
+                rx = re.compile(p)
+                hits = [n for n, m in model.backbone.named_modules() if rx.fullmatch(n) and hasattr(m, "weight")]
+                if not hits:
+                    raise PeftxError(f"method.targets: {p!r} matches no module of {model.family.name}")
+                names += hits
+        return sorted(set(names))
+
+    def prepare(self, model: PeftxModel) -> None:
+        targets = self.target_modules(model)
+        modules = dict(model.backbone.named_modules())
+        config = PeftLoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            # GPT-2's Conv1D stores weights transposed (in, out)
+            fan_in_fan_out=any(isinstance(modules[n], Conv1D) for n in targets),
+            use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
+        )
+        inject_adapter_in_model(config, model.backbone)
+
+    def trains(self, info: ParamInfo) -> bool:
+        return info.role == "adapter"
+
+
+METHODS.register("lora", LoraMethod)

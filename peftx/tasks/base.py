@@ -1,0 +1,88 @@
+"""What a task hands to the rest of peftx: dataset splits, an input spec, labels and baselines."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import datasets
+from pydantic import BaseModel, ConfigDict
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class SymbolVocab:
+    """Inputs are sequences of discrete task symbols (column `tokens`: ids into `symbols`).
+
+    Attributes:
+        symbols: the task's literal, ordered symbol list; ids are positions in it.
+        version: changes whenever `symbols` changes, so saved runs can refuse a different vocabulary.
+        text: default spelling of each symbol in a language model's vocabulary (`pretrained_vocab`).
+    """
+
+    symbols: tuple[str, ...]
+    version: str
+    text: dict[str, str] = field(default_factory=dict)
+
+    def spelling(self, symbol: str) -> str:
+        return self.text.get(symbol, symbol)
+
+
+@dataclass(frozen=True)
+class ContinuousSpec:
+    """Inputs are sequences of real vectors (column `values`: (seq, dim))."""
+
+    dim: int
+
+
+InputSpec = SymbolVocab | ContinuousSpec
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a model needs to know about a task's inputs and outputs, without loading its data."""
+
+    input_spec: InputSpec
+    labels: tuple[str, ...]
+    parse: Callable[[str], list[int]]  # one line of user input -> symbol ids (for `peftx predict`)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TaskData:
+    """Splits with columns (`tokens` or `values`) and `label`, plus what is needed to read them."""
+
+    splits: datasets.DatasetDict
+    info: TaskInfo
+    baselines: dict[str, float] = field(default_factory=dict)  # name -> test accuracy
+    notes: list[str] = field(default_factory=list)  # facts about the data worth logging
+
+
+class TaskConfig(BaseModel):
+    """Base of every task's recipe section; subclasses add `name: Literal[...]` and their fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+    def default_input(self) -> str:
+        """The input adapter used when a recipe names none."""
+        return "pretrained_vocab"
+
+    def describe(self) -> TaskInfo:
+        """Inputs and labels of the task (no data loaded)."""
+        raise NotImplementedError
+
+    def load(self) -> TaskData:
+        """The task's train/validation/test splits, baselines and notes."""
+        raise NotImplementedError
+
+
+def majority_accuracy(train_labels: list[int], test_labels: list[int]) -> float:
+    """Accuracy on test of always predicting the most common training label."""
+    top = Counter(train_labels).most_common(1)[0][0]
+    return sum(y == top for y in test_labels) / max(len(test_labels), 1)

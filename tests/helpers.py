@@ -1,0 +1,52 @@
+"""Small builders used across tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+
+from peftx.build import build_model
+from peftx.data import LengthGroupedBatches, make_split
+from peftx.recipe import validate_recipe
+
+
+def build(raw: dict):
+    """(recipe, task data, model, train split) for a raw recipe dict."""
+    recipe = validate_recipe(raw)
+    set_seed(recipe.seed)
+    task = recipe.task.load()
+    model, _ = build_model(recipe, task.info)
+    max_len = model.family.max_positions(model.backbone.config)
+    split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len)
+    return recipe, task, model, split
+
+
+def train_steps(model, split, steps: int, lr: float = 1e-2, batch_size: int = 16) -> list[float]:
+    """Plain AdamW steps on the trainable parameters; returns the losses."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    batches = iter(LengthGroupedBatches(split.lengths, batch_size, seed=0))
+    losses = []
+    for _ in range(steps):
+        try:
+            idx = next(batches)
+        except StopIteration:
+            batches = iter(LengthGroupedBatches(split.lengths, batch_size, seed=1))
+            idx = next(batches)
+        batch = split.collate(idx)
+        y = batch.pop("labels")
+        loss = F.cross_entropy(model(**batch), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], model) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}

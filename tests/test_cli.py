@@ -1,0 +1,88 @@
+"""The CLI: exit codes and one-line messages for user mistakes, an end-to-end run, predict."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from peftx.cli import app
+from tests.conftest import tiny_recipe
+
+runner = CliRunner()
+
+
+def write(tmp_path, raw, name="tiny.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_validate_ok_and_error(tmp_path):
+    good = write(tmp_path, tiny_recipe("bert", tmp_path), "good.yaml")
+    bad_raw = tiny_recipe("bert", tmp_path)
+    bad_raw["method"]["alpah"] = 3
+    bad = write(tmp_path, bad_raw, "bad.yaml")
+    result = runner.invoke(app, ["validate", str(good), str(bad)])
+    assert result.exit_code == 2
+    assert "ok: " in result.stdout
+    assert "bad.yaml: method.alpah: unknown key (did you mean 'alpha'?)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_run_missing_recipe_exits_2(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "missing.yaml: no such recipe file" in result.stderr
+
+
+def test_offline_hub_id_fails_fast_with_advice(tmp_path):
+    raw = tiny_recipe("gpt2", tmp_path)
+    raw["model"] = {"source": "gpt2", "pretrained": True}
+    result = runner.invoke(app, ["run", str(write(tmp_path, raw)), "--quiet"])
+    assert result.exit_code == 2
+    assert "hub is unreachable" in result.stderr and "pretrained: false" in result.stderr
+
+
+def test_run_writes_run_dir_refuses_to_overwrite_and_predicts(tmp_path):
+    path = write(tmp_path, tiny_recipe("bert", tmp_path))
+    result = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny_bert"
+    assert {p.name for p in run_dir.iterdir()} == {"recipe.yaml", "result.json", "weights.safetensors"}
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "completed"
+    assert 0 <= res["metrics"]["test_accuracy"] <= 1
+    assert res["budget"]["trainable"] < res["budget"]["total"]
+    assert {"majority_class", "root_operator"} <= set(res["baselines"])
+    assert res["history"] and res["history"][-1]["step"] == 4
+    assert res["versions"]["torch"] and res["memory"]["peak_rss_bytes"] > 0
+
+    before = (run_dir / "result.json").read_text()
+    again = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert again.exit_code == 2 and "run directory exists; pass --overwrite" in again.stderr
+    assert (run_dir / "result.json").read_text() == before  # nothing lost
+
+    inputs = tmp_path / "in.tsv"
+    inputs.write_text("Source\tTarget\n[MAX 2 9 ]\t9\n( [MIN 4 7 ] )\t4\n")
+    pred = runner.invoke(app, ["predict", str(run_dir), str(inputs)])
+    assert pred.exit_code == 0, pred.output
+    lines = pred.stdout.strip().splitlines()
+    assert lines[0] == "input\tprediction\ttarget" and len(lines) == 3
+    assert "accuracy against Target" in pred.stderr
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("[MAX 2 x ]\n")
+    out = runner.invoke(app, ["predict", str(run_dir), str(bad)])
+    assert out.exit_code == 2 and "input 1: unknown ListOps symbol 'x'" in out.stderr
+
+    named = runner.invoke(app, ["run", str(path), "--quiet", "--name", "second", "--set", "train.steps=2"])
+    assert named.exit_code == 0 and (tmp_path / "runs" / "second" / "result.json").exists()
+
+
+def test_predict_on_missing_run_exits_2(tmp_path):
+    (tmp_path / "x.txt").write_text("[MAX 1 2 ]\n")
+    result = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path / "x.txt")])
+    assert result.exit_code == 2 and "not a run directory" in result.stderr

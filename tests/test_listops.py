@@ -1,0 +1,104 @@
+"""ListOps: the evaluator, the generator's guarantees, the LRA TSV loader, the baselines."""
+
+from __future__ import annotations
+
+import pytest
+
+from peftx.errors import PeftxError
+from peftx.tasks.listops import (
+    DIGITS,
+    END,
+    OPERATORS,
+    VOCAB,
+    ListOpsConfig,
+    encode,
+    evaluate,
+    generate_splits,
+    load_lra_tsv,
+    tokenize,
+)
+
+
+@pytest.mark.parametrize(
+    "expr, value",
+    [
+        ("[MAX 2 9 ]", 9),
+        ("[MIN 4 7 ]", 4),
+        ("[SM 5 6 7 ]", 8),  # 18 mod 10
+        ("[MED 1 5 3 ]", 3),
+        ("[MED 1 4 ]", 2),  # numpy.median 2.5 truncated by int(), as LRA
+        ("[MED 1 2 8 9 ]", 5),
+        ("[MAX 2 [MIN 4 7 ] 0 ]", 4),
+        ("[SM [MAX 9 1 ] [MIN 3 8 ] [MED 2 2 7 ] ]", 4),  # 9 + 3 + 2
+        ("7", 7),
+    ],
+)
+def test_evaluate_hand_written(expr, value):
+    assert evaluate(expr.split()) == value
+
+
+@pytest.mark.parametrize("bad", ["[MAX 2 9", "2 ]", "[MAX ]", "[FOO 1 2 ]"])
+def test_evaluate_rejects_malformed(bad):
+    with pytest.raises(ValueError):
+        evaluate(bad.split())
+
+
+def test_every_symbol_survives_tokenisation():
+    # LRA's TSV form wraps every node in parentheses; they are dropped, brackets are kept.
+    text = "( ( ( [MAX 2 ) 9 ) ( ( [MIN 4 ) 7 ) ] ) ] )"
+    assert tokenize(text) == ["[MAX", "2", "9", "[MIN", "4", "7", "]", "]"]
+    every = " ".join(OPERATORS + (END,) + DIGITS)
+    assert [VOCAB.symbols[i] for i in encode(every)] == every.split()
+
+
+def test_unknown_symbol_is_a_user_error():
+    with pytest.raises(PeftxError, match="unknown ListOps symbol '\\[FIRST'"):
+        encode("[FIRST 1 2 ]")
+
+
+def test_generator_is_deterministic_unique_and_bounded():
+    args = dict(min_length=6, max_length=30, max_depth=6, max_args=5, n_train=200, n_val=40, n_test=40)
+    a = generate_splits(3, **args)
+    b = generate_splits(3, **args)
+    c = generate_splits(4, **args)
+    assert a["train"]["tokens"] == b["train"]["tokens"]
+    assert a["train"]["tokens"] != c["train"]["tokens"]
+    seqs = [tuple(t) for s in ("train", "validation", "test") for t in a[s]["tokens"]]
+    assert len(seqs) == len(set(seqs)) == 280
+    assert all(6 < len(t) < 30 for t in seqs)
+    for toks, label in zip(a["test"]["tokens"], a["test"]["label"]):
+        assert evaluate([VOCAB.symbols[i] for i in toks]) == label
+    assert any(VOCAB.symbols[t[-1]] == END for t in seqs)  # closing brackets are kept
+
+
+def test_tiny_task_has_baselines():
+    data = ListOpsConfig(preset="tiny").load()
+    assert set(data.baselines) == {"majority_class", "root_operator"}
+    assert 0 < data.baselines["majority_class"] <= data.baselines["root_operator"] + 0.2
+    assert len(data.splits["train"]) == 256
+
+
+def test_lra_tsv_loader(tmp_path):
+    rows = {
+        "basic_train.tsv": [("( ( [MAX 2 ) 9 ] )", 9)],
+        "basic_val.tsv": [("[MIN 4 7 ]", 4)],
+        "basic_test.tsv": [("[SM 5 6 ]", 1)],
+    }
+    for fname, data in rows.items():
+        (tmp_path / fname).write_text("Source\tTarget\n" + "".join(f"{s}\t{t}\n" for s, t in data))
+    splits = load_lra_tsv(tmp_path)
+    assert splits["train"]["label"] == [9]
+    assert [VOCAB.symbols[i] for i in splits["train"]["tokens"][0]] == ["[MAX", "2", "9", "]"]
+
+
+def test_lra_tsv_loader_errors(tmp_path):
+    with pytest.raises(PeftxError, match="basic_train.tsv: missing ListOps file"):
+        load_lra_tsv(tmp_path)
+    for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
+        (tmp_path / name).write_text("Source\tTarget\n[MAX 2 9 ]\t9\n")
+    (tmp_path / "basic_val.tsv").write_text("Source\tTarget\n[MAX 2 9 ]\t9\n[MAX 2 x ]\t9\n")
+    with pytest.raises(PeftxError, match="basic_val.tsv:3: unknown ListOps symbol 'x'"):
+        load_lra_tsv(tmp_path)
+    (tmp_path / "basic_val.tsv").write_text("Input\tLabel\n")
+    with pytest.raises(PeftxError, match="expected columns Source and Target"):
+        load_lra_tsv(tmp_path)
