@@ -129,13 +129,13 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None):
+def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int = 8):
     """A split ready for batching: (collate function, lengths) for the task's kind of input."""
     from peftx.tasks.base import SymbolVocab
     from peftx.train import Split
 
     if isinstance(spec, SymbolVocab):
-        collate = SymbolCollator(SymbolSplit(ds), specials, max_length)
+        collate = SymbolCollator(SymbolSplit(ds), specials, max_length, pad_to_multiple)
         lengths = np.array([collate.framed_length(i) for i in range(len(ds))])
         return Split(collate=collate, lengths=lengths)
     raise TypeError(f"no batching for input spec {type(spec).__name__}")

@@ -15,6 +15,7 @@ from peftx.data import make_split
 from peftx.display import RunDisplay
 from peftx.env import peak_memory, resolve_precision, versions
 from peftx.recipe import RecipeBase, dump_recipe
+from peftx.speed import pad_multiple
 from peftx.train import evaluate, make_accelerator, total_steps, train
 
 
@@ -63,8 +64,9 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         budget = model_budget(model)
         result.update(backbone=provenance, budget=budget.to_dict(), baselines=task.baselines, data_notes=task.notes)
         max_len = model.family.max_positions(model.backbone.config)
+        multiple = pad_multiple(recipe.train, accelerator.device)
         splits = {
-            name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len)
+            name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len, multiple)
             for name in ("train", "validation", "test")
         }
         truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}

@@ -18,6 +18,7 @@ from transformers import get_scheduler
 
 from peftx.data import LengthGroupedBatches, eval_batches
 from peftx.recipe import TrainSection
+from peftx.speed import prepare_model
 
 
 @dataclass
@@ -129,12 +130,14 @@ def train(
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    fast_forward = prepare_model(model, cfg, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     batches = _forever(train_split, cfg, seed, accelerator)
     out = TrainOutcome()
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     best_acc, best_state = -1.0, None
-    loss_sum, loss_n, t_window, ex_window = 0.0, 0, time.perf_counter(), 0
+    # Running sums stay tensors on the device: reading them (a GPU sync) waits for the log step.
+    loss_sum, tokens, loss_n, t_window, ex_window = 0.0, 0, 0, time.perf_counter(), 0
     model.train()
     step = 0
     while step < steps:
@@ -143,18 +146,19 @@ def train(
             batch = next(batches)
             with accelerator.accumulate(model), accelerator.autocast():
                 y = batch.pop("labels")
-                loss = F.cross_entropy(model(**batch).float(), y)
+                with fast_forward():
+                    loss = F.cross_entropy(model(**batch).float(), y)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             loss_n += 1
             out.train_examples += len(y)
             ex_window += len(y)
-            out.train_tokens += int(batch["attention_mask"].sum())
+            tokens += batch["attention_mask"].sum()
         step += 1
         out.train_seconds += time.perf_counter() - t0
         if on_step is not None and (step % cfg.log_every == 0 or step == steps):
@@ -162,7 +166,7 @@ def train(
             on_step(
                 step,
                 {
-                    "loss": loss_sum / loss_n,
+                    "loss": float(loss_sum) / loss_n,
                     "lr": scheduler.get_last_lr()[0],
                     "examples_per_s": ex_window / max(now - t_window, 1e-9),
                 },
@@ -188,6 +192,7 @@ def train(
                 best_state = {n: p.detach().clone() for n, p in trainable.items()}
                 out.best = entry
     out.steps = step
+    out.train_tokens = int(tokens)
     if best_state is not None:
         with torch.no_grad():
             for n, p in trainable.items():

@@ -6,6 +6,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
+
+# Tiny models gain nothing from several threads, and on a machine shared with other jobs each
+# multithreaded op waits for its slowest thread: one thread keeps the suite fast and steady.
+torch.set_num_threads(1)
 
 # Config overrides that shrink each family's standard architecture to a few thousand parameters per
 # layer. Special-token ids are moved inside the small vocabulary.
