@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from peftx.env import resolve_precision
 from peftx.errors import PeftxError
 from peftx.inputs import InputContext
 from peftx.loading import load_backbone
@@ -14,6 +15,13 @@ from peftx.recipe import RecipeBase
 from peftx.tasks import TaskInfo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Keep every frozen floating-point parameter in `dtype` (trained ones stay as they are)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
 
 
 def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
@@ -26,7 +34,8 @@ def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
         PeftxError: the backbone cannot be had, or the recipe's choices do not fit it.
     """
     m = recipe.model
-    bb = load_backbone(m.source, m.pretrained, m.family, DTYPES[m.dtype], m.config_overrides)
+    load_dtype = torch.float32 if m.dtype == "auto" else DTYPES[m.dtype]
+    bb = load_backbone(m.source, m.pretrained, m.family, load_dtype, m.config_overrides)
     pooling = m.pooling or bb.family.poolings[0]
     if pooling not in bb.family.poolings:
         raise PeftxError(
@@ -44,5 +53,7 @@ def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
     input_layer = recipe.input.build(ctx)
     model = PeftxModel(bb.family, bb.model, input_layer, info.num_classes, pooling, specials, m.head_dropout)
     apply_method(model, recipe.method, recipe.input)
+    if m.dtype == "auto" and resolve_precision(recipe.train.precision) == "bf16":
+        store_frozen(model, torch.bfloat16)
     bb.provenance["family"] = bb.family.name
     return model, bb.provenance

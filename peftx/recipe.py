@@ -36,8 +36,10 @@ class ModelSection(Section):
     """'offline' (all-MiniLM-L6-v2, BERT family), a local directory, or a hub id such as 't5-small'."""
     pretrained: bool = True
     """false: the same architecture with random weights (the from-scratch baseline)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Storage dtype of the backbone's weights."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Storage dtype of the backbone's weights. auto: frozen weights in bfloat16 where training runs in
+    bf16 (they need no fp32 master copy, and autocast would re-cast them every step), trained ones in
+    float32; float32 everywhere else."""
     config_overrides: dict[str, Any] = Field(default_factory=dict)
     """Config fields to change, e.g. {num_hidden_layers: 2} for a smaller from-scratch twin."""
     pooling: str | None = None
@@ -81,7 +83,11 @@ class TrainSection(Section):
     AVX512-BF16 or AMX), else fp32."""
     eval_every: int = Field(200, ge=1)
     """Evaluate on the validation split every this many steps (and at the end)."""
-    eval_batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    """Most examples in an evaluation batch."""
+    eval_batch_tokens: int | None = Field(4096, ge=1)
+    """Most padded tokens in an evaluation batch (batches are cut from length-sorted examples, so long
+    examples come in smaller batches: less padding; None: always eval_batch_size examples)."""
     select: Literal["best", "last"] = "best"
     """Which weights the final test uses: best validation accuracy, or the last step."""
     group_by_length: bool = True
@@ -98,9 +104,10 @@ class TrainSection(Section):
     pad_to_multiple: int | None = Field(None, ge=1)
     """Round each padded batch width up to a multiple of this. None: 8 on GPUs (tensor-core shapes), 1 on
     CPUs, where rounding only adds work."""
-    threads: int | None = Field(None, ge=1)
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     """Threads for CPU math (torch.set_num_threads); None: PyTorch's default, one per core. On a machine
-    shared with other jobs, fewer threads than cores can be faster."""
+    shared with other jobs one thread can be 2x faster; auto times both every 100 steps and keeps the
+    faster (reproducible to float rounding only)."""
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
     front, so it pays only on long runs (see README, Speed)."""

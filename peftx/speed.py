@@ -14,11 +14,13 @@ one to the plain path's loss.
   where its 16 bits clear the threshold (probability quantised to 1/65536). Attention dropout needs the
   attention probabilities, so `scaled_dot_product_attention` with dropout runs as the same math
   (softmax(q·kᵀ·scale + mask), dropout, ·v), with the fast dropout.
-- `pad_to_multiple`, `threads`, `compile`: see `peftx.recipe.TrainSection`.
+- `threads: auto` (`ThreadTuner`): one thread or one per core, whichever is faster right now.
+- `pad_to_multiple`, `compile`: see `peftx.recipe.TrainSection`.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import MethodType
@@ -148,16 +150,15 @@ class _FastDropout(torch.autograd.Function):
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         draws = bits.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
         cut = round(p * 65536)
-        keep = draws >= cut - 32768  # P(drop) = cut / 65536
-        scale = 1.0 / (1.0 - cut / 65536)  # unbiased for the quantised probability
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x * keep * scale
+        # P(drop) = cut / 65536; kept elements scale by 1 / P(keep), unbiased for the quantised probability
+        mask = (draws >= cut - 32768).to(x.dtype).mul_(1.0 / (1.0 - cut / 65536))
+        ctx.save_for_backward(mask)
+        return x * mask
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -223,6 +224,53 @@ class FastDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# ------------------------------------------------------------------------------------------- threads
+
+
+class ThreadTuner:
+    """`threads: auto`: pick the faster of all cores or one thread, and check again now and then.
+
+    On a machine shared with other jobs, one thread can beat a thread per core by 2x: each
+    multithreaded op waits for its slowest thread, and another job may have preempted it. From step 1
+    on (step 0 pays one-time costs), every `every` steps the loop runs `probe` steps with each
+    candidate, then keeps the one with less time per padded token (median). Any other `threads`
+    setting (a number, or None for PyTorch's default) makes the tuner inert.
+
+    Thread counts change the order of floating-point sums, so `auto` runs are reproducible to float
+    rounding only.
+    """
+
+    def __init__(self, threads: int | str | None, every: int = 100, probe: int = 3) -> None:
+        cores = torch.get_num_threads()
+        self.candidates = [cores, 1] if threads == "auto" and cores > 1 else []
+        self.every, self.probe = every, probe
+        self.best = cores
+        self.trying: int | None = None  # the candidate being timed this step
+        self.last_probe = False
+        self.samples: dict[int, list[float]] = {c: [] for c in self.candidates}
+
+    def choose(self, step: int) -> None:
+        """Set the thread count for optimizer step `step` (0-based)."""
+        if not self.candidates:
+            return
+        phase = (step - 1) % self.every
+        probing = step >= 1 and phase < self.probe * len(self.candidates)
+        self.trying = self.candidates[phase // self.probe] if probing else None
+        self.last_probe = probing and phase == self.probe * len(self.candidates) - 1
+        threads = self.trying if probing else self.best
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    def record(self, seconds: float, work: int) -> None:
+        """Report the step just run: its wall time and its padded tokens."""
+        if self.trying is None:
+            return
+        self.samples[self.trying].append(seconds / max(work, 1))
+        if self.last_probe:
+            self.best = min(self.candidates, key=lambda c: statistics.median(self.samples[c]))
+            self.samples = {c: [] for c in self.candidates}
+
+
 # --------------------------------------------------------------------------------------------- setup
 
 
@@ -240,7 +288,7 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
     Returns:
         A context factory to wrap each training forward in (fast dropout, or nothing).
     """
-    if cfg.threads is not None:
+    if isinstance(cfg.threads, int):
         torch.set_num_threads(cfg.threads)
     if cfg.fused_lora:
         fuse_lora_layers(model)

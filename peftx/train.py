@@ -18,7 +18,7 @@ from transformers import get_scheduler
 
 from peftx.data import LengthGroupedBatches, eval_batches
 from peftx.recipe import TrainSection
-from peftx.speed import prepare_model
+from peftx.speed import ThreadTuner, prepare_model
 
 
 @dataclass
@@ -72,11 +72,15 @@ def _loader(split: Split, batches, accelerator: Accelerator) -> DataLoader:
     return accelerator.prepare_data_loader(loader)
 
 
-def infer(model, split: Split, batch_size: int, accelerator: Accelerator) -> torch.Tensor:
+def infer(
+    model, split: Split, batch_size: int, accelerator: Accelerator, max_tokens: int | None = None
+) -> torch.Tensor:
     """Logits (n, classes) for every example of a split, in the split's order (inference mode,
-    length-sorted batches)."""
+    length-sorted batches of at most `batch_size` examples and `max_tokens` padded tokens)."""
     model.eval()
-    batches = eval_batches(split.lengths, batch_size)
+    # accelerate trims the last gathered batch assuming equal batch sizes across processes: token
+    # budgets (unequal sizes) only in a single process
+    batches = eval_batches(split.lengths, batch_size, max_tokens if accelerator.num_processes == 1 else None)
     loader = _loader(split, batches, accelerator)
     chunks = []
     with torch.inference_mode(), accelerator.autocast():
@@ -93,7 +97,7 @@ def infer(model, split: Split, batch_size: int, accelerator: Accelerator) -> tor
 
 def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -> dict:
     """Accuracy and mean cross-entropy on a labelled split."""
-    logits = infer(model, split, cfg.eval_batch_size, accelerator)
+    logits = infer(model, split, cfg.eval_batch_size, accelerator, cfg.eval_batch_tokens)
     labels = split.collate.split.labels
     return {
         "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
@@ -138,12 +142,15 @@ def train(
     best_acc, best_state = -1.0, None
     # Running sums stay tensors on the device: reading them (a GPU sync) waits for the log step.
     loss_sum, tokens, loss_n, t_window, ex_window = 0.0, 0, 0, time.perf_counter(), 0
+    threads = ThreadTuner(cfg.threads if accelerator.device.type == "cpu" else None)
     model.train()
     step = 0
     while step < steps:
-        t0 = time.perf_counter()
+        threads.choose(step)
+        t0, work = time.perf_counter(), 0
         for _ in range(cfg.grad_accum):
             batch = next(batches)
+            work += batch["attention_mask"].numel()
             with accelerator.accumulate(model), accelerator.autocast():
                 y = batch.pop("labels")
                 with fast_forward():
@@ -160,7 +167,9 @@ def train(
             ex_window += len(y)
             tokens += batch["attention_mask"].sum()
         step += 1
-        out.train_seconds += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        out.train_seconds += elapsed
+        threads.record(elapsed, work)
         if on_step is not None and (step % cfg.log_every == 0 or step == steps):
             now = time.perf_counter()
             on_step(

@@ -13,12 +13,18 @@ Contenders (each a fresh process per measurement, run in alternating order, repe
 
 Each process trains `--warmup` steps, then times `--steps` steps (same data, batch size and sequence
 lengths: the recipe's ListOps, tokenised to the same ids), then times evaluation of `--eval-examples`
-validation examples (each framework's default evaluation batch size). Reported per contender: the
-median over repeats of examples/s and real (non-padding) tokens/s, the ratio peftx ÷ contender (median
-of the per-repeat ratios), padding overhead, and model FLOPs utilisation: the training FLOPs the
-examples need (matrix products of forward and backward, counted on the unpadded sequences) per second,
-divided by this machine's matrix-product peak for the contender's precision, measured in the same run
-(2048x2048 products, best of several).
+validation examples (each framework's default evaluation batch size). Reported per contender (medians
+over repeats):
+- model FLOPs/s: the training FLOPs the timed examples need (matrix products of forward and backward,
+  counted on the unpadded sequences, the same count for every contender) per second;
+- examples/s: model FLOPs/s ÷ the mean FLOPs of a training example. A short window's batches may be
+  longer or shorter than average (the Trainer's length-grouped sampler starts with its longest batch),
+  so raw examples/s of different windows are not comparable; the raw figure is in the JSON;
+- real (non-padding) tokens/s, padded ÷ real tokens;
+- MFU: model FLOPs/s ÷ this machine's matrix-product peak for the contender's precision, measured in
+  the same run (2048x2048 products, best of several, before and after);
+- peftx ÷ contender: the median of the per-repeat ratios of model FLOPs/s;
+- evaluation examples/s on the same validation examples, and its ratio.
 
     python scripts/bench_speed.py                                   # ~5 minutes on 2 CPU cores
     python scripts/bench_speed.py --steps 40 --repeats 5 --eval-examples 1000 --out bench.json
@@ -42,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "listops_lora.yaml"
@@ -165,18 +172,23 @@ def gemm_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> flo
     return best / 1e9
 
 
-def flops_per_length(recipe: str) -> tuple[float, float]:
-    """(a, b) with training FLOPs of one example of length L = a·L + b·L², counted by torch's
+def flops_per_length(recipe: str) -> tuple[float, float, float]:
+    """(a, b, mean) with training FLOPs of one example of length L = a·L + b·L², counted by torch's
     FlopCounterMode over a forward and backward of the recipe's model in training mode (peft's own
-    LoRA layers, so the count is the model's, not this project's kernels')."""
+    LoRA layers, so the count is the model's, not this project's kernels'), and their mean over the
+    training split."""
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     from peftx.build import build_model
+    from peftx.data import make_split
     from peftx.recipe import load_recipe
 
     r = load_recipe(recipe, ["train.steps=1"])
-    model, _ = build_model(r, r.task.describe())
+    task = r.task.load()
+    model, _ = build_model(r, task.info)
+    max_len = model.family.max_positions(model.backbone.config)
+    lengths = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len).lengths
     model.train()
     counts = []
     for length in (32, 128):
@@ -184,9 +196,10 @@ def flops_per_length(recipe: str) -> tuple[float, float]:
         with FlopCounterMode(display=False) as counter:
             F.cross_entropy(model(**batch), torch.zeros(1, dtype=torch.long)).backward()
         counts.append(counter.get_total_flops())
-    (l1, f1), (l2, f2) = zip((32, 128), counts)
+    (l1, l2), (f1, f2) = (32, 128), counts
     b = (f2 / l2 - f1 / l1) / (l2 - l1)
-    return f1 / l1 - b * l1, b
+    a = f1 / l1 - b * l1
+    return a, b, float(np.mean(a * lengths + b * lengths.astype(np.float64) ** 2))
 
 
 def run_one(name: str, a, repeat: int) -> dict:
@@ -209,14 +222,22 @@ def run_one(name: str, a, repeat: int) -> dict:
     return result
 
 
-def summarise(name: str, runs: list[dict], ab: tuple[float, float], peaks: dict[str, float]) -> dict:
-    a, b = ab
+def model_flops_per_s(run: dict, ab: tuple[float, float, float]) -> float:
+    a, b, _ = ab
+    return sum(a * n + b * n * n for n in run["lengths"]) / run["seconds"]
+
+
+def summarise(name: str, runs: list[dict], ab: tuple[float, float, float], peaks: dict[str, float]) -> dict:
     ex = [len(r["lengths"]) / r["seconds"] for r in runs]
     tok = [sum(r["lengths"]) / r["seconds"] for r in runs]
-    flops = [sum(a * n + b * n * n for n in r["lengths"]) / r["seconds"] for r in runs]
+    flops = [model_flops_per_s(r, ab) for r in runs]
     precision = runs[0]["precision"]
     return {
-        "examples_per_s": statistics.median(ex),
+        # a short window's examples may be longer or shorter than average (the Trainer's length-grouped
+        # sampler starts with its longest batch): throughput at the training split's mean work per
+        # example is what the contenders are compared on
+        "examples_per_s": statistics.median(flops) / ab[2],
+        "window_examples_per_s": statistics.median(ex),
         "tokens_per_s": statistics.median(tok),
         "padding": statistics.median(r["padded_tokens"] / sum(r["lengths"]) for r in runs),
         "model_gflops": statistics.median(flops) / 1e9,
@@ -270,9 +291,7 @@ def main() -> None:
     ref = runs.get("peftx")
     for n, rs in runs.items():
         if ref is not None:
-            per_repeat = [
-                (len(x["lengths"]) / x["seconds"]) / (len(y["lengths"]) / y["seconds"]) for x, y in zip(ref, rs)
-            ]
+            per_repeat = [model_flops_per_s(x, ab) / model_flops_per_s(y, ab) for x, y in zip(ref, rs)]
             table[n]["peftx_speedup"] = statistics.median(per_repeat)
             table[n]["peftx_eval_speedup"] = table["peftx"]["eval_examples_per_s"] / table[n]["eval_examples_per_s"]
     print_table(table, a, peaks, notes)
@@ -280,7 +299,7 @@ def main() -> None:
         meta = {
             "args": vars(a),
             "peaks_gflops": peaks,
-            "flops_per_example": {"a_per_token": ab[0], "b_per_token_squared": ab[1]},
+            "flops_per_example": {"a_per_token": ab[0], "b_per_token_squared": ab[1], "train_mean": ab[2]},
             "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__,

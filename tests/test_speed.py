@@ -163,3 +163,59 @@ def test_compiled_model_gives_the_eager_loss(tmp_path):
         raw["train"].update(compile=compiled)
         results[compiled] = run(validate_recipe(raw)).result
     assert results[True]["metrics"]["test_loss"] == pytest.approx(results[False]["metrics"]["test_loss"], rel=1e-3)
+
+
+def test_auto_dtype_keeps_frozen_weights_in_bf16_when_training_in_bf16(tmp_path):
+    raw = tiny_recipe("bert", tmp_path)
+    raw["train"]["precision"] = "bf16"
+    _, _, model, split = build(raw)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # master weights
+    _, _, reference, _ = build(tiny_recipe("bert"))  # same seed: same weights, all float32
+    model.eval()
+    reference.eval()
+    batch = split.collate(list(range(32)))
+    y = batch.pop("labels")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        stored = F.cross_entropy(model(**batch).float(), y).item()
+        cast = F.cross_entropy(reference(**batch).float(), y).item()
+    assert stored == pytest.approx(cast, rel=0.02)
+    result = run(validate_recipe(raw)).result  # and a bf16 run trains end to end
+    assert result["status"] == "completed" and result["precision"] == "bf16"
+
+
+def test_token_budget_eval_batches_cover_every_example_once_within_budget():
+    from peftx.data import eval_batches
+
+    lengths = torch.randint(3, 200, (500,)).numpy()
+    batches = eval_batches(lengths, batch_size=64, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) <= 64 and (len(b) == 1 or len(b) * lengths[b].max() <= 1000) for b in batches)
+
+
+def test_token_budget_evaluation_gives_the_same_logits():
+    from peftx.train import infer, make_accelerator
+
+    _, _, model, split = build(tiny_recipe("bert"))
+    accelerator = make_accelerator("fp32")
+    fixed = infer(model, split, 32, accelerator)
+    budget = infer(model, split, 256, accelerator, max_tokens=300)
+    torch.testing.assert_close(budget, fixed, rtol=1e-4, atol=1e-5)
+
+
+def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
+    from peftx.speed import ThreadTuner
+
+    threads = [4]  # a 4-core machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    tuner = ThreadTuner("auto", every=10, probe=2)
+    seconds = {4: 2.0, 1: 1.0}  # one thread is faster (a busy machine)
+    used = []
+    for step in range(14):
+        tuner.choose(step)
+        used.append(threads[-1])
+        tuner.record(seconds[threads[-1]], work=100)
+    # step 0 as is; steps 1-2 time 4 threads, 3-4 time one; then one thread, until steps 11-12 probe again
+    assert used == [4, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1]
+    assert ThreadTuner(2).candidates == [] and ThreadTuner(None).candidates == []
