@@ -2,8 +2,8 @@
 
 Contenders (each a fresh process per measurement, run in alternating order, repeated):
 - `peftx`: the recipe as shipped (`peftx run`'s training loop and defaults).
-- `peftx_plain`: the same with this project's speed options off (peft's LoRA forward, torch dropout,
-  padding to multiples of 8): what the speed options buy.
+- `peftx_plain`: the same with the speed options off (peft's LoRA forward, torch dropout, padding to
+  multiples of 8, evaluation in batches of 128 examples): what the speed options buy.
 - `trainer`: `scripts/hf_trainer_baseline.py`, a `Trainer` script as a user writes it (fp32, random
   batches padded to their longest member).
 - `trainer_grouped`: the same with `train_sampling_strategy="group_by_length"` (fp32).
@@ -52,7 +52,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "listops_lora.yaml"
-PLAIN = ["train.fused_lora=false", "train.fast_dropout=false", "train.pad_to_multiple=8"]
+# peftx before the speed options: peft's LoRA forward, torch dropout, widths rounded to 8, evaluation in
+# batches of 128 examples
+PLAIN = [
+    "train.fused_lora=false",
+    "train.fast_dropout=false",
+    "train.pad_to_multiple=8",
+    "train.eval_batch_size=128",
+    "train.eval_batch_tokens=null",
+]
 CONTENDERS = ("peftx", "peftx_plain", "trainer", "trainer_grouped", "trainer_bf16_grouped")
 
 
