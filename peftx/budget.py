@@ -67,3 +67,15 @@ def model_budget(model) -> Budget:
     """`count_parameters` over a PeftxModel."""
     infos = model.param_infos()
     return count_parameters({n: (p, infos[n]) for n, p in model.named_parameters()})
+
+
+def recipe_budget(recipe) -> Budget:
+    """The budget of a recipe's model without loading or allocating weights (meta device)."""
+    from accelerate import init_empty_weights
+
+    from peftx.build import build_model
+
+    arch_only = recipe.model_copy(update={"model": recipe.model.model_copy(update={"pretrained": False})})
+    with init_empty_weights():
+        model, _ = build_model(arch_only, recipe.task.describe())
+    return model_budget(model)

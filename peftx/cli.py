@@ -118,5 +118,53 @@ def predict(
         err.print(f"accuracy against Target: {100 * acc:.2f}% ({len(preds)} inputs)")
 
 
+@app.command()
+@user_errors
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="Recipe whose values may be lists (grid axes).")],
+    set_: SetOption = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the grid and each point's trainable budget; run nothing.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo finished points too.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped on rerun."""
+    from rich.table import Table
+
+    from peftx.display import RunDisplay, fmt_count
+    from peftx.sweep import load_sweep, point_state, run_sweep
+
+    points = load_sweep(recipe, list(set_ or []))
+    if dry_run:
+        from peftx.budget import recipe_budget
+
+        table = Table(title=f"{len(points)} runs")
+        for col in ("run", "state", "trainable", "total", "trainable %"):
+            table.add_column(col, justify="left" if col in ("run", "state") else "right")
+        for p in points:
+            b = recipe_budget(p.recipe)
+            table.add_row(p.name, point_state(p), fmt_count(b.trainable), fmt_count(b.total), f"{b.trainable_pct:.3f}")
+        Console().print(table)
+        return
+    failed = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
+    if failed:
+        err.print(f"[red]{len(failed)} run(s) failed:[/] {', '.join(failed)} (see their result.json)")
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(
+    runs: Annotated[Path, typer.Argument(help="Directory searched for result.json files.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write report.md and plots (default: RUNS).")] = None,
+) -> None:
+    """Markdown table (mean ± SEM over seeds, lr chosen on validation) and PNG plots from result files."""
+    from peftx.report import write_report
+
+    for path in write_report(runs, out):
+        print(f"written: {path}")
+
+
 def main() -> None:
     app()
