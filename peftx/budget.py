@@ -75,7 +75,10 @@ def recipe_budget(recipe) -> Budget:
 
     from peftx.build import build_model
 
-    arch_only = recipe.model_copy(update={"model": recipe.model.model_copy(update={"pretrained": False})})
+    # Parameters are counted by what they stand for, so quantization does not change a budget, and
+    # quantizing needs real weights: count the unquantized architecture.
+    arch = recipe.model.model_copy(update={"pretrained": False, "quantization": "none"})
+    arch_only = recipe.model_copy(update={"model": arch})
     with init_empty_weights():
         model, _ = build_model(arch_only, recipe.task.describe())
     return model_budget(model)
