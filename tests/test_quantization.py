@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftx.budget import model_budget
+from peftx.budget import model_budget, recipe_budget
 from peftx.errors import PeftxError
 from peftx.families import ParamInfo
 from peftx.methods import apply_method
@@ -138,6 +138,17 @@ def test_budget_of_quantized_model_equals_unquantized(family):
     plain = model_budget(build(tiny_recipe(family))[2]).to_dict()
     for bits in BITS:  # parameters are counted by what they stand for, 4-bit packing included
         assert model_budget(build(quantized_recipe(family, bits))[2]).to_dict() == plain, bits
+        assert recipe_budget(validate_recipe(quantized_recipe(family, bits))).to_dict() == plain, bits
+
+
+def test_4bit_options_reach_the_layers():
+    raw = quantized_recipe("bert", "4bit")
+    raw["model"].update(quant_type="fp4", double_quant=False, compute_dtype="bfloat16")
+    _, _, model, split = build(raw)
+    for layer in quantized_modules(model).values():
+        state = layer.weight.quant_state
+        assert (state.quant_type, state.nested, layer.compute_dtype) == ("fp4", False, torch.bfloat16)
+    assert train_steps(model, split, 1)  # bf16 compute on a tiny model: fine even where bf16 is slow
 
 
 @pytest.mark.parametrize(
