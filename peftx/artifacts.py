@@ -3,8 +3,9 @@
 runs/<name>/
   recipe.yaml          the resolved recipe (every default written out)
   result.json          budget, metrics over time, final metrics, timings, memory, versions, status
-  weights.safetensors  trained parameters + the input layer's own parameters and buffers (+ the whole backbone when it was
-                       built from scratch, since random weights cannot be re-downloaded)
+  weights.safetensors  trained parameters + the input layer's own parameters and buffers (+ the whole
+                       backbone when it was built from scratch, since random weights cannot be
+                       re-downloaded)
 """
 
 from __future__ import annotations

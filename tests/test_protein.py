@@ -19,7 +19,9 @@ from tests.conftest import tiny_recipe
 
 TAPE_SPLITS = ("train", "valid", "test_fold_holdout", "test_superfamily_holdout", "test_family_holdout")
 RECORDS = {
-    split: [{"primary": "MKV" * (i + 1) + "LLW", "fold_label": (7 * i) % NUM_FOLDS, "id": f"{split}{i}"} for i in range(4)]
+    split: [
+        {"primary": "MKV" * (i + 1) + "LLW", "fold_label": (7 * i) % NUM_FOLDS, "id": f"{split}{i}"} for i in range(4)
+    ]
     for split in TAPE_SPLITS
 }
 RECORDS["train"][0]["fold_label"] = NUM_FOLDS - 1
@@ -90,7 +92,7 @@ def test_tape_errors(tmp_path):
     with pytest.raises(PeftxError, match="task.data_dir: remote_homology needs"):
         ProteinConfig(dataset="remote_homology").load()
     write_tape(tmp_path, "json")
-    (tmp_path / "remote_homology_valid.json").write_text("[{\"primary\": \"MKV\"")
+    (tmp_path / "remote_homology_valid.json").write_text('[{"primary": "MKV"')
     with pytest.raises(PeftxError, match="remote_homology_valid.json: not valid JSON"):
         tape_task(tmp_path, "json").load()
     (tmp_path / "remote_homology_valid.json").write_text('[{"primary": "MKV"}]')

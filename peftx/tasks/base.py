@@ -102,7 +102,9 @@ def majority_accuracy(train_labels: list[int], test_labels: list[int]) -> float:
     return sum(y == top for y in test_labels) / max(len(test_labels), 1)
 
 
-def nearest_centroid_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+def nearest_centroid_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> float:
     """Accuracy on test of assigning each example to the class whose mean training feature vector is
     nearest (Euclidean): a cheap reference a model should beat by far."""
     classes = np.unique(train_y)

@@ -37,7 +37,7 @@ def _find(data_dir: Path, stem: str) -> Path:
 def read_idx(path: Path) -> np.ndarray:
     """An idx file's array (unsigned-byte data only, as MNIST and Fashion-MNIST use)."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise PeftxError(f"{path}: cannot read: {e}") from None
@@ -77,7 +77,9 @@ def read_cifar_batches(data_dir: Path) -> Arrays:
         for name in names:
             path = data_dir / name
             if not path.is_file():
-                raise PeftxError(f"{path}: missing CIFAR-10 batch (expected {', '.join(sum(CIFAR_FILES.values(), []))})")
+                raise PeftxError(
+                    f"{path}: missing CIFAR-10 batch (expected {', '.join(sum(CIFAR_FILES.values(), []))})"
+                )
             try:
                 with path.open("rb") as f:
                     batch = pickle.load(f, encoding="bytes")  # the format is a pickle; read only files you trust

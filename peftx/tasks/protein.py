@@ -133,7 +133,9 @@ class ProteinConfig(TaskConfig):
         if self.data_dir is None:
             raise PeftxError("task.data_dir: remote_homology needs a folder of TAPE's remote_homology files")
         parts = {"train": "train", "validation": "valid", "test": f"test_{self.test_split}"}
-        raw = {ours: protein_files.read_tape_split(self.data_dir, theirs, self.format) for ours, theirs in parts.items()}
+        raw = {
+            ours: protein_files.read_tape_split(self.data_dir, theirs, self.format) for ours, theirs in parts.items()
+        }
         for split, (_, labels) in raw.items():
             bad = [y for y in labels if not 0 <= y < NUM_FOLDS]
             if bad:
@@ -147,7 +149,10 @@ class ProteinConfig(TaskConfig):
         limits = {"train": self.n_train, "validation": self.n_val, "test": self.n_test}
         out, cropped = {}, {}
         features = datasets.Features(
-            {"tokens": datasets.Sequence(datasets.Value("int8")), "label": datasets.ClassLabel(names=list(self.labels()))}
+            {
+                "tokens": datasets.Sequence(datasets.Value("int8")),
+                "label": datasets.ClassLabel(names=list(self.labels())),
+            }
         )
         for split in SPLITS:
             seqs, labels = raw[split]
@@ -167,14 +172,16 @@ class ProteinConfig(TaskConfig):
             )
         splits = datasets.DatasetDict(out)
         notes.append(
-            f"protein: splits {({s: len(out[s]) for s in SPLITS})}; cropped to {self.max_residues} residues "
+            f"protein: splits { ({s: len(out[s]) for s in SPLITS}) }; cropped to {self.max_residues} residues "
             f"({self.crop}): {cropped}"
         )
         y = {s: np.asarray(out[s]["label"]) for s in ("train", "test")}
         comp = {s: composition(out[s]["tokens"]) for s in ("train", "test")}
         baselines = {
             "majority_class": majority_accuracy(y["train"].tolist(), y["test"].tolist()),
-            "composition_nearest_centroid": nearest_centroid_accuracy(comp["train"], y["train"], comp["test"], y["test"]),
+            "composition_nearest_centroid": nearest_centroid_accuracy(
+                comp["train"], y["train"], comp["test"], y["test"]
+            ),
         }
         return TaskData(splits=splits, info=self.describe(), baselines=baselines, notes=notes)
 

@@ -54,7 +54,9 @@ def read_tape_lmdb(path: Path, label_key: str = "fold_label") -> Records:
     try:
         import lmdb
     except ImportError:
-        raise PeftxError(f"{path}: reading TAPE's LMDB files needs the lmdb package: pip install 'peftx[tape]'") from None
+        raise PeftxError(
+            f"{path}: reading TAPE's LMDB files needs the lmdb package: pip install 'peftx[tape]'"
+        ) from None
     if not (path / "data.mdb").is_file():
         raise PeftxError(f"{path}: missing TAPE LMDB database (expected {path / 'data.mdb'})")
     try:
@@ -144,7 +146,9 @@ def read_tape_split(data_dir: Path, split: str, fmt: str) -> Records:
     """One split of TAPE remote homology from `data_dir` in format json | lmdb | fasta | auto."""
     stem = data_dir / f"{TAPE_PREFIX}{split}"
     if fmt == "auto":
-        found = [f for f, p in (("lmdb", ".lmdb"), ("json", ".json"), ("fasta", ".fasta")) if stem.with_suffix(p).exists()]
+        found = [
+            f for f, p in (("lmdb", ".lmdb"), ("json", ".json"), ("fasta", ".fasta")) if stem.with_suffix(p).exists()
+        ]
         if not found:
             raise PeftxError(f"{stem}: missing remote homology file (.lmdb, .json or .fasta + .labels)")
         fmt = found[0]
@@ -177,7 +181,10 @@ def read_scl2205(data_dir: Path) -> tuple[dict[str, Records], dict[int, str]]:
         with paths["scl2205.csv"].open(newline="") as f:
             rows = {r["entry"]: (r["seq"], int(r["scl"])) for r in csv.DictReader(f)}
         out = {
-            ours: ([rows[entries[str(i)]][0] for i in splits[theirs]], [rows[entries[str(i)]][1] for i in splits[theirs]])
+            ours: (
+                [rows[entries[str(i)]][0] for i in splits[theirs]],
+                [rows[entries[str(i)]][1] for i in splits[theirs]],
+            )
             for ours, theirs in (("train", "trn"), ("validation", "evl"), ("test", "tst"))
         }
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:

@@ -42,7 +42,16 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "digits": (8, 8, 1)}  # (height, width, channels)
 LABELS = {
     "fashion_mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ),  # fmt: skip
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     "digits": tuple(str(d) for d in range(10)),
@@ -51,9 +60,7 @@ DEFAULT_N_VAL = {"fashion_mnist": 5000, "cifar10": 5000, "digits": 300}
 FORMAT_VERSION = 1
 
 
-def to_sequences(
-    images: np.ndarray, mode: str, patch: int, downsample: int, greyscale: bool
-) -> np.ndarray:
+def to_sequences(images: np.ndarray, mode: str, patch: int, downsample: int, greyscale: bool) -> np.ndarray:
     """(n, h, w, c) uint8 images -> (n, seq, dim) uint8 sequences (see the module docstring)."""
     x = images
     if greyscale and x.shape[-1] == 3:  # ITU-R 601 luma, as Pillow's convert("L")
@@ -155,7 +162,10 @@ class VisionConfig(TaskConfig):
             return {"source": self.hub_id}
         folder = self.data_dir or FASHION_MNIST_DIR
         files = sorted(folder.glob("*")) if folder.is_dir() else []
-        return {"source": str(folder.resolve()), "files": [(p.name, p.stat().st_size, p.stat().st_mtime) for p in files]}
+        return {
+            "source": str(folder.resolve()),
+            "files": [(p.name, p.stat().st_size, p.stat().st_mtime) for p in files],
+        }
 
     def _build(self) -> datasets.DatasetDict:
         arrays, _ = self._read()
