@@ -154,7 +154,7 @@ def test_scl2205_files_drop_overlaps_and_note_it(tmp_path):
     data = ProteinConfig(data_dir=tmp_path / "scl", max_residues=8).load()
     assert {s: len(d) for s, d in data.splits.items()} == {"train": 20, "validation": 3, "test": 7}
     assert data.info.labels == SCL_LABELS and len(SCL_LABELS) == 13
-    assert "{'train': 2, 'validation': 0}" in data.notes[0]
+    assert "dropped 2 training sequence(s) that also occur in validation or test, and 0 validation" in data.notes[0]
     assert max(len(t) for t in data.splits["train"]["tokens"]) == 8
     assert set(data.baselines) == {"majority_class", "composition_nearest_centroid"}
 

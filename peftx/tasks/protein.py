@@ -127,7 +127,8 @@ class ProteinConfig(TaskConfig):
                 raise PeftxError(f"{folder / 'labels.json'}: labels differ from SCL2205's 13 (p-scldata==2025.6.0)")
             raw, dropped = drop_overlaps(raw)
             notes.append(
-                f"protein: SCL2205 from {folder}; dropped sequences that also occur in a later split: {dropped}"
+                f"protein: SCL2205 from {folder}; dropped {dropped['train']} training sequence(s) that also occur in "
+                f"validation or test, and {dropped['validation']} validation sequence(s) that also occur in test"
             )
             return raw, notes
         if self.data_dir is None:
