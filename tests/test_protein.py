@@ -184,7 +184,7 @@ def test_installed_scldata_matches_the_literal_labels():
 def test_end_to_end_protein_run_and_predict(tmp_path):
     write_tape(tmp_path / "tape", "json")
     task = {"name": "protein", "dataset": "remote_homology", "data_dir": str(tmp_path / "tape"), "max_residues": 10}
-    recipe = validate_recipe(tiny_recipe("t5", tmp_path, task=task))
+    recipe = validate_recipe(tiny_recipe("bert", tmp_path, task=task))
     assert recipe.input.name == "pretrained_vocab"
     out = run(recipe)
     assert out.result["status"] == "completed" and "majority_class" in out.result["baselines"]
