@@ -113,6 +113,36 @@ def test_save_reload_gives_identical_logits(case, family, tmp_path):
     assert torch.equal(fixed_logits(fresh, split), expected)
 
 
+# end to end (run -> run directory -> Predictor), one family per method, all families covered
+END_TO_END = {
+    "full": "bert",
+    "frozen": "gpt2",
+    "bitfit": "t5",
+    "ia3": "bart",
+    "prefix_mlp": "t5",
+    "prompt": "gpt2",
+    "layers": "bart",
+    "composed": "bert",
+}
+
+
+@pytest.mark.parametrize("case", END_TO_END)
+def test_run_then_predict_reproduces_the_test_accuracy(case, tmp_path):
+    from peftx.predict import Predictor
+    from peftx.recipe import validate_recipe
+    from peftx.run import run
+    from peftx.tasks.listops import VOCAB
+
+    family = END_TO_END[case]
+    recipe = validate_recipe(tiny_recipe(family, tmp_path, method=CASES[case]))
+    out = run(recipe)
+    test = recipe.task.load().splits["test"]
+    texts = [" ".join(VOCAB.symbols[i] for i in t) for t in test["tokens"]]
+    predicted = Predictor(out.run_dir).predict(texts)
+    acc = sum(int(p) == y for p, y in zip(predicted, test["label"])) / len(texts)
+    assert acc == pytest.approx(out.result["metrics"]["test_accuracy"], abs=1e-9)
+
+
 # ---- analytic trainable counts, by role, from the tiny configs in tests/conftest.py -------------
 
 H, L, FF, VOCAB, CLASSES = 32, 2, 64, 128, 10
