@@ -65,7 +65,7 @@ def intended(case: str, family: str, infos: dict) -> set[str]:
 # over one key) -- unless a prefix gives that attention more keys.
 INERT = {
     "bert": r".*\.key\.bias",
-    "gpt2": r"$^",
+    "gpt2": r"$^",  # nothing: its key bias is fused with the query and value biases
     "t5": r".*decoder\.block\.\d+\.layer\.0\.SelfAttention\.(q|k|relative_attention_bias)\..*",
     "bart": r".*(k_proj\.bias|decoder\.layers\.\d+\.self_attn\.(q|k)_proj\..*)",
 }
