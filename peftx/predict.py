@@ -59,7 +59,7 @@ class Predictor:
                 raise PeftxError(f"input {lineno}: {e}") from None
         ds = datasets.Dataset.from_dict({self.info.input_spec.column: ids})
         model = self.accelerator.unwrap_model(self.model)
-        split = make_split(ds, self.info.input_spec, model.specials, model.family.max_positions(model.backbone.config))
+        split = make_split(ds, self.info.input_spec, model.specials, model.max_length)
         return infer(self.model, split, self.recipe.train.eval_batch_size, self.accelerator)
 
     def predict(self, texts: list[str]) -> list[str]:
