@@ -3,9 +3,10 @@
 runs/<name>/
   recipe.yaml          the resolved recipe (every default written out)
   result.json          budget, metrics over time, final metrics, timings, memory, versions, status
-  weights.safetensors  trained parameters + input-layer buffers (+ the whole backbone when it was
-                       built from scratch, since random weights cannot be re-downloaded; quantized
-                       layers are written dequantized and quantized again on loading)
+  weights.safetensors  trained parameters + the input layer's own parameters and buffers (+ the whole
+                       backbone when it was built from scratch, since random weights cannot be
+                       re-downloaded; quantized layers are written dequantized and quantized again
+                       on loading)
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def weights_to_save(model: torch.nn.Module, whole_backbone: bool) -> dict[str, torch.Tensor]:
-    """Trainable parameters, the input layer's and extras' buffers, and optionally the backbone."""
+    """Trainable parameters, the input layer's parameters (frozen ones too: a frozen fresh table is
+    random and could not be rebuilt) and buffers, extras' buffers, and optionally the backbone."""
     out = {
         n: p
         for n, p in model.named_parameters()
-        if p.requires_grad or (whole_backbone and n.startswith("backbone.") and not is_quantized(p))
+        if p.requires_grad
+        or n.startswith("input.")
+        or (whole_backbone and n.startswith("backbone.") and not is_quantized(p))
     }
     if whole_backbone:
         out.update({f"{n}.weight": dequantized_weight(m) for n, m in quantized_modules(model).items()})

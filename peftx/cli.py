@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from peftx.errors import PeftxError
 
@@ -34,7 +35,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PeftxError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -71,17 +72,17 @@ def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
     set_: SetOption = None,
 ) -> None:
-    """Check recipes against the schema without running them (exit 2 if any is invalid)."""
-    from peftx.recipe import load_recipe
+    """Check recipes (and sweep recipes, every point) without running them (exit 2 if any is invalid)."""
+    from peftx.sweep import load_sweep
 
     failed = 0
     for path in recipes:
         try:
-            load_recipe(path, list(set_ or []))
-            print(f"ok: {path}")
+            points = load_sweep(path, list(set_ or []))
+            print(f"ok: {path}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
         except PeftxError as e:
             failed += 1
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(2)
 

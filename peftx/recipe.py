@@ -268,19 +268,9 @@ def validate_recipe(raw: Any, where: str = "<recipe>") -> RecipeBase:
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:
-    """Read, override and validate a recipe file.
-
-    Args:
-        path: a YAML file.
-        overrides: `a.b=value` strings applied before validation.
-
-    Returns:
-        The validated recipe; `name` defaults to the file's stem.
-
-    Raises:
-        PeftxError: missing file, YAML syntax error, or an invalid recipe (one line, naming the key).
-    """
+def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A recipe file as a raw mapping, with `--set` overrides applied and `name` defaulting to the
+    file's stem. Raises PeftxError on a missing file, a YAML syntax error or a non-mapping."""
     path = Path(path)
     if not path.is_file():
         raise PeftxError(f"{path}: no such recipe file")
@@ -290,9 +280,33 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeB
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark else ""
         raise PeftxError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if isinstance(raw, dict):
-        raw.setdefault("name", path.stem)
-    apply_overrides(raw, overrides or [])
+    if not isinstance(raw, dict):
+        raise PeftxError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return apply_overrides(raw, overrides or [])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:
+    """Read, override and validate a recipe file (one run).
+
+    Args:
+        path: a YAML file.
+        overrides: `a.b=value` strings applied before validation.
+
+    Returns:
+        The validated recipe; `name` defaults to the file's stem.
+
+    Raises:
+        PeftxError: missing file, YAML syntax error, grid axes (a sweep), or an invalid recipe (one
+            line, naming the key).
+    """
+    from peftx.sweep import find_axes
+
+    raw = read_raw(path, overrides)
+    axes = find_axes(raw)
+    if axes:
+        keys = ", ".join(k for k, _ in axes)
+        raise PeftxError(f"{path}: holds grid axes ({keys}); run it with `peftx sweep {path}`")
     return validate_recipe(raw, str(path))
 
 

@@ -65,7 +65,7 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         load_peak = {f"load_{k}": v for k, v in peak_memory().items()}  # task data and model loading alone
         budget = model_budget(model)
         result.update(backbone=provenance, budget=budget.to_dict(), baselines=task.baselines, data_notes=task.notes)
-        max_len = model.family.max_positions(model.backbone.config)
+        max_len = model.max_length
         splits = {
             name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len)
             for name in ("train", "validation", "test")

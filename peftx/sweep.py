@@ -20,11 +20,9 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from peftx.artifacts import RESULT
 from peftx.errors import PeftxError
-from peftx.recipe import PLUGINS, RecipeBase, apply_overrides, recipe_class, validate_recipe
+from peftx.recipe import PLUGINS, RecipeBase, read_raw, recipe_class, validate_recipe
 
 SECTIONS = ("model", "task", "input", "method", "train", "output")
 
@@ -140,7 +138,7 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
         seen.add(unique)
         point["output"] = {**(point.get("output") or {}), "dir": str(out_dir), "name": unique}
         point["name"] = sweep_name
-        points.append(Point(unique, values, validate_recipe(point, f"{where} [{unique}]")))
+        points.append(Point(unique, values, validate_recipe(point, f"{where} [{unique}]" if axes else where)))
     return points
 
 
@@ -158,19 +156,8 @@ def _set(raw: dict, key: str, value) -> None:
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Point]:
-    """Read a sweep recipe and expand it into validated points."""
-    path = Path(path)
-    if not path.is_file():
-        raise PeftxError(f"{path}: no such recipe file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PeftxError(f"{path}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise PeftxError(f"{path}: a recipe is a mapping of sections")
-    raw.setdefault("name", path.stem)
-    apply_overrides(raw, overrides or [])
-    return expand(raw, str(path))
+    """Read a sweep recipe and expand it into validated points (a plain recipe is one point)."""
+    return expand(read_raw(path, overrides), str(path))
 
 
 def point_state(point: Point) -> str:

@@ -6,6 +6,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and when other jobs share the CPU, OpenMP's
+# spinning workers make their small matmuls up to ~100x slower. One thread keeps the suite fast.
+torch.set_num_threads(1)
 
 # Config overrides that shrink each family's standard architecture to a few thousand parameters per
 # layer. Special-token ids are moved inside the small vocabulary.

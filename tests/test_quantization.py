@@ -1,5 +1,6 @@
-"""Quantized backbones: LoRA (and bias training) on 8-bit and 4-bit bodies of every family, through
-train -> eval -> train cycles; budgets unchanged; what cannot train on a quantized body is refused."""
+"""Quantized backbones: LoRA and every other method that keeps the body frozen, on 8-bit and 4-bit bodies
+of every family, through train -> eval -> train cycles; budgets unchanged; what cannot train on a
+quantized body is refused."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import torch.nn.functional as F
 from peftx.budget import model_budget, recipe_budget
 from peftx.errors import PeftxError
 from peftx.families import ParamInfo
-from peftx.methods import apply_method
+from peftx.methods import METHODS, apply_method
 from peftx.methods.base import MethodConfig
 from peftx.quantization import dequantized_weight, is_quantized, prepare_quantized, quantized_modules
 from peftx.recipe import validate_recipe
 from peftx.train import infer, make_accelerator
-from tests.conftest import tiny_recipe
+from tests.conftest import FAMILY_NAMES, tiny_recipe
 from tests.helpers import build, changed, snapshot, train_steps
+from tests.test_methods import CASES, intended
 
 BITS = ("8bit", "4bit")
 
@@ -71,6 +73,26 @@ def test_lora_on_quantized_body_trains_through_eval(family, bits):
     moved = changed(before, model)
     assert moved <= trainable and any(infos[n].role == "adapter" for n in moved)
     assert packed(model) == 0
+
+
+FROZEN_BODY_CASES = [c for c, m in CASES.items() if METHODS.get(m["name"]).quantized_body_ok and c != "lora"]
+
+
+@pytest.mark.parametrize("case", FROZEN_BODY_CASES)
+def test_every_frozen_body_method_trains_on_a_quantized_body(case, family):
+    # each method meets both widths across the families (and each family both across the methods)
+    bits = BITS[(FROZEN_BODY_CASES.index(case) + FAMILY_NAMES.index(family)) % 2]
+    _, _, model, split = build(quantized_recipe(family, bits, method=CASES[case]))
+    infos = model.param_infos()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == intended(case, family, infos)
+    assert not any(is_quantized(p) for n, p in model.named_parameters() if n in trainable)
+    before = snapshot(model)
+    losses = train_steps(model, split, 1)
+    infer(model, split, 128, make_accelerator("fp32"))
+    losses += train_steps(model, split, 1)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert changed(before, model) <= trainable
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -169,14 +191,13 @@ def test_recipe_refuses_training_quantized_weights(change, message):
         validate_recipe(raw, "r.yaml")
 
 
-def test_method_that_trains_the_body_is_refused_with_a_quantized_body(monkeypatch):
-    from peftx.methods.lora import LoraMethod
-
-    monkeypatch.setattr(LoraMethod, "quantized_body_ok", False)  # as a method like `full` declares
-    with pytest.raises(PeftxError, match=r"^r\.yaml: method\.name: 'lora' trains the body's weights, .*8bit") as e:
-        validate_recipe(quantized_recipe("bert", "8bit"), "r.yaml")
+@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "layers", "top": 1}])
+def test_method_that_trains_the_body_is_refused_with_a_quantized_body(method):
+    name = method["name"]
+    with pytest.raises(PeftxError, match=rf"^r\.yaml: method\.name: '{name}' trains the body's weights, .*8bit") as e:
+        validate_recipe(quantized_recipe("bert", "8bit", method=method), "r.yaml")
     assert "\n" not in str(e.value)
-    validate_recipe(tiny_recipe("bert"), "r.yaml")  # unquantized: fine
+    validate_recipe(tiny_recipe("bert", method=method), "r.yaml")  # unquantized: fine
 
 
 class _TrainsAttention(MethodConfig):
