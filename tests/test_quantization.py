@@ -15,7 +15,13 @@ from peftx.errors import PeftxError
 from peftx.families import ParamInfo
 from peftx.methods import METHODS, apply_method
 from peftx.methods.base import MethodConfig
-from peftx.quantization import dequantized_weight, is_quantized, prepare_quantized, quantized_modules
+from peftx.quantization import (
+    dequantized_weight,
+    is_quantized,
+    prepare_quantized,
+    quantized_modules,
+    set_quantized_weight,
+)
 from peftx.recipe import validate_recipe
 from peftx.train import infer, make_accelerator
 from tests.conftest import FAMILY_NAMES, tiny_recipe
@@ -224,3 +230,17 @@ def test_lora_on_quantized_body_on_gpu(tmp_path, bits):
     assert result["status"] == "completed"
     assert result["memory"]["peak_cuda_allocated_bytes"] > 0
     assert len(result["history"]) == 2  # train -> eval -> train -> eval
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_dequantize_then_quantize_round_trips(bits):
+    # how a quantized from-scratch body is saved (dequantized) and reloaded (quantized again)
+    _, _, model, split = build(quantized_recipe("gpt2", bits))
+    train_steps(model, split, 1)  # after a forward, 8-bit scales live in the layer's matmul state
+    layers = quantized_modules(model)
+    codes = {n: m.weight.data.clone() for n, m in layers.items()}
+    dense = {n: dequantized_weight(m) for n, m in layers.items()}
+    for n, m in layers.items():
+        set_quantized_weight(m, dense[n])
+        assert torch.equal(m.weight.data, codes[n]), n
+        assert torch.allclose(dequantized_weight(m), dense[n], rtol=0, atol=0 if bits == "8bit" else 1e-3), n
