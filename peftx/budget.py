@@ -71,11 +71,14 @@ def model_budget(model) -> Budget:
 
 def recipe_budget(recipe) -> Budget:
     """The budget of a recipe's model without loading or allocating weights (meta device)."""
-    from accelerate import init_empty_weights
-
     from peftx.build import build_model
 
-    arch_only = recipe.model_copy(update={"model": recipe.model.model_copy(update={"pretrained": False})})
-    with init_empty_weights():
+    # Parameters are counted by what they stand for, so quantization does not change a budget, and
+    # quantizing needs real weights: count the unquantized architecture.
+    arch = recipe.model.model_copy(update={"pretrained": False, "quantization": "none"})
+    arch_only = recipe.model_copy(update={"model": arch})
+    # torch's meta device, not accelerate's init_empty_weights: that one re-creates every parameter it
+    # registers, which unties tied weights (T5's and BART's shared embeddings would count twice)
+    with torch.device("meta"):
         model, _ = build_model(arch_only, recipe.task.describe())
     return model_budget(model)

@@ -10,6 +10,7 @@ from peftx.inputs import InputContext
 from peftx.loading import load_backbone
 from peftx.methods import apply_method
 from peftx.model import PeftxModel
+from peftx.quantization import QuantSpec
 from peftx.recipe import RecipeBase
 from peftx.tasks import TaskInfo
 
@@ -26,7 +27,8 @@ def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
         PeftxError: the backbone cannot be had, or the recipe's choices do not fit it.
     """
     m = recipe.model
-    bb = load_backbone(m.source, m.pretrained, m.family, DTYPES[m.dtype], m.config_overrides)
+    quant = QuantSpec.from_section(m)
+    bb = load_backbone(m.source, m.pretrained, m.family, DTYPES[m.dtype], m.config_overrides, quant)
     pooling = m.pooling or bb.family.poolings[0]
     if pooling not in bb.family.poolings:
         raise PeftxError(

@@ -44,9 +44,24 @@ class ModelSection(Section):
     """How the sequence becomes one vector; None: the family's default (bert: cls, gpt2: last,
     t5/bart: decoder_start)."""
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Store the backbone's linear layers in 8 or 4 bits (bitsandbytes); embeddings, norms, biases,
+    the input layer and the head stay in `dtype`. Needs a method that keeps the body frozen."""
+    quant_type: Literal["nf4", "fp4"] | None = None
+    """4-bit only: nf4 (default; suits normally distributed weights) or fp4."""
+    double_quant: bool | None = None
+    """4-bit only: also quantize the per-block scales (default true; ~0.4 bits per weight less)."""
+    compute_dtype: Literal["float32", "bfloat16"] | None = None
+    """4-bit only: dtype the dequantized weights are multiplied in (default: `dtype`)."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelSection:
+        if self.quantization != "4bit":
+            for key in ("quant_type", "double_quant", "compute_dtype"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} applies to quantization: 4bit only (quantization is {self.quantization!r})"
+                    )
         if self.family is not None and self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r} (valid: {', '.join(FAMILIES.names())})")
         if self.source == "offline" and self.family not in (None, "bert"):
@@ -62,7 +77,10 @@ class ModelSection(Section):
 class TrainSection(Section):
     """The training loop."""
 
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "lion8bit", "paged_adamw8bit"] = "adamw"
+    """adamw (torch); the others are bitsandbytes' 8-bit optimizers: state in 8 bits (about 2 bytes per
+    trained parameter instead of 8). Lion usually wants a 3-10x smaller lr; paged_adamw8bit pages its
+    state to CPU memory under GPU memory pressure (on a CPU it is plain adamw8bit)."""
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -87,6 +105,9 @@ class TrainSection(Section):
     group_by_length: bool = True
     """Batch sequences of similar length together (less padding)."""
     log_every: int = Field(10, ge=1)
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: far less
+    memory for activations, about one more forward pass of time."""
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSection:
@@ -108,6 +129,25 @@ class RecipeBase(Section):
     model: ModelSection = ModelSection()
     train: TrainSection
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _quantized_body_stays_frozen(self) -> RecipeBase:
+        method = getattr(self, "method", None)  # the plug-in sections live on the generated subclass
+        quant = self.model.quantization
+        if quant == "none" or method is None:
+            return self
+        if not type(method).quantized_body_ok:
+            raise ValueError(
+                f"method.name: {method.name!r} trains the body's weights, which model.quantization: {quant} "
+                "stores frozen; use a method that keeps the body frozen (e.g. lora) or model.quantization: none"
+            )
+        body = sorted({"attention", "feed_forward"} & set(method.train_roles))
+        if body:
+            raise ValueError(
+                f"method.train_roles: {body} are quantized weights with model.quantization: {quant} and cannot "
+                "train (biases can: use the role 'bias')"
+            )
+        return self
 
     @property
     def run_name(self) -> str:
@@ -159,7 +199,9 @@ def _format_error(err: dict, where: str, raw: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) and err["type"] != "value_error" else ""
-    return f"{where}: {key or '(top level)'}: {msg}{shown}"
+    if not key:  # a check across sections: its message starts with the keys it is about
+        return f"{where}: {msg}{shown}"
+    return f"{where}: {key}: {msg}{shown}"
 
 
 def _section_fields(loc: list[str], raw: dict) -> list[str]:

@@ -106,3 +106,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(params=FAMILY_NAMES)
 def family(request) -> str:
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA; without it they are skipped (with the reason shown)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from peftx.errors import PeftxError
 from peftx.methods import bitfit, frozen, full, ia3, layers, lora, prefix, prompt  # noqa: F401  (registration)
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
+from peftx.quantization import is_quantized
 
 if TYPE_CHECKING:
     from peftx.inputs import InputConfig
@@ -24,6 +26,12 @@ def apply_method(model: PeftxModel, method: MethodConfig, input_cfg: InputConfig
     extra = set(method.train_roles) | input_cfg.trained_roles() | {"head"}
     added = {n for n, info in model.param_infos().items() if role_selected(info, extra)}
     trainable = method.trained_names(model) | added
+    frozen_only = sorted(n for n, p in model.named_parameters() if n in trainable and is_quantized(p))
+    if frozen_only:
+        raise PeftxError(
+            f"method.name: {method.name!r} would train {len(frozen_only)} quantized weight(s) (e.g. {frozen_only[0]}); "
+            "a quantized body stays frozen: use model.quantization: none"
+        )
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
     return trainable
