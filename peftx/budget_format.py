@@ -36,18 +36,15 @@ def fmt_mem(n: float) -> str:
     return f"{n / (1 << 30):.2f}G" if n >= 1 << 30 else f"{n / (1 << 20):.0f}M"
 
 
-def fmt_pct(pct: float) -> str:
-    return f"{pct:.3g}"
-
-
 STATUS_TEXT = {"max": "yes; largest", "none": "no; smallest", "fixed": "yes; fixed", "over": "no; fixed"}
 
 
-def _over(pct: float, target: Target) -> str:
-    """`pct` with enough digits to show it is over a percentage target (2.0004 -> "2.0004", not "2")."""
+def _vs(pct: float, target: Target | None) -> str:
+    """`pct` with enough digits to show which side of a percentage target it is on (1.9995 within 2%
+    shows as "1.9995", not "2"; 2.0004 over it as "2.0004")."""
     for digits in range(3, 9):
         text = f"{pct:.{digits}g}"
-        if not target.percent or float(text) > target.value:
+        if target is None or not target.percent or (float(text) == target.value) == (pct == target.value):
             return text
     return repr(pct)
 
@@ -55,7 +52,7 @@ def _over(pct: float, target: Target) -> str:
 def _versus_target(row: BudgetRow, target: Target) -> str:
     if row.status == "match":
         n = row.next
-        over = f"{_over(n['trainable_pct'], target)}%" if target.percent else f"{n['trainable']:,}"
+        over = f"{_vs(n['trainable_pct'], target)}%" if target.percent else f"{n['trainable']:,}"
         return f"yes; {n['setting']}: {over}"
     return STATUS_TEXT.get(row.status, "")
 
@@ -69,7 +66,7 @@ def human_table(rows: list[BudgetRow], target: Target | None) -> tuple[list[str]
     cells = []
     for r in rows:
         b = r.budget
-        line = [r.model, r.method, r.setting, fmt_count(b.trainable), fmt_pct(b.trainable_pct)]
+        line = [r.model, r.method, r.setting, fmt_count(b.trainable), _vs(b.trainable_pct, target)]
         line += [_versus_target(r, target)] if target else []
         line += [fmt_count(b.total)] + [fmt_count(b.trainable_in(g)) if b.trainable_in(g) else "-" for g in GROUPS]
         line += [fmt_mem(memory(b, MEMORY_SCHEMES[s])["total"]) for s in MEMORY_HEADERS]
@@ -207,6 +204,7 @@ def recipe_text(row: BudgetRow, run_path: str, command: str, target: Target | No
             f"# {raw['model']['source']}'s pretrained weights come from the Hugging Face hub (network or its",
             "# local cache); without them, run the from-scratch twin: --set model.pretrained=false",
         ]
+
     class Dumper(yaml.SafeDumper):  # block style, but lists of plain values on one line: [attention, ...]
         pass
 

@@ -15,9 +15,7 @@ import copy
 import hashlib
 import json
 import os
-import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, entry_points, version
@@ -25,11 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peftx.budget import Budget
+from peftx.budget_target import Target, largest_within, parse_target
+from peftx.cache import cache_root
 from peftx.errors import PeftxError
 
 if TYPE_CHECKING:
     from peftx.budget import MetaCounter
     from peftx.methods import MethodConfig
+    from peftx.recipe import RecipeBase
 
 DEFAULT_MODELS = ("bert-base-uncased", "gpt2", "t5-small", "t5-base", "facebook/bart-base", "offline")
 DEFAULT_METHODS = ("lora", "prefix", "prompt", "ia3", "bitfit", "frozen", "layers", "full")
@@ -44,46 +45,6 @@ DEFAULT_TEMPLATE = {
 FROM_RECIPE = "<recipe>"  # a row's model or method as the recipe gives it
 CACHE_VERSION = 1
 PLUGIN_GROUPS = ("peftx.methods", "peftx.inputs", "peftx.tasks", "peftx.families")  # third-party plug-ins
-
-
-@dataclass(frozen=True)
-class Target:
-    """A trainable budget: a percentage of the model's parameters, or a parameter count."""
-
-    value: float
-    percent: bool
-
-    def measure(self, b: Budget) -> float:
-        return b.trainable_pct if self.percent else b.trainable
-
-    def fits(self, b: Budget) -> bool:
-        return self.measure(b) <= self.value
-
-    def __str__(self) -> str:
-        return f"{self.value:g}%" if self.percent else f"{int(self.value):,}"
-
-
-_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
-
-
-def parse_target(text: str) -> Target:
-    """`2%`, `0.5%`, `1500000`, `1.5M`, `150k` -> Target.
-
-    Raises:
-        PeftxError: anything else, or a value out of range.
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|[kmbg]?)\s*", text, re.IGNORECASE)
-    if not m:
-        raise PeftxError(f"--target {text!r}: expected a percentage such as 2% or a parameter count such as 1.5M")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    if unit == "%":
-        if not 0 < number <= 100:
-            raise PeftxError(f"--target {text!r}: a percentage must be above 0 and at most 100")
-        return Target(number, percent=True)
-    count = number * _SUFFIX[unit]
-    if count < 1:
-        raise PeftxError(f"--target {text!r}: a parameter count must be at least 1")
-    return Target(float(int(count)), percent=False)
 
 
 @dataclass
@@ -156,44 +117,6 @@ class BudgetRow:
         return cls(**(d | {"budget": Budget.from_dict(d["budget"])}))
 
 
-def largest_within(f: Callable[[int], float], bound: float, low: int, high: int) -> int | None:
-    """The largest k in [low, high] with f(k) <= bound, for f non-decreasing; None if f(low) > bound.
-
-    Interpolates between the bracket's ends (budgets are near-affine in their knob, so the first
-    guess is usually exact and its neighbour confirms it), probes the guess's neighbour, and bisects
-    whenever a step fails to halve the bracket, so it never takes more than about 2 log2(high - low)
-    evaluations.
-    """
-    if high < low:
-        return None
-    f_lo = f(low)
-    if f_lo > bound:
-        return None
-    f_hi = f(high)
-    if f_hi <= bound:
-        return high
-    lo, hi = low, high  # f(lo) <= bound < f(hi)
-    bisect = False
-    while hi - lo > 1:
-        width = hi - lo
-        if bisect or f_hi == f_lo:
-            guesses = [(lo + hi) // 2]
-        else:  # the interpolated guess, then its neighbour on the far side of the bound
-            guess = min(max(lo + int((bound - f_lo) * (hi - lo) // (f_hi - f_lo)), lo + 1), hi - 1)
-            guesses = [guess, guess + 1] if guess + 1 < hi else [guess]
-        for i, guess in enumerate(guesses):
-            if i and not lo < guess < hi:
-                break
-            value = f(guess)
-            if value <= bound:
-                lo, f_lo = guess, value
-            else:
-                hi, f_hi = guess, value
-                break  # the neighbour above an over-budget guess says nothing new
-        bisect = 2 * (hi - lo) > width
-    return lo
-
-
 def parse_method(spec: str) -> dict:
     """`lora:r=16:alpha=32` -> {"name": "lora", "r": 16, "alpha": 32.0} (values read as YAML).
 
@@ -259,7 +182,7 @@ class _Template:
         # another model: only what is not specific to the recipe's architecture carries over
         return {"source": model} | {k: section[k] for k in ("pretrained", "dtype", "head_dropout") if k in section}
 
-    def method_section(self, method: str) -> dict:
+    def method_spec(self, method: str) -> dict:
         if method == FROM_RECIPE:
             return dict(self.raw["method"]) if isinstance(self.raw["method"], dict) else {"name": self.raw["method"]}
         spec = parse_method(method)
@@ -269,12 +192,12 @@ class _Template:
             return dict(own) | spec  # the recipe's settings of the same method, the request's on top
         return spec
 
-    def recipe(self, model: str, method: str) -> tuple[dict, MethodConfig]:
+    def recipe(self, model: str, method: str) -> tuple[dict, RecipeBase]:
         """(raw recipe, validated recipe) of one row."""
         from peftx.methods import METHODS
         from peftx.recipe import validate_recipe
 
-        raw = copy.deepcopy(self.raw) | {"model": self.model_section(model), "method": self.method_section(method)}
+        raw = copy.deepcopy(self.raw) | {"model": self.model_section(model), "method": self.method_spec(method)}
         name = raw["method"].get("name")
         if name not in METHODS:
             raise PeftxError(f"--methods: unknown method {name!r} (valid: {', '.join(METHODS.names())})")
@@ -412,10 +335,6 @@ def row_key(req: BudgetRequest, model: str, method: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("PEFTX_CACHE", Path.home() / ".cache" / "peftx")) / "budget"
-
-
 def budget_table(req: BudgetRequest, use_cache: bool = True) -> list[BudgetRow]:
     """The rows of a budget table (cached rows are reused; new ones are counted and cached).
 
@@ -428,7 +347,7 @@ def budget_table(req: BudgetRequest, use_cache: bool = True) -> list[BudgetRow]:
     """
     pairs = plan(req)
     keys = [row_key(req, *p) for p in pairs]
-    folder = _cache_dir()
+    folder = cache_root() / "budget"
     found: dict[str, BudgetRow] = {}
     if use_cache:
         for key in keys:
@@ -455,3 +374,6 @@ def _write(path: Path, data: dict) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+__all__ = ["BudgetRequest", "BudgetRow", "Target", "budget_table", "largest_within", "parse_target"]

@@ -164,19 +164,23 @@ def budget(
     models: Annotated[
         str | None,
         typer.Option(
+            "--models",
+            "--model",
             help="Comma-separated sources: hub ids, 'offline', local model directories "
-            "[default: bert-base-uncased,gpt2,t5-small,t5-base,facebook/bart-base,offline; with --recipe: its model]."
+            "(default: bert-base-uncased,gpt2,t5-small,t5-base,facebook/bart-base,offline; with --recipe: its model).",
         ),
     ] = None,
     methods: Annotated[
         str | None,
         typer.Option(
+            "--methods",
+            "--method",
             help="Comma-separated methods, with settings as name:key=value (lora:r=16,frozen:preset=ln_only) "
-            "[default: lora,prefix,prompt,ia3,bitfit,frozen,layers,full; with --recipe: its method]."
+            "(default: lora,prefix,prompt,ia3,bitfit,frozen,layers,full; with --recipe: its method).",
         ),
     ] = None,
     task: Annotated[
-        str | None, typer.Option(help="Task whose inputs and classes size the input layer and head [default: listops].")
+        str | None, typer.Option(help="Task whose inputs and classes size the input layer and head (default: listops).")
     ] = None,
     recipe: Annotated[
         Path | None, typer.Option(help="Recipe to start from: its model, task, input, method and train sections.")
@@ -190,7 +194,9 @@ def budget(
     emit_recipes: Annotated[
         Path | None, typer.Option(help="Write a recipe per row (within the target) into this directory.")
     ] = None,
-    no_cache: Annotated[bool, typer.Option(help="Recount every row instead of reusing cached rows.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recount every row instead of reusing cached rows.")
+    ] = False,
 ) -> None:
     """Trainable parameters and training memory of models x methods, counted without weights."""
     from peftx.budget_format import FORMATS, render

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 import peftx.budget_table as bt
 from peftx.budget import model_budget, recipe_budget
 from peftx.budget_format import render, render_csv, render_json, render_markdown
-from peftx.budget_table import BudgetRequest, Target, budget_table, largest_within, parse_target
+from peftx.budget_table import BudgetRequest, budget_table
+from peftx.budget_target import Target, largest_within, parse_target
 from peftx.build import build_model
 from peftx.cli import app
 from peftx.errors import PeftxError
