@@ -27,6 +27,7 @@ from peftx.recipe import load_recipe, validate_recipe
 from tests.conftest import tiny_recipe
 
 runner = CliRunner()
+LORA_RECIPE = Path(__file__).parent.parent / "recipes" / "listops_lora.yaml"
 KNOB_METHODS = {"lora": "r", "prefix": "length", "prompt": "length", "layers": "top"}
 
 
@@ -266,6 +267,7 @@ def test_emitted_hub_recipe_says_it_needs_the_hub(tmp_path):
         (["--models", "t5-small", "--format", "xml"], "--format 'xml'"),
         (["--models", "t5-small", "--task", "sudoku"], "unknown task 'sudoku'"),
         (["--recipe", "missing.yaml"], "missing.yaml: no such recipe file"),
+        (["--recipe", str(LORA_RECIPE), "--set", "seed=[0,1]"], "holds grid axes (seed)"),
         (["--models", ",", "--methods", "lora"], "at least one"),
     ],
 )
