@@ -223,7 +223,8 @@ def recipe_text(row: BudgetRow, run_path: str, command: str, target: Target | No
 def emit_recipes(rows: list[BudgetRow], out_dir: Path, command: str, target: Target | None) -> list[Path]:
     """Write a recipe for every row within the target (every row without one) into `out_dir`.
 
-    Files are named `<task>_<model>_<method>.yaml`; each opens with `# Run: peftx run <out_dir>/<file>`.
+    Files are named `<task>_<model>_<method>.yaml` (the same method twice: `..._<method>_<setting>.yaml`);
+    each opens with `# Run: peftx run <out_dir>/<file>`.
 
     Returns:
         The paths written.
@@ -233,7 +234,10 @@ def emit_recipes(rows: list[BudgetRow], out_dir: Path, command: str, target: Tar
     for row in rows:
         if not row.fits:
             continue
-        name = f"{row.recipe['task']['name']}_{_slug(row.model)}_{row.method}.yaml"
+        name = f"{row.recipe['task']['name']}_{_slug(row.model)}_{row.method}"
+        if out_dir / f"{name}.yaml" in written:  # the same method twice, with other settings
+            name += "_" + _slug(row.setting.replace("=", "").replace(", ", "_"))
+        name += ".yaml"
         path = out_dir / name
         path.write_text(recipe_text(row, (out_dir / name).as_posix(), command, target))
         written.append(path)

@@ -247,13 +247,13 @@ def test_budget_command_emits_valid_recipes(tmp_path):
 
 def test_emitted_hub_recipe_says_it_needs_the_hub(tmp_path):
     out_dir = tmp_path / "paper"
-    result = runner.invoke(
-        app, ["budget", "--models", "t5-small", "--methods", "prompt", "--emit-recipes", str(out_dir)]
-    )
+    methods = "prompt,prompt:length=4"
+    result = runner.invoke(app, ["budget", "--model", "t5-small", "--methods", methods, "--emit-recipes", str(out_dir)])
     assert result.exit_code == 0, result.output
     text = (out_dir / "listops_t5-small_prompt.yaml").read_text()
     assert "Hugging Face hub" in text and "model.pretrained=false" in text
     assert load_recipe(out_dir / "listops_t5-small_prompt.yaml").model.pretrained is True
+    assert load_recipe(out_dir / "listops_t5-small_prompt_length4.yaml").method.length == 4
 
 
 @pytest.mark.parametrize(
