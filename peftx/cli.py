@@ -154,6 +154,77 @@ def sweep(
         raise typer.Exit(1)
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command()
+@user_errors
+def budget(
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            "--model",
+            help="Comma-separated sources: hub ids, 'offline', local model directories "
+            "(default: bert-base-uncased,gpt2,t5-small,t5-base,facebook/bart-base,offline; with --recipe: its model).",
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            "--method",
+            help="Comma-separated methods, with settings as name:key=value (lora:r=16,frozen:preset=ln_only) "
+            "(default: lora,prefix,prompt,ia3,bitfit,frozen,layers,full; with --recipe: its method).",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Task whose inputs and classes size the input layer and head (default: listops).")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe to start from: its model, task, input, method and train sections.")
+    ] = None,
+    set_: SetOption = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Trainable budget, e.g. 2% or 1.5M: each method's largest setting within it."),
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
+    emit_recipes: Annotated[
+        Path | None, typer.Option(help="Write a recipe per row (within the target) into this directory.")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recount every row instead of reusing cached rows.")
+    ] = False,
+) -> None:
+    """Trainable parameters and training memory of models x methods, counted without weights."""
+    from peftx.budget_format import FORMATS, render
+    from peftx.budget_format import emit_recipes as write_recipes
+    from peftx.budget_table import BudgetRequest, budget_table, parse_target
+
+    if format_ not in FORMATS:
+        raise PeftxError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
+    req = BudgetRequest(
+        models=_names(models),
+        methods=_names(methods),
+        task=task,
+        recipe=recipe,
+        overrides=list(set_ or []),
+        target=parse_target(target) if target is not None else None,
+    )
+    rows = budget_table(req, use_cache=not no_cache)
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: no need to squeeze the table into 80 columns
+        console = Console(width=200)
+    text = render(rows, format_, req.target, rows[0].recipe["task"]["name"], console)
+    if text is not None:
+        sys.stdout.write(text)
+    if emit_recipes is not None:
+        for path in write_recipes(rows, emit_recipes, req.command(emit_recipes), req.target):
+            err.print(f"written: {escape(str(path))}", highlight=False)
+
+
 @app.command()
 @user_errors
 def report(

@@ -27,6 +27,8 @@ def embedding_std(ctx: InputContext) -> float:
     """Standard deviation of the vectors the backbone's own embedding module produces."""
     embed = ctx.backbone.get_input_embeddings()
     scale = float(getattr(embed, "embed_scale", 1.0) or 1.0)  # BART/T5-style scaled embeddings
+    if embed.weight.is_meta:  # counting parameters without weights: there are no values to measure
+        return scale
     return float(embed.weight.detach().float().std()) * scale
 
 

@@ -5,6 +5,7 @@ one line (`peftx.methods.apply_method`)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +28,27 @@ ROLE_CHOICES = (
 )
 
 
+@dataclass(frozen=True)
+class BudgetKnob:
+    """The integer field of a method that sets how many parameters it trains (`peftx budget --target`).
+
+    The trainable count must not decrease as the field grows; the matcher searches `low`..`high`
+    (a method whose range depends on the model narrows it in `MethodConfig.knob_limit`).
+
+    Attributes:
+        field: name of the integer field, e.g. "r" for LoRA.
+        low: smallest value.
+        high: largest value searched (a practical cap).
+        default: value used when a budget table names the method without one (for a method whose
+            field has no default of its own, such as `layers.top`).
+    """
+
+    field: str
+    low: int = 1
+    high: int = 1024
+    default: int | None = None
+
+
 class MethodConfig(BaseModel):
     """Base of every method's recipe section."""
 
@@ -36,6 +58,8 @@ class MethodConfig(BaseModel):
     """Roles trained on top of the method, e.g. [layer_norm] for LoRA plus layer norms. `bias`
     means every bias."""
     quantized_body_ok: ClassVar[bool] = True  # False for methods that update quantized body weights
+    budget_knob: ClassVar[BudgetKnob | None] = None  # the field `peftx budget --target` varies; None: fixed
+    budget_shown: ClassVar[tuple[str, ...]] = ()  # fields budget tables show besides the knob
 
     @field_validator("train_roles")
     @classmethod
@@ -59,6 +83,20 @@ class MethodConfig(BaseModel):
         bias) override this instead of `trains`.
         """
         return {n for n, info in model.param_infos().items() if self.trains(info)}
+
+    def with_knob(self, value: int) -> MethodConfig:
+        """A copy with the budget knob set to `value` (validated like a recipe's section).
+
+        Raises:
+            ValueError: the method has no budget knob.
+        """
+        if self.budget_knob is None:
+            raise ValueError(f"method {self.name!r} has no budget knob")
+        return type(self).model_validate({**self.model_dump(), self.budget_knob.field: value})
+
+    def knob_limit(self, model: PeftxModel) -> int:
+        """Largest knob value that fits `model` (default: the knob's `high`)."""
+        return self.budget_knob.high if self.budget_knob else 0
 
 
 def role_selected(info: ParamInfo, roles: list[str] | set[str]) -> bool:

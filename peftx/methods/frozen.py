@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from peftx.families import ParamInfo
 from peftx.methods.base import MethodConfig
@@ -28,6 +28,7 @@ class FrozenMethod(MethodConfig):
     name: Literal["frozen"] = "frozen"
     preset: Literal["fpt", "head_only", "ln_only"] = "fpt"
     """fpt: layer norms + position embeddings + input layer; head_only; ln_only: layer norms."""
+    budget_shown: ClassVar[tuple[str, ...]] = ("preset",)
 
     def trains(self, info: ParamInfo) -> bool:
         return info.role in PRESETS[self.preset]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from peftx.errors import PeftxError
-from peftx.methods.base import MethodConfig
+from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ class LayersMethod(MethodConfig):
     top: int | None = Field(None, ge=1)
     """Train the last `top` layers instead of naming them."""
     quantized_body_ok: ClassVar[bool] = False
+    budget_knob: ClassVar[BudgetKnob] = BudgetKnob("top", low=1, high=1024, default=1)
 
     @model_validator(mode="after")
     def _one_choice(self) -> LayersMethod:
@@ -55,6 +56,14 @@ class LayersMethod(MethodConfig):
         if bad:
             raise PeftxError(f"method.layers: {bad} outside the model's {len(order)} layers (0 .. {len(order) - 1})")
         return [order[i] for i in self.layers]
+
+    def with_knob(self, value: int) -> LayersMethod:
+        """The top `value` layers (the knob replaces any `layers` list)."""
+        return type(self).model_validate({**self.model_dump(), "layers": None, "top": value})
+
+    def knob_limit(self, model: PeftxModel) -> int:
+        """Every layer the forward pass runs."""
+        return sum(model.family.stacks(model.backbone.config, model.pooling).values())
 
     def trained_names(self, model: PeftxModel) -> set[str]:
         chosen = set(self.chosen(model))

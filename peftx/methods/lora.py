@@ -3,7 +3,7 @@ matrices, the head (and any `train_roles`) train."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from transformers.pytorch_utils import Conv1D
 
 from peftx.families import ParamInfo
-from peftx.methods.base import MethodConfig, target_modules
+from peftx.methods.base import BudgetKnob, MethodConfig, target_modules
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class LoraMethod(MethodConfig):
     """DoRA: also learn each target's per-output-channel magnitude (+ out_features per matrix)."""
     use_rslora: bool = False
     """rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r (stabler at high rank)."""
+    budget_knob: ClassVar[BudgetKnob] = BudgetKnob("r", low=1, high=1024)
 
     @field_validator("targets")
     @classmethod

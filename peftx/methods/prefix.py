@@ -11,7 +11,8 @@ position bias given zero for the prefix positions.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Literal
+import itertools
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.families import ParamInfo
-from peftx.methods.base import MethodConfig
+from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.prefix_attention import ATTENTION, PREFIX_ATTR
 from peftx.methods.registry import METHODS
 
@@ -67,7 +68,7 @@ class Prefixes(nn.Module):
             )
         else:
             widths = [2 * heads * head_dim for heads, head_dim in shapes]
-            self.bounds = [0, *torch.tensor(widths).cumsum(0).tolist()]
+            self.bounds = [0, *itertools.accumulate(widths)]  # plain ints: works on the meta device too
             self.embedding = nn.Parameter(torch.randn(length, hidden))
             self.mlp_in = nn.Linear(hidden, reparam_hidden)
             self.mlp_out = nn.Linear(reparam_hidden, self.bounds[-1])
@@ -110,6 +111,7 @@ class PrefixMethod(MethodConfig):
     """Width of the reparameterisation MLP (e.g. 512); null: train the prefixes directly."""
     init_std: float = Field(1.0, gt=0)
     """Scale of the direct prefixes' normal initialisation (pretrained keys have std near 1)."""
+    budget_knob: ClassVar[BudgetKnob] = BudgetKnob("length", low=1, high=1024)
 
     def sites(self, model: PeftxModel) -> list[str]:
         """Names of the attention modules that get prefixes.

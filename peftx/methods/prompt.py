@@ -6,14 +6,14 @@ itself, in `PeftxModel.forward`, through the `transform_inputs` hook of `model.e
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from peftx.families import ParamInfo
-from peftx.methods.base import MethodConfig
+from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -65,6 +65,12 @@ class PromptMethod(MethodConfig):
     init: Literal["vocab", "random"] = "vocab"
     """vocab: embeddings of randomly drawn vocabulary tokens (as the model embeds them); random:
     normal with the embedding table's standard deviation."""
+    budget_knob: ClassVar[BudgetKnob] = BudgetKnob("length", low=1, high=512)
+
+    def knob_limit(self, model: PeftxModel) -> int:
+        """At most half the model's positions: the other half stays for the input."""
+        positions = model.family.max_positions(model.backbone.config)
+        return self.budget_knob.high if positions is None else min(self.budget_knob.high, positions // 2)
 
     def prepare(self, model: PeftxModel) -> None:
         embed = model.backbone.get_input_embeddings()
