@@ -7,9 +7,23 @@ BIN := $(VENV)/bin
 # CPU wheel by default; a GPU user installs their own torch build into the venv first (any >= 2.4).
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-install: $(VENV)/.installed
+.PHONY: install data demo test lint clean
+
+install: $(VENV)/.installed data
+
+# Offline data from Debian: Fashion-MNIST's idx files (the vision recipe). Installed when missing and we
+# are root with apt-get; otherwise a note says how. The tests never need it (they write their own files).
+data:
+	@if [ ! -d $(FASHION_MNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; } \
+	      || echo "note: could not install dataset-fashion-mnist; recipes/fashion_mnist_lora.yaml needs it"; \
+	  else \
+	    echo "note: recipes/fashion_mnist_lora.yaml needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist"; \
+	  fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -3,8 +3,10 @@
 runs/<name>/
   recipe.yaml          the resolved recipe (every default written out)
   result.json          budget, metrics over time, final metrics, timings, memory, versions, status
-  weights.safetensors  trained parameters + input-layer buffers (+ the whole backbone when it was
-                       built from scratch, since random weights cannot be re-downloaded)
+  weights.safetensors  trained parameters + the input layer's own parameters and buffers (+ the whole
+                       backbone when it was built from scratch, since random weights cannot be
+                       re-downloaded; quantized layers are written dequantized and quantized again
+                       on loading)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peftx.errors import PeftxError
+from peftx.quantization import dequantized_weight, is_quantized, quantized_modules, set_quantized_weight
 
 WEIGHTS = "weights.safetensors"
 RESULT = "result.json"
@@ -44,10 +47,17 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def weights_to_save(model: torch.nn.Module, whole_backbone: bool) -> dict[str, torch.Tensor]:
-    """Trainable parameters, the input layer's and extras' buffers, and optionally the backbone."""
+    """Trainable parameters, the input layer's parameters (frozen ones too: a frozen fresh table is
+    random and could not be rebuilt) and buffers, extras' buffers, and optionally the backbone."""
     out = {
-        n: p for n, p in model.named_parameters() if p.requires_grad or (whole_backbone and n.startswith("backbone."))
+        n: p
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        or n.startswith("input.")
+        or (whole_backbone and n.startswith("backbone.") and not is_quantized(p))
     }
+    if whole_backbone:
+        out.update({f"{n}.weight": dequantized_weight(m) for n, m in quantized_modules(model).items()})
     out.update({n: b for n, b in model.named_buffers() if n.startswith(("input.", "extras."))})
     return {n: t.detach().contiguous().cpu() for n, t in out.items()}
 
@@ -66,10 +76,14 @@ def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise PeftxError(f"{path}: holds {len(unknown)} tensor(s) the rebuilt model lacks, e.g. {unknown[0]}")
+    quantized = {f"{n}.weight": m for n, m in quantized_modules(model).items()}
     with torch.no_grad():
         for name, tensor in state.items():
-            if own[name].shape != tensor.shape:
-                raise PeftxError(
-                    f"{path}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}"
-                )
-            own[name].copy_(tensor)
+            module = quantized.get(name)
+            shape = (module.out_features, module.in_features) if module is not None else tuple(own[name].shape)
+            if tuple(tensor.shape) != shape:
+                raise PeftxError(f"{path}: {name} has shape {tuple(tensor.shape)}, model expects {shape}")
+            if module is not None:
+                set_quantized_weight(module, tensor)
+            else:
+                own[name].copy_(tensor)

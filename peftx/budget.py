@@ -1,23 +1,37 @@
-"""The one parameter counter: by role and group, trainable vs frozen, right for quantized weights.
+"""The one parameter counter: by role and group, trainable vs frozen, right for quantized weights;
+memory estimates from its counts; and counting a recipe's model without weights (meta device).
 
-Training logs, result.json and `peftx budget` all count through `count_parameters`.
+Training logs, result.json, `peftx sweep --dry-run` and `peftx budget` all count through
+`count_parameters`. This module imports torch and transformers only when it builds a model, so
+cached budget tables print without them.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from peftx.families import ParamInfo
+    from peftx.families import ParamInfo
+    from peftx.methods import MethodConfig
+    from peftx.model import PeftxModel
+    from peftx.recipe import RecipeBase
+
+# Roles whose frozen weight matrices an 8-bit or 4-bit backbone stores quantized (the body's linear
+# layers; embeddings, layer norms, biases and the head stay in floating point).
+QUANTIZABLE_ROLES = ("attention", "feed_forward")
 
 
 def numel(p: torch.Tensor) -> int:
     """Number of parameters a tensor stands for; 4-bit packed weights count their unpacked shape."""
     quant_state = getattr(p, "quant_state", None)
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
-        return int(torch.Size(quant_state.shape).numel())
+        return math.prod(quant_state.shape)
     return p.numel()
 
 
@@ -29,10 +43,15 @@ class Budget:
     trainable: int = 0
     by_role: dict[str, dict[str, int]] = field(default_factory=dict)  # role -> {trainable, frozen}
     by_group: dict[str, dict[str, int]] = field(default_factory=dict)  # input/body/adapter/head -> ...
+    quantizable: int = 0  # frozen weight matrices of the body's linear layers (see QUANTIZABLE_ROLES)
 
     @property
     def trainable_pct(self) -> float:
         return 100.0 * self.trainable / max(self.total, 1)
+
+    def trainable_in(self, group: str) -> int:
+        """Trainable parameters of one group (input, body, adapter, head)."""
+        return self.by_group.get(group, {}).get("trainable", 0)
 
     def to_dict(self) -> dict:
         return {
@@ -41,7 +60,13 @@ class Budget:
             "trainable_pct": round(self.trainable_pct, 4),
             "by_role": self.by_role,
             "by_group": self.by_group,
+            "quantizable": self.quantizable,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Budget:
+        """Inverse of `to_dict`."""
+        return cls(d["total"], d["trainable"], d["by_role"], d["by_group"], d.get("quantizable", 0))
 
 
 def count_parameters(named: dict[str, tuple[torch.Tensor, ParamInfo]]) -> Budget:
@@ -52,7 +77,7 @@ def count_parameters(named: dict[str, tuple[torch.Tensor, ParamInfo]]) -> Budget
     """
     by_role: dict[str, dict[str, int]] = defaultdict(lambda: {"trainable": 0, "frozen": 0})
     by_group: dict[str, dict[str, int]] = defaultdict(lambda: {"trainable": 0, "frozen": 0})
-    total = trainable = 0
+    total = trainable = quantizable = 0
     for p, info in named.values():
         n = numel(p)
         kind = "trainable" if p.requires_grad else "frozen"
@@ -60,10 +85,112 @@ def count_parameters(named: dict[str, tuple[torch.Tensor, ParamInfo]]) -> Budget
         by_group[info.group][kind] += n
         total += n
         trainable += n if p.requires_grad else 0
-    return Budget(total=total, trainable=trainable, by_role=dict(by_role), by_group=dict(by_group))
+        if not p.requires_grad and not info.is_bias and info.role in QUANTIZABLE_ROLES:
+            quantizable += n
+    return Budget(total, trainable, dict(by_role), dict(by_group), quantizable)
 
 
-def model_budget(model) -> Budget:
+def model_budget(model: PeftxModel) -> Budget:
     """`count_parameters` over a PeftxModel."""
     infos = model.param_infos()
     return count_parameters({n: (p, infos[n]) for n, p in model.named_parameters()})
+
+
+@dataclass(frozen=True)
+class MemoryScheme:
+    """Bytes per parameter of one way to store and train a model with AdamW (two moments per
+    trainable parameter). Activations are not included: they depend on batch size and length."""
+
+    label: str
+    weight: float  # per stored parameter
+    quantized: float  # per frozen linear-layer weight of the body (`Budget.quantizable`)
+    gradient: float  # per trainable parameter
+    optimizer: float  # AdamW state per trainable parameter
+
+
+MEMORY_SCHEMES = {
+    "fp32": MemoryScheme("fp32", 4, 4, 4, 8),
+    "bf16": MemoryScheme("bf16", 2, 2, 2, 4),  # weights, gradients and AdamW moments in bf16
+    "int8_weights": MemoryScheme("8-bit weights", 2, 1, 2, 4),  # bf16, frozen linear weights int8
+    "adamw_8bit": MemoryScheme("8-bit AdamW", 4, 4, 4, 2),  # fp32, moments in 8 bits (AdamW8bit)
+}
+
+
+def memory(budget: Budget, scheme: MemoryScheme) -> dict[str, int]:
+    """Bytes of weights, gradients and optimizer state (and their total) under `scheme`."""
+    weights = scheme.quantized * budget.quantizable + scheme.weight * (budget.total - budget.quantizable)
+    out = {
+        "weights": weights,
+        "gradients": scheme.gradient * budget.trainable,
+        "optimizer": scheme.optimizer * budget.trainable,
+    }
+    out = {k: int(v) for k, v in out.items()}
+    return out | {"total": sum(out.values())}
+
+
+class MetaCounter:
+    """Counts one recipe's model under any method without weights or downloads.
+
+    The model is built on the meta device from the model's configuration (shipped with peftx for the
+    standard checkpoints), so a 220M-parameter model costs no memory. The configuration is read once;
+    methods that add no modules (they only choose what trains) share one built model.
+
+    `torch.device("meta")` is used rather than accelerate's `init_empty_weights`: the latter
+    re-registers every parameter, which unties T5's and BART's shared token embeddings under
+    transformers 5, so they would be counted three times.
+
+    Args:
+        recipe: a validated recipe; its method is ignored (methods are passed to `count`).
+
+    Raises:
+        PeftxError: the model's configuration cannot be had, or its family is not supported.
+    """
+
+    def __init__(self, recipe: RecipeBase) -> None:
+        from peftx.loading import load_config, resolve_family
+
+        m = recipe.model
+        self.recipe = recipe
+        self.info = recipe.task.describe()
+        self.config = load_config(m.source, m.config_overrides)
+        self.family = resolve_family(m.source, self.config, m.family)
+        self._shared: PeftxModel | None = None
+
+    def build(self) -> PeftxModel:
+        """A new model on the meta device, method not applied."""
+        import torch
+
+        from peftx.build import assemble
+        from peftx.loading import Backbone
+
+        with torch.device("meta"):
+            backbone = self.family.build(copy.deepcopy(self.config))  # methods may change the config
+            return assemble(self.recipe, self.info, Backbone(self.family, backbone, tokenizer=None))
+
+    @property
+    def base(self) -> PeftxModel:
+        """The shared model (for methods that add no modules, and for knob limits)."""
+        if self._shared is None:
+            self._shared = self.build()
+        return self._shared
+
+    def model(self, method: MethodConfig) -> PeftxModel:
+        """A meta-device model with `method` applied."""
+        import torch
+
+        from peftx.methods import MethodConfig, apply_method
+
+        adds_modules = type(method).prepare is not MethodConfig.prepare
+        model = self.build() if adds_modules else self.base
+        with torch.device("meta"):
+            apply_method(model, method, self.recipe.input)
+        return model
+
+    def count(self, method: MethodConfig) -> Budget:
+        """The budget of the model with `method` applied."""
+        return model_budget(self.model(method))
+
+
+def recipe_budget(recipe: RecipeBase) -> Budget:
+    """The budget of a recipe's model, without loading or allocating weights."""
+    return MetaCounter(recipe).count(recipe.method)

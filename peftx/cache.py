@@ -1,4 +1,6 @@
-"""Where peftx caches generated or converted datasets (``$PEFTX_CACHE``, default ~/.cache/peftx)."""
+"""Where peftx caches generated or converted datasets and counted budgets (``$PEFTX_CACHE``, default
+~/.cache/peftx). `datasets` is imported only when a dataset is cached: budget tables read this cache
+without it."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
+if TYPE_CHECKING:
+    import datasets
 
 
 def cache_root() -> Path:
@@ -23,6 +27,8 @@ def cached_dataset_dict(kind: str, key: dict, build: Callable[[], datasets.Datas
     The key is hashed from its JSON form, so any argument that changes the data changes the path. The
     save goes to a temporary folder renamed into place, so an interrupted build leaves no half cache.
     """
+    import datasets
+
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / kind / digest
     if (path / "dataset_dict.json").exists():

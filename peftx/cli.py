@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from peftx.errors import PeftxError
 
@@ -34,7 +35,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PeftxError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -71,17 +72,17 @@ def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
     set_: SetOption = None,
 ) -> None:
-    """Check recipes against the schema without running them (exit 2 if any is invalid)."""
-    from peftx.recipe import load_recipe
+    """Check recipes (and sweep recipes, every point) without running them (exit 2 if any is invalid)."""
+    from peftx.sweep import load_sweep
 
     failed = 0
     for path in recipes:
         try:
-            load_recipe(path, list(set_ or []))
-            print(f"ok: {path}")
+            points = load_sweep(path, list(set_ or []))
+            print(f"ok: {path}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
         except PeftxError as e:
             failed += 1
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(2)
 
@@ -116,6 +117,125 @@ def predict(
     if targets:
         acc = sum(p == t for p, t in zip(preds, targets)) / max(len(preds), 1)
         err.print(f"accuracy against Target: {100 * acc:.2f}% ({len(preds)} inputs)")
+
+
+@app.command()
+@user_errors
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="Recipe whose values may be lists (grid axes).")],
+    set_: SetOption = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the grid and each point's trainable budget; run nothing.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo finished points too.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped on rerun."""
+    from rich.table import Table
+
+    from peftx.display import RunDisplay, fmt_count
+    from peftx.sweep import load_sweep, point_state, run_sweep
+
+    points = load_sweep(recipe, list(set_ or []))
+    if dry_run:
+        from peftx.budget import recipe_budget
+
+        table = Table(title=f"{len(points)} runs")
+        for col in ("run", "state", "trainable", "total", "trainable %"):
+            table.add_column(col, justify="left" if col in ("run", "state") else "right")
+        for p in points:
+            b = recipe_budget(p.recipe)
+            table.add_row(p.name, point_state(p), fmt_count(b.trainable), fmt_count(b.total), f"{b.trainable_pct:.3f}")
+        Console().print(table)
+        return
+    failed = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
+    if failed:
+        err.print(f"[red]{len(failed)} run(s) failed:[/] {', '.join(failed)} (see their result.json)")
+        raise typer.Exit(1)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command()
+@user_errors
+def budget(
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            "--model",
+            help="Comma-separated sources: hub ids, 'offline', local model directories "
+            "(default: bert-base-uncased,gpt2,t5-small,t5-base,facebook/bart-base,offline; with --recipe: its model).",
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            "--method",
+            help="Comma-separated methods, with settings as name:key=value (lora:r=16,frozen:preset=ln_only) "
+            "(default: lora,prefix,prompt,ia3,bitfit,frozen,layers,full; with --recipe: its method).",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Task whose inputs and classes size the input layer and head (default: listops).")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe to start from: its model, task, input, method and train sections.")
+    ] = None,
+    set_: SetOption = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Trainable budget, e.g. 2% or 1.5M: each method's largest setting within it."),
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
+    emit_recipes: Annotated[
+        Path | None, typer.Option(help="Write a recipe per row (within the target) into this directory.")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recount every row instead of reusing cached rows.")
+    ] = False,
+) -> None:
+    """Trainable parameters and training memory of models x methods, counted without weights."""
+    from peftx.budget_format import FORMATS, render
+    from peftx.budget_format import emit_recipes as write_recipes
+    from peftx.budget_table import BudgetRequest, budget_table, parse_target
+
+    if format_ not in FORMATS:
+        raise PeftxError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
+    req = BudgetRequest(
+        models=_names(models),
+        methods=_names(methods),
+        task=task,
+        recipe=recipe,
+        overrides=list(set_ or []),
+        target=parse_target(target) if target is not None else None,
+    )
+    rows = budget_table(req, use_cache=not no_cache)
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: no need to squeeze the table into 80 columns
+        console = Console(width=200)
+    text = render(rows, format_, req.target, rows[0].recipe["task"]["name"], console)
+    if text is not None:
+        sys.stdout.write(text)
+    if emit_recipes is not None:
+        for path in write_recipes(rows, emit_recipes, req.command(emit_recipes), req.target):
+            err.print(f"written: {escape(str(path))}", highlight=False)
+
+
+@app.command()
+@user_errors
+def report(
+    runs: Annotated[Path, typer.Argument(help="Directory searched for result.json files.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write report.md and plots (default: RUNS).")] = None,
+) -> None:
+    """Markdown table (mean ± SEM over seeds, lr chosen on validation) and PNG plots from result files."""
+    from peftx.report import write_report
+
+    for path in write_report(runs, out):
+        print(f"written: {path}")
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
 """From dataset splits to padded batches: framing, truncation, length-grouped batching.
 
 Symbol inputs share one index space across input adapters: 0 = padding, 1 = the family's start
-token, 2 = its end token, task symbol i = i + 3. Batches are padded only to their own longest
-sequence, and the training order groups similar lengths (less padding, same randomness per epoch).
+token, 2 = its end token, task symbol i = i + 3. Continuous inputs (vectors in a `values` column) are
+framed the same way: their batches carry `input_ids` marking each position as padding, start, end or
+VALUE (= 3, "take this position's vector from `values`"), so every adapter decides in one place how
+the family's start/end tokens are embedded. Batches are padded only to their own longest sequence,
+and the training order groups similar lengths (less padding, same randomness per epoch).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from collections.abc import Iterator
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Sampler
 
 from peftx.families import SpecialIds
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
+VALUE = OFFSET  # continuous inputs: this position's vector is in `values`
 
 
 class SymbolSplit:
@@ -143,11 +148,78 @@ def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
 
 def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int = 8):
     """A split ready for batching: (collate function, lengths) for the task's kind of input."""
-    from peftx.tasks.base import SymbolVocab
+    from peftx.tasks.base import ContinuousSpec, SymbolVocab
     from peftx.train import Split
 
     if isinstance(spec, SymbolVocab):
         collate = SymbolCollator(SymbolSplit(ds), specials, max_length, pad_to_multiple)
-        lengths = np.array([collate.framed_length(i) for i in range(len(ds))])
-        return Split(collate=collate, lengths=lengths)
-    raise TypeError(f"no batching for input spec {type(spec).__name__}")
+    elif isinstance(spec, ContinuousSpec):
+        collate = ContinuousCollator(ContinuousSplit(ds, spec), specials, max_length, pad_to_multiple)
+    else:
+        raise TypeError(f"no batching for input spec {type(spec).__name__}")
+    lengths = np.array([collate.framed_length(i) for i in range(len(ds))])
+    return Split(collate=collate, lengths=lengths)
+
+
+# --- continuous inputs -------------------------------------------------------------------------
+
+
+class ContinuousSplit:
+    """One split's vector sequences (column `values`, (seq, dim) per example) as one flat array.
+
+    Values are kept in their stored dtype (images: uint8) and scaled to floats per batch
+    (`spec.scale`), so a split of 60k images stays a few tens of MB.
+    """
+
+    def __init__(self, ds: datasets.Dataset, spec) -> None:
+        col = ds.data.column("values").combine_chunks()
+        self.dim = spec.dim
+        self.scale = spec.scale
+        self.lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)  # (n,)
+        self.flat = pc.list_flatten(pc.list_flatten(col)).to_numpy(zero_copy_only=False)  # (sum(seq) * dim,)
+        if self.flat.size != self.lengths.sum() * self.dim:
+            raise ValueError(f"values: vectors are not all {self.dim} long")
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])  # (n + 1,) in vectors
+        self.labels = torch.tensor(ds["label"], dtype=torch.long) if "label" in ds.column_names else None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sequence(self, i: int) -> np.ndarray:
+        a, b = self.offsets[i] * self.dim, self.offsets[i + 1] * self.dim
+        return self.flat[a:b].reshape(-1, self.dim)  # (seq, dim)
+
+
+class ContinuousCollator(SymbolCollator):
+    """Frames, truncates (first vectors kept) and right-pads vector sequences.
+
+    A batch holds `values` (batch, seq, dim) float32, zero at framing and padding positions,
+    `input_ids` (batch, seq) with PAD / BOS / EOS / VALUE marking what each position is, and
+    `attention_mask`.
+    """
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        longest = max(self.framed_length(i) for i in indices)
+        width = -(-longest // self.multiple) * self.multiple
+        if self.max_length is not None:
+            width = min(width, self.max_length)
+        ids = np.full((len(indices), width), PAD, dtype=np.int64)
+        values = np.zeros((len(indices), width, self.split.dim), dtype=np.float32)
+        start = int(self.bos)
+        for row, i in enumerate(indices):
+            body = self.split.sequence(i)[: self.max_body]  # (seq, dim)
+            if self.bos:
+                ids[row, 0] = BOS
+            ids[row, start : start + len(body)] = VALUE
+            values[row, start : start + len(body)] = body
+            if self.eos:
+                ids[row, start + len(body)] = EOS
+        values *= self.split.scale
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "values": torch.from_numpy(values),
+            "attention_mask": torch.from_numpy((ids != PAD).astype(np.int64)),
+        }
+        if self.split.labels is not None:
+            batch["labels"] = self.split.labels[indices]
+        return batch

@@ -4,6 +4,7 @@ anything; it only prints."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,14 +36,15 @@ class RunDisplay:
         src = provenance.get("name", provenance["source"])
         kind = "pretrained" if provenance["pretrained"] else "from scratch"
         self.console.print(
-            f"[bold]{name}[/]: {provenance['family']} {src} ({kind}), method {method}, precision {precision}"
+            f"[bold]{escape(name)}[/]: {provenance['family']} {escape(src)} ({kind}), method {method}, "
+            f"precision {precision}"
         )
         self.console.print(
             f"parameters: {fmt_count(budget.trainable)} trainable of {fmt_count(budget.total)} "
             f"({budget.trainable_pct:.3f}%)"
         )
         for note in notes:
-            self.console.print(f"[dim]{note}[/]")
+            self.console.print(f"[dim]{escape(note)}[/]")
 
     def start(self, total_steps: int) -> None:
         if not self.enabled:

@@ -43,9 +43,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+def reset_peak_memory() -> None:
+    """Start measuring peaks afresh (for several runs in one process). Linux resets the RSS high-water
+    mark through /proc/self/clear_refs; elsewhere the RSS peak stays the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _rss_high_water() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux, bytes on macOS
+
+
 def peak_memory() -> dict[str, int]:
-    """Peak process RSS (bytes), and peak CUDA memory allocated where a GPU is used."""
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    """Peak process RSS (bytes) since the last `reset_peak_memory`, and peak CUDA memory allocated
+    where a GPU is used."""
+    out = {"peak_rss_bytes": _rss_high_water()}
     if torch.cuda.is_available():
         out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return out

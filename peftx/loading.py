@@ -8,6 +8,9 @@ Sources, as written in `model.source`:
   network; without network this fails at once with a message saying what to use instead.
 `pretrained: false` builds the same architecture with random weights (the from-scratch twin). The
 standard checkpoints' configurations ship in `peftx/configs/`, so their twins need no download.
+A quantized backbone (`model.quantization`) is loaded by transformers' bitsandbytes integration; a
+from-scratch one is built in full precision, written to a temporary directory and loaded from there
+the same way, so both paths quantize identically (see `peftx.quantization`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import importlib
 import json
 import os
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from peftx.errors import PeftxError
 from peftx.families import FAMILIES, Family, family_for_model_type
+from peftx.quantization import QuantSpec, own_unquantized_tensors, prepare_quantized
 
 OFFLINE = "offline"
 OFFLINE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -173,12 +178,21 @@ def _tokenizer(source: str, pretrained: bool):
         return None
 
 
+def _reload(fam: Family, model: PreTrainedModel, config: PretrainedConfig, kwargs: dict) -> PreTrainedModel:
+    """A built model passed through save_pretrained/from_pretrained (e.g. to quantize it on loading)."""
+    with tempfile.TemporaryDirectory(prefix="peftx-") as tmp:
+        model.save_pretrained(tmp)
+        del model  # free the full-precision copy before the quantized one is loaded
+        return fam.load(tmp, config, **kwargs)
+
+
 def load_backbone(
     source: str,
     pretrained: bool = True,
     family: str | None = None,
     dtype: torch.dtype = torch.float32,
     overrides: dict | None = None,
+    quant: QuantSpec | None = None,
 ) -> Backbone:
     """Load or build a backbone.
 
@@ -188,6 +202,7 @@ def load_backbone(
         family: expected family name, checked against the config (None: inferred).
         dtype: dtype of the backbone's weights.
         overrides: config fields to change (with `pretrained: false`, e.g. a smaller twin).
+        quant: store the linear layers in 8 or 4 bits (None: as `dtype`).
 
     Raises:
         PeftxError: the source cannot be found or reached, or does not match `family`.
@@ -195,22 +210,31 @@ def load_backbone(
     config = load_config(source, overrides)
     fam = resolve_family(source, config, family)
     provenance: dict = {"source": source, "pretrained": pretrained, "model_type": config.model_type}
-    if not pretrained:
-        model = fam.build(config).to(dtype)
-    else:
-        if source == OFFLINE:
-            path = str(offline_model_dir())
-            provenance.update(name=OFFLINE_NAME, sha256=OFFLINE_SHA256)
+    kwargs: dict = {"dtype": dtype}
+    if quant is not None:
+        kwargs["quantization_config"] = quant.hf_config()
+        provenance["quantization"] = f"{quant.bits}bit" + (f" {quant.quant_type}" if quant.bits == 4 else "")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # unused-weight notices (e.g. BERT's pooler) are expected
+    hf_logging.disable_progress_bar()
+    try:
+        if not pretrained:
+            model = fam.build(config).to(dtype)
+            if quant is not None:
+                model = _reload(fam, model, config, kwargs)
         else:
-            path = str(Path(source).expanduser()) if is_local(source) else source
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # unused-weight notices (e.g. BERT's pooler) are expected
-        hf_logging.disable_progress_bar()
-        try:
-            if is_local(path):
-                model = fam.load(path, config, dtype=dtype)
+            if source == OFFLINE:
+                path = str(offline_model_dir())
+                provenance.update(name=OFFLINE_NAME, sha256=OFFLINE_SHA256)
             else:
-                model = _from_hub(lambda p, **kw: fam.load(p, config, dtype=dtype, **kw), path, "the weights")
-        finally:
-            hf_logging.set_verbosity(verbosity)
+                path = str(Path(source).expanduser()) if is_local(source) else source
+            if is_local(path):
+                model = fam.load(path, config, **kwargs)
+            else:
+                model = _from_hub(lambda p, **kw: fam.load(p, config, **kwargs, **kw), path, "the weights")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if quant is not None:
+        own_unquantized_tensors(model)
+        prepare_quantized(model)
     return Backbone(family=fam, model=model, tokenizer=_tokenizer(source, pretrained), provenance=provenance)

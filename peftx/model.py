@@ -60,6 +60,14 @@ class PeftxModel(nn.Module):
         pooled = self.family.encode(self.backbone, embeds, attention_mask, self.pooling, self.specials)
         return self.head(pooled.to(self.head[1].weight.dtype))  # (batch, num_classes)
 
+    @property
+    def max_length(self) -> int | None:
+        """Longest input sequence (framing included) the model takes: the backbone's positions less
+        those a method adds in front of the backbone (soft prompts); None: unbounded."""
+        limit = self.family.max_positions(self.backbone.config)
+        added = sum(getattr(extra, "added_positions", 0) for extra in self.extras.values())
+        return None if limit is None else limit - added
+
     def param_infos(self) -> dict[str, ParamInfo]:
         """Role, stack and layer of every parameter, keyed by its name in this module."""
         adapter_params = set()

@@ -47,7 +47,8 @@ class Predictor:
         self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
 
     def logits(self, texts: list[str]) -> torch.Tensor:
-        """Logits (n, classes) for inputs written as the task writes them (e.g. a ListOps expression)."""
+        """Logits (n, classes) for inputs written as the task's `parse` reads them (a ListOps expression,
+        a protein sequence, an image file's path)."""
         if not texts:
             return torch.empty(0, len(self.info.labels))
         ids = []
@@ -56,9 +57,9 @@ class Predictor:
                 ids.append(self.info.parse(text))
             except PeftxError as e:
                 raise PeftxError(f"input {lineno}: {e}") from None
-        ds = datasets.Dataset.from_dict({"tokens": ids})
+        ds = datasets.Dataset.from_dict({self.info.input_spec.column: ids})
         model = self.accelerator.unwrap_model(self.model)
-        split = make_split(ds, self.info.input_spec, model.specials, model.family.max_positions(model.backbone.config))
+        split = make_split(ds, self.info.input_spec, model.specials, model.max_length)
         train = self.recipe.train
         return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
 

@@ -46,9 +46,24 @@ class ModelSection(Section):
     """How the sequence becomes one vector; None: the family's default (bert: cls, gpt2: last,
     t5/bart: decoder_start)."""
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Store the backbone's linear layers in 8 or 4 bits (bitsandbytes); embeddings, norms, biases,
+    the input layer and the head stay in `dtype`. Needs a method that keeps the body frozen."""
+    quant_type: Literal["nf4", "fp4"] | None = None
+    """4-bit only: nf4 (default; suits normally distributed weights) or fp4."""
+    double_quant: bool | None = None
+    """4-bit only: also quantize the per-block scales (default true; ~0.4 bits per weight less)."""
+    compute_dtype: Literal["float32", "bfloat16"] | None = None
+    """4-bit only: dtype the dequantized weights are multiplied in (default: `dtype`)."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelSection:
+        if self.quantization != "4bit":
+            for key in ("quant_type", "double_quant", "compute_dtype"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} applies to quantization: 4bit only (quantization is {self.quantization!r})"
+                    )
         if self.family is not None and self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r} (valid: {', '.join(FAMILIES.names())})")
         if self.source == "offline" and self.family not in (None, "bert"):
@@ -64,7 +79,10 @@ class ModelSection(Section):
 class TrainSection(Section):
     """The training loop."""
 
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "lion8bit", "paged_adamw8bit"] = "adamw"
+    """adamw (torch); the others are bitsandbytes' 8-bit optimizers: state in 8 bits (about 2 bytes per
+    trained parameter instead of 8). Lion usually wants a 3-10x smaller lr; paged_adamw8bit pages its
+    state to CPU memory under GPU memory pressure (on a CPU it is plain adamw8bit)."""
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -93,6 +111,9 @@ class TrainSection(Section):
     group_by_length: bool = True
     """Batch sequences of similar length together (less padding)."""
     log_every: int = Field(10, ge=1)
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: far less
+    memory for activations, about one more forward pass of time."""
     # Speed options (peftx/speed.py). Each gives the plain path's loss; tests/test_speed.py checks it.
     fused_lora: bool = True
     """Run each LoRA layer as one product with the merged weight W + s·B·A and take the LoRA gradients
@@ -100,7 +121,8 @@ class TrainSection(Section):
     fast_dropout: bool | None = None
     """Draw dropout masks 16 bits per element instead of one Bernoulli draw each (same distribution,
     probability quantised to 1/65536; ~1.15x faster steps on CPU). None: on for CPUs, off for GPUs,
-    whose own dropout is already fast."""
+    whose own dropout is already fast. Off under gradient_checkpointing (its recomputed forward must
+    draw the same masks)."""
     pad_to_multiple: int | None = Field(None, ge=1)
     """Round each padded batch width up to a multiple of this. None: 8 on GPUs (tensor-core shapes), 1 on
     CPUs, where rounding only adds work."""
@@ -132,6 +154,25 @@ class RecipeBase(Section):
     model: ModelSection = ModelSection()
     train: TrainSection
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _quantized_body_stays_frozen(self) -> RecipeBase:
+        method = getattr(self, "method", None)  # the plug-in sections live on the generated subclass
+        quant = self.model.quantization
+        if quant == "none" or method is None:
+            return self
+        if not type(method).quantized_body_ok:
+            raise ValueError(
+                f"method.name: {method.name!r} trains the body's weights, which model.quantization: {quant} "
+                "stores frozen; use a method that keeps the body frozen (e.g. lora) or model.quantization: none"
+            )
+        body = sorted({"attention", "feed_forward"} & set(method.train_roles))
+        if body:
+            raise ValueError(
+                f"method.train_roles: {body} are quantized weights with model.quantization: {quant} and cannot "
+                "train (biases can: use the role 'bias')"
+            )
+        return self
 
     @property
     def run_name(self) -> str:
@@ -183,7 +224,9 @@ def _format_error(err: dict, where: str, raw: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) and err["type"] != "value_error" else ""
-    return f"{where}: {key or '(top level)'}: {msg}{shown}"
+    if not key:  # a check across sections: its message starts with the keys it is about
+        return f"{where}: {msg}{shown}"
+    return f"{where}: {key}: {msg}{shown}"
 
 
 def _section_fields(loc: list[str], raw: dict) -> list[str]:
@@ -250,19 +293,9 @@ def validate_recipe(raw: Any, where: str = "<recipe>") -> RecipeBase:
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:
-    """Read, override and validate a recipe file.
-
-    Args:
-        path: a YAML file.
-        overrides: `a.b=value` strings applied before validation.
-
-    Returns:
-        The validated recipe; `name` defaults to the file's stem.
-
-    Raises:
-        PeftxError: missing file, YAML syntax error, or an invalid recipe (one line, naming the key).
-    """
+def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A recipe file as a raw mapping, with `--set` overrides applied and `name` defaulting to the
+    file's stem. Raises PeftxError on a missing file, a YAML syntax error or a non-mapping."""
     path = Path(path)
     if not path.is_file():
         raise PeftxError(f"{path}: no such recipe file")
@@ -272,9 +305,33 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeB
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark else ""
         raise PeftxError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if isinstance(raw, dict):
-        raw.setdefault("name", path.stem)
-    apply_overrides(raw, overrides or [])
+    if not isinstance(raw, dict):
+        raise PeftxError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return apply_overrides(raw, overrides or [])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:
+    """Read, override and validate a recipe file (one run).
+
+    Args:
+        path: a YAML file.
+        overrides: `a.b=value` strings applied before validation.
+
+    Returns:
+        The validated recipe; `name` defaults to the file's stem.
+
+    Raises:
+        PeftxError: missing file, YAML syntax error, grid axes (a sweep), or an invalid recipe (one
+            line, naming the key).
+    """
+    from peftx.sweep import find_axes
+
+    raw = read_raw(path, overrides)
+    axes = find_axes(raw)
+    if axes:
+        keys = ", ".join(k for k, _ in axes)
+        raise PeftxError(f"{path}: holds grid axes ({keys}); run it with `peftx sweep {path}`")
     return validate_recipe(raw, str(path))
 
 

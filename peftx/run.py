@@ -13,7 +13,8 @@ from peftx.budget import model_budget
 from peftx.build import build_model
 from peftx.data import make_split
 from peftx.display import RunDisplay
-from peftx.env import peak_memory, resolve_precision, versions
+from peftx.env import peak_memory, reset_peak_memory, resolve_precision, versions
+from peftx.memory import model_memory
 from peftx.recipe import RecipeBase, dump_recipe
 from peftx.speed import pad_multiple
 from peftx.train import evaluate, make_accelerator, total_steps, train
@@ -57,13 +58,15 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     t_start = time.perf_counter()
+    reset_peak_memory()
     try:
         set_seed(recipe.seed)
         task = recipe.task.load()
         model, provenance = build_model(recipe, task.info)
+        load_peak = {f"load_{k}": v for k, v in peak_memory().items()}  # task data and model loading alone
         budget = model_budget(model)
         result.update(backbone=provenance, budget=budget.to_dict(), baselines=task.baselines, data_notes=task.notes)
-        max_len = model.family.max_positions(model.backbone.config)
+        max_len = model.max_length
         multiple = pad_multiple(recipe.train, accelerator.device)
         splits = {
             name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len, multiple)
@@ -117,7 +120,10 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
                 "train_examples_per_s": outcome.train_examples / max(outcome.train_seconds, 1e-9),
                 "train_tokens_per_s": outcome.train_tokens / max(outcome.train_seconds, 1e-9),
             },
-            memory=peak_memory(),
+            memory=peak_memory()
+            | load_peak
+            | model_memory(unwrapped)
+            | {"optimizer_state_bytes": outcome.optimizer_state_bytes},
         )
         if main:
             save_weights(unwrapped, run_dir, whole_backbone=not recipe.model.pretrained)

@@ -296,4 +296,6 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
         model.compile(dynamic=True)  # inductor fuses dropout and elementwise work itself
         return nullcontext
     fast = cfg.fast_dropout if cfg.fast_dropout is not None else device.type == "cpu"
-    return FastDropout if fast else nullcontext
+    # Checkpointing recomputes the forward during backward, outside this context: torch's dropout
+    # replays its masks from the saved random state there, the fast one would draw different masks.
+    return FastDropout if fast and not cfg.gradient_checkpointing else nullcontext

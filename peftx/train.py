@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from peftx.data import LengthGroupedBatches, eval_batches
+from peftx.memory import enable_gradient_checkpointing
+from peftx.optim import build_optimizer, optimizer_state_bytes
 from peftx.recipe import TrainSection
 from peftx.speed import ThreadTuner, prepare_model
 
@@ -41,6 +43,7 @@ class TrainOutcome:
     eval_seconds: float = 0.0
     train_examples: int = 0
     train_tokens: int = 0
+    optimizer_state_bytes: int = 0
 
 
 def make_accelerator(precision: str, grad_accum: int = 1) -> Accelerator:
@@ -59,12 +62,12 @@ def total_steps(cfg: TrainSection, n_train: int) -> int:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, biases, norms and 1-d vectors do not."""
+    """`train.optimizer` (AdamW or an 8-bit one); matrices decay, biases, norms and 1-d vectors do not."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    return build_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)
 
 
 def _loader(split: Split, batches, accelerator: Accelerator) -> DataLoader:
@@ -132,6 +135,8 @@ def train(
     """
     steps = total_steps(cfg, len(train_split))
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     fast_forward = prepare_model(model, cfg, accelerator.device)
@@ -202,6 +207,7 @@ def train(
                 out.best = entry
     out.steps = step
     out.train_tokens = int(tokens)
+    out.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     if best_state is not None:
         with torch.no_grad():
             for n, p in trainable.items():

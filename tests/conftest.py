@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-# Tiny models gain nothing from several threads, and on a machine shared with other jobs each
-# multithreaded op waits for its slowest thread: one thread keeps the suite fast and steady.
+# Tiny models gain nothing from intra-op threads, and when other jobs share the CPU, OpenMP's
+# spinning workers make their small matmuls up to ~100x slower. One thread keeps the suite fast.
 torch.set_num_threads(1)
 
 # Config overrides that shrink each family's standard architecture to a few thousand parameters per
@@ -106,3 +106,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(params=FAMILY_NAMES)
 def family(request) -> str:
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA; without it they are skipped (with the reason shown)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -17,15 +17,18 @@ def build(raw: dict):
     set_seed(recipe.seed)
     task = recipe.task.load()
     model, _ = build_model(recipe, task.info)
-    max_len = model.family.max_positions(model.backbone.config)
+    max_len = model.max_length
     split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len)
     return recipe, task, model, split
 
 
-def train_steps(model, split, steps: int, lr: float = 1e-2, batch_size: int = 16) -> list[float]:
-    """Plain AdamW steps on the trainable parameters; returns the losses."""
+def train_steps(
+    model, split, steps: int, lr: float = 1e-2, batch_size: int = 16, weight_decay: float = 0.01
+) -> list[float]:
+    """Plain AdamW steps on the trainable parameters; returns the losses. With `weight_decay=0` a
+    parameter moves only if it received a gradient."""
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     batches = iter(LengthGroupedBatches(split.lengths, batch_size, seed=0))
     losses = []
     for _ in range(steps):

@@ -36,9 +36,31 @@ def test_every_parameter_has_a_role_and_layers_are_indexed(name):
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_linear_modules_of_each_role_exist(name):
     bb = tiny_backbone(name)
-    for role in ("attention", "feed_forward"):
+    assert {"attention", "feed_forward", "key_value", "feed_forward_out"} <= set(bb.family.linear_modules)
+    for role in bb.family.linear_modules:
         mods = bb.family.modules_of(bb.model, [role])
         assert mods and all(hasattr(dict(bb.model.named_modules())[m], "weight") for m in mods)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_attention_modules_of_each_kind_exist_with_their_shapes(name):
+    bb = tiny_backbone(name)
+    kinds = {"bert": ["encoder_self"], "gpt2": ["decoder_self"]}.get(name, ["encoder_self", "decoder_self", "cross"])
+    assert list(bb.family.attention_modules) == kinds
+    mods = dict(bb.model.named_modules())
+    for kind in kinds:
+        sites = bb.family.attention_sites(bb.model, [kind])
+        assert len(sites) == 2  # one per layer of the tiny stacks
+        for site in sites:
+            heads, head_dim = bb.family.attention_shape(mods[site])
+            assert heads * head_dim == 32 and heads == 4
+
+
+def test_encoder_mean_runs_the_encoder_stack_only():
+    bb = tiny_backbone("t5")
+    assert bb.family.stacks(bb.model.config, "encoder_mean") == {"encoder": 2}
+    assert bb.family.stacks(bb.model.config, "decoder_start") == {"encoder": 2, "decoder": 2}
+    assert bb.family.attention_kinds(bb.model.config, "encoder_mean") == ["encoder_self"]
 
 
 def test_biases_exist_except_in_t5():

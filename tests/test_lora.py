@@ -70,3 +70,24 @@ def test_train_roles_add_layer_norms():
     assert {n for n, i in infos.items() if i.role == "layer_norm"} <= trainable
     assert {n for n, i in infos.items() if i.is_bias} <= trainable
     assert not any(infos[n].role in ("attention", "feed_forward") and not infos[n].is_bias for n in trainable)
+
+
+def test_dora_adds_one_magnitude_per_output_channel(family):
+    plain = build(tiny_recipe(family, method={"name": "lora", "r": 2, "targets": ["attention"]}))[2]
+    dora = build(tiny_recipe(family, method={"name": "lora", "r": 2, "targets": ["attention"], "use_dora": True}))[2]
+    mods = dict(dora.backbone.named_modules())
+    outs = 0
+    for name in dora.family.modules_of(dora.backbone, ["attention"]):
+        w = mods[name].base_layer.weight
+        outs += w.shape[1] if type(mods[name].base_layer).__name__ == "Conv1D" else w.shape[0]
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if m.param_infos()[n].role == "adapter")  # noqa: E731
+    assert count(dora) - count(plain) == outs
+    assert any("lora_magnitude_vector" in n for n, p in dora.named_parameters() if p.requires_grad)
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r():
+    for rs, scale in ((False, 16 / 4), (True, 16 / 2)):
+        method = {"name": "lora", "r": 4, "alpha": 16, "use_rslora": rs}
+        model = build(tiny_recipe("bert", method=method))[2]
+        query = dict(model.backbone.named_modules())["encoder.layer.0.attention.self.query"]
+        assert query.scaling["default"] == scale

@@ -9,21 +9,25 @@ import yaml
 
 from peftx.errors import PeftxError
 from peftx.recipe import dump_recipe, load_recipe, validate_recipe
+from peftx.sweep import load_sweep
 from tests.conftest import tiny_recipe
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").rglob("*.yaml"))
+RECIPES_DIR = Path(__file__).parent.parent / "recipes"
+RECIPES = sorted(RECIPES_DIR.rglob("*.yaml"))
 
 
 def test_recipes_exist():
     assert any(p.name == "listops_lora.yaml" for p in RECIPES)
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(RECIPES_DIR)))
 def test_shipped_recipe_validates_and_documents_its_command(path):
-    recipe = load_recipe(path)
-    assert recipe.name
+    points = load_sweep(path)  # a plain recipe is one point; a sweep recipe validates every point
+    assert points and all(p.recipe.name for p in points)
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# Run: peftx ") and str(path.relative_to(path.parents[1])).replace("\\", "/") in first
+    command = "peftx sweep " if len(points) > 1 else "peftx run "
+    rel = "recipes/" + path.relative_to(RECIPES_DIR).as_posix()
+    assert first.startswith("# Run: " + command) and rel in first
 
 
 def write(tmp_path, raw) -> Path:
@@ -83,6 +87,13 @@ def test_defaults_resolved_and_round_trip(tmp_path):
     assert recipe.input.name == "pretrained_vocab"  # the task's default input adapter
     again = validate_recipe(yaml.safe_load(dump_recipe(recipe)))
     assert again == recipe
+
+
+def test_a_sweep_recipe_is_not_run_as_one(tmp_path):
+    raw = tiny_recipe("bert", tmp_path)
+    raw["seed"] = [0, 1]
+    with pytest.raises(PeftxError, match=r"holds grid axes \(seed\); run it with `peftx sweep"):
+        load_recipe(write(tmp_path, raw))
 
 
 def test_name_defaults_to_file_stem(tmp_path):

@@ -42,6 +42,8 @@ FAMILY = Family(
     linear_modules={
         "attention": _LAYER + r"(self_attn|encoder_attn)\.(q|k|v|out)_proj",
         "feed_forward": _LAYER + r"fc[12]",
+        "key_value": _LAYER + r"(self_attn|encoder_attn)\.(k|v)_proj",
+        "feed_forward_out": _LAYER + r"fc2",
     },
     poolings=("decoder_start", "encoder_mean"),
     encode=encoder_decoder_encode,
@@ -49,7 +51,14 @@ FAMILY = Family(
     max_positions=lambda c: c.max_position_embeddings,
     hidden_size=lambda c: c.d_model,
     num_layers=lambda c: {"encoder": c.encoder_layers, "decoder": c.decoder_layers},
+    attention_modules={
+        "encoder_self": r"encoder\.layers\.\d+\.self_attn",
+        "decoder_self": r"decoder\.layers\.\d+\.self_attn",
+        "cross": r"decoder\.layers\.\d+\.encoder_attn",
+    },
+    attention_shape=lambda m: (m.num_heads, m.head_dim),
     space_prefix=True,
+    stacks_run={"encoder_mean": ("encoder",)},
 )
 
 FAMILIES.register(FAMILY.name, FAMILY)

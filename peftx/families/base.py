@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -71,13 +71,21 @@ class Family:
         roles: role -> full-match regex over backbone parameter names.
         layer_pattern: regex whose groups are (stack, layer index) or (layer index,).
         linear_modules: role -> regex over module names of the Linear (or Conv1D) layers of that role;
-            LoRA and IA3 target these.
+            LoRA and IA3 target these. Besides `attention` and `feed_forward`: `key_value` (the key and
+            value projections; GPT-2's fused q/k/v projection) and `feed_forward_out` (the feed-forward
+            layer's output projection).
         poolings: pooling choices; the first is the default.
         encode: (backbone, inputs_embeds, attention_mask, pooling, specials) -> pooled (batch, hidden).
         special_ids: (config, tokenizer or None) -> SpecialIds.
         max_positions: config -> longest sequence the backbone accepts (None: unbounded).
         hidden_size: config -> width of inputs_embeds.
+        attention_modules: attention kind (`encoder_self`, `decoder_self`, `cross`) -> regex over the
+            names of the attention modules of that kind; each calls transformers' attention-function
+            interface once per forward (prefix tuning attaches there).
+        attention_shape: attention module -> (heads, head dim) of its keys and values.
         space_prefix: byte-level BPE vocabularies spell a word inside a sentence with a leading space.
+        stacks_run: pooling -> the stacks (keys of `num_layers`) its forward pass runs; a pooling not
+            listed runs every stack (T5/BART `encoder_mean` runs the encoder only).
     """
 
     name: str
@@ -93,7 +101,10 @@ class Family:
     max_positions: Callable[[PretrainedConfig], int | None]
     hidden_size: Callable[[PretrainedConfig], int]
     num_layers: Callable[[PretrainedConfig], dict[str, int]]
+    attention_modules: dict[str, str]
+    attention_shape: Callable[[nn.Module], tuple[int, int]]
     space_prefix: bool = False
+    stacks_run: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @cached_property
     def _role_res(self) -> list[tuple[str, re.Pattern]]:
@@ -122,6 +133,22 @@ class Family:
             return None, None
         groups = m.groups()
         return (groups[0] if len(groups) == 2 else None), int(groups[-1])
+
+    def stacks(self, config: PretrainedConfig, pooling: str) -> dict[str, int]:
+        """Layer count of each stack the forward pass runs with `pooling`, in forward order."""
+        counts = self.num_layers(config)
+        run = self.stacks_run.get(pooling, tuple(counts))
+        return {stack: n for stack, n in counts.items() if stack in run}
+
+    def attention_kinds(self, config: PretrainedConfig, pooling: str) -> list[str]:
+        """The attention kinds the forward pass runs with `pooling` (`cross` runs in the decoder)."""
+        run = self.stacks(config, pooling)
+        return [k for k in self.attention_modules if ("encoder" if k == "encoder_self" else "decoder") in run]
+
+    def attention_sites(self, backbone: nn.Module, kinds: list[str]) -> list[str]:
+        """Names of the attention modules of the given kinds, in module order."""
+        res = [re.compile(self.attention_modules[k]) for k in kinds]
+        return [n for n, _ in backbone.named_modules() if any(rx.fullmatch(n) for rx in res)]
 
     def modules_of(self, backbone: nn.Module, roles: list[str]) -> list[str]:
         """Names of the Linear-like modules of the given roles (for LoRA / IA3 targets)."""

@@ -42,6 +42,8 @@ FAMILY = Family(
     linear_modules={
         "attention": _LAYER + r"attention\.(self\.(query|key|value)|output\.dense)",
         "feed_forward": _LAYER + r"(intermediate|output)\.dense",
+        "key_value": _LAYER + r"attention\.self\.(key|value)",
+        "feed_forward_out": _LAYER + r"output\.dense",
     },
     poolings=("cls", "mean"),
     encode=_encode,
@@ -49,6 +51,8 @@ FAMILY = Family(
     max_positions=lambda c: c.max_position_embeddings,
     hidden_size=lambda c: c.hidden_size,
     num_layers=lambda c: {"encoder": c.num_hidden_layers},
+    attention_modules={"encoder_self": _LAYER + r"attention\.self"},
+    attention_shape=lambda m: (m.num_attention_heads, m.attention_head_size),
 )
 
 FAMILIES.register(FAMILY.name, FAMILY)

@@ -38,6 +38,8 @@ FAMILY = Family(
     linear_modules={
         "attention": _LAYER + r"attn\.(c_attn|c_proj)",
         "feed_forward": _LAYER + r"mlp\.(c_fc|c_proj)",
+        "key_value": _LAYER + r"attn\.c_attn",  # fused: queries, keys and values
+        "feed_forward_out": _LAYER + r"mlp\.c_proj",
     },
     poolings=("last", "mean"),
     encode=_encode,
@@ -45,6 +47,8 @@ FAMILY = Family(
     max_positions=lambda c: c.n_positions,
     hidden_size=lambda c: c.n_embd,
     num_layers=lambda c: {"decoder": c.n_layer},
+    attention_modules={"decoder_self": _LAYER + r"attn"},
+    attention_shape=lambda m: (m.num_heads, m.head_dim),
     space_prefix=True,
 )
 

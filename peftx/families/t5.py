@@ -35,6 +35,8 @@ FAMILY = Family(
     linear_modules={
         "attention": _LAYER + r"(SelfAttention|EncDecAttention)\.[qkvo]",
         "feed_forward": _LAYER + r"DenseReluDense\.(wi|wi_0|wi_1|wo)",
+        "key_value": _LAYER + r"(SelfAttention|EncDecAttention)\.[kv]",
+        "feed_forward_out": _LAYER + r"DenseReluDense\.wo",
     },
     poolings=("decoder_start", "encoder_mean"),
     encode=encoder_decoder_encode,
@@ -42,6 +44,13 @@ FAMILY = Family(
     max_positions=lambda c: None,
     hidden_size=lambda c: c.d_model,
     num_layers=lambda c: {"encoder": c.num_layers, "decoder": c.num_decoder_layers},
+    attention_modules={
+        "encoder_self": r"encoder\.block\.\d+\.layer\.0\.SelfAttention",
+        "decoder_self": r"decoder\.block\.\d+\.layer\.0\.SelfAttention",
+        "cross": r"decoder\.block\.\d+\.layer\.1\.EncDecAttention",
+    },
+    attention_shape=lambda m: (m.n_heads, m.key_value_proj_dim),
+    stacks_run={"encoder_mean": ("encoder",)},
 )
 
 FAMILIES.register(FAMILY.name, FAMILY)

@@ -1,6 +1,7 @@
-"""Input-embedding adapters. Each module registers its recipe config class when imported."""
+"""Input-embedding adapters. Each module registers its recipe config class when imported; third-party
+adapters register through the `peftx.inputs` entry point group."""
 
-from peftx.inputs import pretrained_vocab  # noqa: F401  (registration)
+from peftx.inputs import learned, learned_from_vocab, linear, pixel_vocab, pretrained_vocab  # noqa: F401
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
 

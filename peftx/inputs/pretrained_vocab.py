@@ -28,8 +28,12 @@ def spell_tokens(ctx: InputContext, spellings: list[str], pieces: str) -> list[l
     """Token ids of each spelling in the model's vocabulary (or a fixed fallback map)."""
     reserved = {i for i in (ctx.specials.pad, ctx.specials.bos, ctx.specials.eos) if i is not None}
     if ctx.tokenizer is None:
-        free = (i for i in range(ctx.backbone.get_input_embeddings().num_embeddings) if i not in reserved)
-        return [[next(free)] for _ in spellings]
+        free = [i for i in range(ctx.backbone.get_input_embeddings().num_embeddings) if i not in reserved]
+        if len(free) < len(spellings):
+            raise PeftxError(
+                f"input: {len(spellings)} symbols need as many tokens; the model's vocabulary has {len(free)} free"
+            )
+        return [[i] for i in free[: len(spellings)]]
     out = []
     unk = getattr(ctx.tokenizer, "unk_token_id", None)
     for text in spellings:
@@ -58,34 +62,49 @@ class PretrainedVocabEmbedding(nn.Module):
         self.register_buffer("token_ids", ids)  # (index, pieces)
         self.register_buffer("piece_mask", mask)  # (index, pieces)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
+        """(index, hidden): the embedding of every index, pieces averaged."""
         pieces = self._embed[0](self.token_ids)  # (index, pieces, hidden)
         weights = self.piece_mask / self.piece_mask.sum(1, keepdim=True)
-        table = torch.einsum("iph,ip->ih", pieces, weights.to(pieces.dtype))  # (index, hidden)
-        return F.embedding(batch["input_ids"], table)  # (batch, seq, hidden)
+        return torch.einsum("iph,ip->ih", pieces, weights.to(pieces.dtype))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.embedding(batch["input_ids"], self.table())  # (batch, seq, hidden)
 
 
-class PretrainedVocabConfig(InputConfig):
-    """Task symbols -> the model's own tokens, embedded by its pretrained embedding table."""
+def framing_tokens(ctx: InputContext) -> list[list[int]]:
+    """Token ids of the shared indices 0-2 (pad, start, end); a family without a start or end token
+    maps that index to its pad token (never used then)."""
+    sp = ctx.specials
+    return [[sp.pad], [sp.bos if sp.bos is not None else sp.pad], [sp.eos if sp.eos is not None else sp.pad]]
 
-    name: Literal["pretrained_vocab"] = "pretrained_vocab"
+
+class VocabMapping(InputConfig):
+    """Fields shared by adapters that map task symbols to the model's own tokens."""
+
     spelling: dict[str, str] = {}
     """Symbol -> text, overriding the task's default spelling (e.g. {'[SM': 'modulo'})."""
     pieces: Literal["mean", "first", "error"] = "mean"
     """A spelling that is several tokens: mean of their embeddings, the first one, or refuse."""
 
-    def build(self, ctx: InputContext) -> nn.Module:
+    def index_tokens(self, ctx: InputContext) -> list[list[int]]:
+        """Token ids of every shared index: framing (0-2), then each task symbol (3 + i)."""
         if not isinstance(ctx.spec, SymbolVocab):
-            raise PeftxError("input.name: pretrained_vocab needs a task with discrete symbols")
+            raise PeftxError(f"input.name: {self.name} needs a task with discrete symbols")
         unknown = sorted(set(self.spelling) - set(ctx.spec.symbols))
         if unknown:
             raise PeftxError(f"input.spelling: unknown symbol(s) {unknown} (valid: {' '.join(ctx.spec.symbols)})")
-        symbol_ids = spell_tokens(
-            ctx, [self.spelling.get(s, ctx.spec.spelling(s)) for s in ctx.spec.symbols], self.pieces
-        )
-        sp = ctx.specials
-        framing = [[sp.pad], [sp.bos if sp.bos is not None else sp.pad], [sp.eos if sp.eos is not None else sp.pad]]
-        return PretrainedVocabEmbedding(ctx.backbone.get_input_embeddings(), framing + symbol_ids)
+        spellings = [self.spelling.get(s, ctx.spec.spelling(s)) for s in ctx.spec.symbols]
+        return framing_tokens(ctx) + spell_tokens(ctx, spellings, self.pieces)
+
+
+class PretrainedVocabConfig(VocabMapping):
+    """Task symbols -> the model's own tokens, embedded by its pretrained embedding table."""
+
+    name: Literal["pretrained_vocab"] = "pretrained_vocab"
+
+    def build(self, ctx: InputContext) -> nn.Module:
+        return PretrainedVocabEmbedding(ctx.backbone.get_input_embeddings(), self.index_tokens(ctx))
 
     def trained_roles(self) -> set[str]:
         return {"token_embedding"} if self.trainable else set()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from peftx.methods import lora  # noqa: F401  (registration)
+from peftx.errors import PeftxError
+from peftx.methods import bitfit, frozen, full, ia3, layers, lora, prefix, prompt  # noqa: F401  (registration)
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
+from peftx.quantization import is_quantized
 
 if TYPE_CHECKING:
     from peftx.inputs import InputConfig
@@ -17,11 +19,19 @@ def apply_method(model: PeftxModel, method: MethodConfig, input_cfg: InputConfig
     """Add the method's modules to `model`, then make exactly the intended parameters trainable.
 
     Trainable = what the method trains + the head + `method.train_roles` + the input layer when
-    `input.trainable`. Returns the trainable parameter names.
+    `input.trainable` (this one option composes any method with extra roles, e.g. prefix + layer
+    norms). Returns the trainable parameter names.
     """
     method.prepare(model)
     extra = set(method.train_roles) | input_cfg.trained_roles() | {"head"}
-    trainable = {n for n, info in model.param_infos().items() if method.trains(info) or role_selected(info, extra)}
+    added = {n for n, info in model.param_infos().items() if role_selected(info, extra)}
+    trainable = method.trained_names(model) | added
+    frozen_only = sorted(n for n, p in model.named_parameters() if n in trainable and is_quantized(p))
+    if frozen_only:
+        raise PeftxError(
+            f"method.name: {method.name!r} would train {len(frozen_only)} quantized weight(s) (e.g. {frozen_only[0]}); "
+            "a quantized body stays frozen: use model.quantization: none"
+        )
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
     return trainable

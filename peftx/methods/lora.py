@@ -3,17 +3,15 @@ matrices, the head (and any `train_roles`) train."""
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
 from pydantic import Field, field_validator
 from transformers.pytorch_utils import Conv1D
 
-from peftx.errors import PeftxError
 from peftx.families import ParamInfo
-from peftx.methods.base import MethodConfig
+from peftx.methods.base import BudgetKnob, MethodConfig, target_modules
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -30,9 +28,13 @@ class LoraMethod(MethodConfig):
     """Scale of the update is alpha / r (alpha / sqrt(r) with rslora)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[str] = Field(default_factory=lambda: ["attention", "feed_forward"])
-    """Roles (attention, feed_forward) or module-name regexes (e.g. 'encoder\\.layer\\.5\\..*query')."""
+    """Linear roles (attention, feed_forward, key_value, feed_forward_out) or module-name regexes
+    (e.g. 'encoder\\.layer\\.5\\..*query')."""
     use_dora: bool = False
+    """DoRA: also learn each target's per-output-channel magnitude (+ out_features per matrix)."""
     use_rslora: bool = False
+    """rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r (stabler at high rank)."""
+    budget_knob: ClassVar[BudgetKnob] = BudgetKnob("r", low=1, high=1024)
 
     @field_validator("targets")
     @classmethod
@@ -41,21 +43,8 @@ class LoraMethod(MethodConfig):
             raise ValueError("targets must name at least one role or module pattern")
         return v
 
-    def target_modules(self, model: PeftxModel) -> list[str]:
-        roles = [t for t in self.targets if t in model.family.linear_modules]
-        patterns = [t for t in self.targets if t not in model.family.linear_modules]
-        names = model.family.modules_of(model.backbone, roles) if roles else []
-        if patterns:
-            for p in patterns:
-                rx = re.compile(p)
-                hits = [n for n, m in model.backbone.named_modules() if rx.fullmatch(n) and hasattr(m, "weight")]
-                if not hits:
-                    raise PeftxError(f"method.targets: {p!r} matches no module of {model.family.name}")
-                names += hits
-        return sorted(set(names))
-
     def prepare(self, model: PeftxModel) -> None:
-        targets = self.target_modules(model)
+        targets = target_modules(model, self.targets)
         modules = dict(model.backbone.named_modules())
         config = PeftLoraConfig(
             r=self.r,

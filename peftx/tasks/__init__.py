@@ -1,6 +1,6 @@
 """Tasks. Each module registers its recipe config class under the task's name when imported."""
 
-from peftx.tasks import listops  # noqa: F401  (registration)
+from peftx.tasks import listops, protein, vision  # noqa: F401  (registration)
 from peftx.tasks.base import ContinuousSpec, SymbolVocab, TaskConfig, TaskData, TaskInfo
 from peftx.tasks.registry import TASKS
 

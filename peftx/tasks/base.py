@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import datasets
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 SPLITS = ("train", "validation", "test")
@@ -22,6 +24,7 @@ class SymbolVocab:
         text: default spelling of each symbol in a language model's vocabulary (`pretrained_vocab`).
     """
 
+    column: ClassVar[str] = "tokens"
     symbols: tuple[str, ...]
     version: str
     text: dict[str, str] = field(default_factory=dict)
@@ -32,9 +35,19 @@ class SymbolVocab:
 
 @dataclass(frozen=True)
 class ContinuousSpec:
-    """Inputs are sequences of real vectors (column `values`: (seq, dim))."""
+    """Inputs are sequences of real vectors (column `values`: (seq, dim)).
 
+    Attributes:
+        dim: length of each vector.
+        scale: stored values times `scale` are what the model sees (images store uint8 pixels with
+            scale 1/255, so the model sees intensities in [0, 1]).
+        kind: what the vectors are, for adapters that care (`pixel_vocab` needs "intensity").
+    """
+
+    column: ClassVar[str] = "values"
     dim: int
+    scale: float = 1.0
+    kind: str = "features"
 
 
 InputSpec = SymbolVocab | ContinuousSpec
@@ -46,7 +59,8 @@ class TaskInfo:
 
     input_spec: InputSpec
     labels: tuple[str, ...]
-    parse: Callable[[str], list[int]]  # one line of user input -> symbol ids (for `peftx predict`)
+    parse: Callable[[str], list[int] | np.ndarray]
+    """One line of user input -> symbol ids, or a (seq, dim) array of stored values (`peftx predict`)."""
 
     @property
     def num_classes(self) -> int:
@@ -86,3 +100,14 @@ def majority_accuracy(train_labels: list[int], test_labels: list[int]) -> float:
     """Accuracy on test of always predicting the most common training label."""
     top = Counter(train_labels).most_common(1)[0][0]
     return sum(y == top for y in test_labels) / max(len(test_labels), 1)
+
+
+def nearest_centroid_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> float:
+    """Accuracy on test of assigning each example to the class whose mean training feature vector is
+    nearest (Euclidean): a cheap reference a model should beat by far."""
+    classes = np.unique(train_y)
+    centroids = np.stack([train_x[train_y == c].mean(0) for c in classes])  # (classes, features)
+    d = (test_x**2).sum(1, keepdims=True) - 2 * test_x @ centroids.T + (centroids**2).sum(1)  # (n, classes)
+    return float((classes[d.argmin(1)] == test_y).mean()) if len(test_y) else 0.0

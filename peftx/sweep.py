@@ -1,0 +1,210 @@
+"""Sweeps: a recipe whose values may be lists expands into a grid of runs.
+
+A list is a grid axis wherever the schema expects a single value: `seed: [0, 1, 2]`, `train.lr:
+[1e-3, 3e-4]`, a whole section (`method: [{name: lora}, {name: full}]`), or a field inside one
+(`model.pretrained: [true, false]` written as `model: {pretrained: [true, false]}`). Fields that are
+lists by nature (`method.targets`) stay as they are; sweep over them with an explicit `grid:` section of
+dotted keys (`grid: {method.targets: [[attention], [attention, feed_forward]]}`).
+
+Every point runs into `<output.dir>/<sweep name>/<point name>/`. Finished points are skipped, so an
+interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftx.artifacts import RESULT
+from peftx.errors import PeftxError
+from peftx.recipe import PLUGINS, RecipeBase, read_raw, recipe_class, validate_recipe
+
+SECTIONS = ("model", "task", "input", "method", "train", "output")
+
+
+@dataclass
+class Point:
+    """One run of a sweep."""
+
+    name: str
+    values: dict[str, object]  # axis key -> value
+    recipe: RecipeBase
+
+
+def _is_list_type(annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return any(_is_list_type(a) for a in typing.get_args(annotation)) if origin is not None else False
+
+
+def _section_class(section: str, value: dict):
+    if section in PLUGINS:
+        name = value.get("name")
+        return PLUGINS[section].get(name) if isinstance(name, str) and name in PLUGINS[section] else None
+    return recipe_class().model_fields[section].annotation
+
+
+def find_axes(raw: dict) -> list[tuple[str, list]]:
+    """(dotted key, values) of every grid axis of a raw recipe, in the order written."""
+    axes: list[tuple[str, list]] = []
+    for key, value in raw.items():
+        if key == "grid":
+            if not isinstance(value, dict) or not all(isinstance(v, list) and v for v in value.values()):
+                raise PeftxError("grid: expected a mapping of dotted keys to non-empty lists")
+            axes.extend(value.items())
+        elif key in SECTIONS and isinstance(value, list):
+            axes.append((key, value))
+        elif key in SECTIONS and isinstance(value, dict):
+            cls = _section_class(key, value)
+            fields = getattr(cls, "model_fields", {})
+            for sub, v in value.items():
+                if isinstance(v, list) and sub in fields and not _is_list_type(fields[sub].annotation):
+                    axes.append((f"{key}.{sub}", v))
+        elif isinstance(value, list):
+            axes.append((key, value))
+    for key, values in axes:
+        if not values:
+            raise PeftxError(f"{key}: an empty list gives an empty sweep")
+    return axes
+
+
+def _label(value, keys: list[str] | None = None) -> str:
+    """Short, path-safe text for an axis value; for mappings, only `keys` (those that differ
+    between the axis' values) are spelled out."""
+    if isinstance(value, dict):
+        parts = []
+        for k in keys if keys is not None else list(value):
+            v = value.get(k)
+            if isinstance(v, bool):
+                parts.append(k if v else f"no-{k}")
+            elif k in ("name", "family", "source", "preset"):
+                parts.append(str(v))
+            elif not isinstance(v, dict | list):
+                parts.append(f"{k}{v}")
+        text = "-".join(parts)
+    elif isinstance(value, list):
+        text = "+".join(_label(v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
+
+
+def _differing_keys(values: list) -> list[str] | None:
+    """Scalar keys whose values differ between the mappings of one axis (None: not mappings)."""
+    if not all(isinstance(v, dict) for v in values):
+        return None
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    return [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1]
+
+
+def _axis_label(key: str, value, keys: list[str] | None) -> str:
+    """`seed=0`, `lr=0.001` for fields; the differing fields alone for a whole section (`lora-r8`)."""
+    if "." not in key and key in SECTIONS:
+        return _label(value, keys)
+    return f"{key.rsplit('.', 1)[-1]}={_label(value, keys)}"
+
+
+def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
+    """Every point of the grid, validated. Raises PeftxError naming the point that is invalid."""
+    axes = find_axes(raw)
+    # seeds vary slowest: an interrupted sweep has every configuration at its first seeds
+    axes.sort(key=lambda axis: axis[0] != "seed")
+    label_keys = {key: _differing_keys(values) for key, values in axes}
+    base = {k: v for k, v in raw.items() if k != "grid"}
+    for key, _ in axes:  # remove the axes; each point sets them again
+        head, _, tail = key.partition(".")
+        if not tail:
+            base.pop(head, None)
+        elif isinstance(base.get(head), dict) and tail in base[head] and isinstance(base[head][tail], list):
+            base[head] = {k: v for k, v in base[head].items() if k != tail}
+    sweep_name = str(raw.get("name") or "sweep")
+    out_dir = Path((raw.get("output") or {}).get("dir", "runs")) / sweep_name
+    points, seen = [], set()
+    for combo in itertools.product(*(values for _, values in axes)):
+        point = copy.deepcopy(base)
+        values = dict(zip((k for k, _ in axes), combo))
+        for key, value in values.items():
+            _set(point, key, copy.deepcopy(value))
+        name = "__".join(_axis_label(key, v, label_keys[key]) for key, v in values.items()) or "point"
+        unique, i = name, 2
+        while unique in seen:
+            unique, i = f"{name}_{i}", i + 1
+        seen.add(unique)
+        point["output"] = {**(point.get("output") or {}), "dir": str(out_dir), "name": unique}
+        point["name"] = sweep_name
+        points.append(Point(unique, values, validate_recipe(point, f"{where} [{unique}]" if axes else where)))
+    return points
+
+
+def _set(raw: dict, key: str, value) -> None:
+    head, _, tail = key.partition(".")
+    if not tail:
+        if isinstance(value, str) and head in PLUGINS:
+            value = {"name": value}
+        raw[head] = value
+        return
+    node = raw.setdefault(head, {})
+    if not isinstance(node, dict):
+        raise PeftxError(f"grid: {key}: {head} is not a section")
+    _set(node, tail, value)
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Point]:
+    """Read a sweep recipe and expand it into validated points (a plain recipe is one point)."""
+    return expand(read_raw(path, overrides), str(path))
+
+
+def point_state(point: Point) -> str:
+    """'done' (finished with this very recipe), 'todo', or 'stale' (finished with another recipe)."""
+    result_path = Path(point.recipe.output.dir) / point.name / RESULT
+    if not result_path.is_file():
+        return "todo"
+    try:
+        result = json.loads(result_path.read_text())
+    except json.JSONDecodeError:
+        return "todo"
+    if result.get("status") != "completed":
+        return "todo"
+    return "done" if result.get("recipe") == point.recipe.to_dict() else "stale"
+
+
+def run_sweep(points: list[Point], overwrite: bool = False, display_factory=None, log=print) -> list[str]:
+    """Run every point not yet finished, in order. Returns the names of points that failed.
+
+    Args:
+        overwrite: redo finished points too (and points finished with a different recipe).
+        display_factory: () -> RunDisplay for each run (None: quiet).
+        log: one-line progress messages.
+
+    Raises:
+        PeftxError: a point finished with a different recipe (without `overwrite`), or a user error
+            in a point (which would repeat in every point).
+    """
+    from peftx.run import run
+
+    states = {p.name: point_state(p) for p in points}
+    stale = [p for p in points if states[p.name] == "stale"]
+    if stale and not overwrite:
+        where = Path(stale[0].recipe.output.dir) / stale[0].name
+        raise PeftxError(f"{where}: finished with a different recipe; pass --overwrite to redo it, or rename the sweep")
+    failed = []
+    for i, point in enumerate(points, start=1):
+        if states[point.name] == "done" and not overwrite:
+            log(f"[{i}/{len(points)}] {point.name}: done, skipped")
+            continue
+        log(f"[{i}/{len(points)}] {point.name}")
+        display = display_factory() if display_factory else None
+        try:
+            run(point.recipe, overwrite=True, display=display)
+        except PeftxError:
+            raise
+        except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on
+            log(f"[{i}/{len(points)}] {point.name}: failed: {type(e).__name__}: {e}")
+            failed.append(point.name)
+    return failed

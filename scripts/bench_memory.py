@@ -1,0 +1,294 @@
+"""Peak memory and step time of LoRA training under peftx's low-memory options.
+
+For each model (a gpt2-medium-shaped GPT-2 with random weights, the offline pretrained MiniLM) and each
+configuration (fp32, bf16, 8-bit, 8-bit + gradient checkpointing, 4-bit + gradient checkpointing) x
+optimizer (adamw, adamw8bit), a fresh Python process loads the model, trains LoRA (r=8 on attention
+and feed-forward matrices) on random ListOps-symbol batches of batch x seq tokens, and reports its
+peak memory (process RSS high-water mark on CPU, max allocated on CUDA) and the mean time of the
+timed steps (after one warm-up step). Memory and time are also given as ratios to fp32 + adamw of the
+same model, measured in the same invocation. Prints a markdown table (and writes it with --out).
+
+Usage:
+    python scripts/bench_memory.py                                  # everything, 3 timed steps
+    python scripts/bench_memory.py --models minilm --steps 1 --configs fp32,8bit_ckpt --optimizers adamw
+    python scripts/bench_memory.py --gpt2-layers 2 --seq 128        # a quick check at small scale
+
+bf16 runs only where bf16 matmuls are fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX); elsewhere
+it is listed as skipped (bf16 on an AVX2-only CPU is hundreds of times slower than fp32) unless
+--force-bf16 is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# configuration -> (model section fields, train section fields)
+CONFIGS = {
+    "fp32": ({}, {"precision": "fp32"}),
+    "bf16": ({"dtype": "bfloat16"}, {"precision": "bf16"}),
+    "8bit": ({"quantization": "8bit"}, {"precision": "fp32"}),
+    "8bit_ckpt": ({"quantization": "8bit"}, {"precision": "fp32", "gradient_checkpointing": True}),
+    "4bit_ckpt": ({"quantization": "4bit"}, {"precision": "fp32", "gradient_checkpointing": True}),
+}
+LABELS = {
+    "fp32": "fp32",
+    "bf16": "bf16",
+    "8bit": "8-bit",
+    "8bit_ckpt": "8-bit + checkpointing",
+    "4bit_ckpt": "4-bit (nf4) + checkpointing",
+}
+MODELS = ("gpt2-medium", "minilm")
+MIB = 2**20
+
+
+def model_section(name: str, gpt2_dir: str | None) -> dict:
+    if name == "minilm":
+        return {"family": "bert", "source": "offline"}
+    return {"family": "gpt2", "source": gpt2_dir, "pretrained": True}
+
+
+def make_gpt2_checkpoint(directory: str, layers: int | None) -> None:
+    """A random gpt2-medium-shaped checkpoint on disk, written in a separate process so that building it
+    in full precision does not count towards any measured peak; small shards keep loading's peak low."""
+    code = (
+        "import sys; from peftx.loading import load_config, resolve_family\n"
+        "from transformers.utils import logging; logging.disable_progress_bar()\n"
+        "over = {'n_layer': int(sys.argv[2])} if sys.argv[2] != 'None' else {}\n"
+        "config = load_config('gpt2-medium', over)\n"
+        "fam = resolve_family('gpt2-medium', config, 'gpt2')\n"
+        "fam.build(config).save_pretrained(sys.argv[1], max_shard_size='100MB')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, directory, str(layers)], check=True, env=_env())
+
+
+def _env(malloc_threshold: int | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if malloc_threshold:
+        # glibc raises its mmap threshold as large blocks are freed, then keeps freed activation memory
+        # in its heap: the RSS peak grows step after step. A fixed threshold returns it to the system.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_threshold)
+    return env
+
+
+def measure(spec: dict) -> dict:
+    """Run inside the child process: build, train, report. `spec` holds model, config, optimizer, sizes."""
+    import datasets
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from accelerate.utils import set_seed
+
+    from peftx.build import build_model
+    from peftx.data import make_split
+    from peftx.env import peak_memory, resolve_precision
+    from peftx.memory import enable_gradient_checkpointing, model_memory
+    from peftx.optim import optimizer_state_bytes
+    from peftx.recipe import validate_recipe
+    from peftx.train import make_accelerator, make_optimizer
+
+    baseline = peak_memory()["peak_rss_bytes"]  # the interpreter and libraries, before any model
+    model_fields, train_fields = CONFIGS[spec["config"]]
+    raw = {
+        "model": {**model_section(spec["model"], spec["gpt2_dir"]), **model_fields},
+        "task": {"name": "listops", "preset": "tiny"},
+        "method": {"name": "lora", "r": 8, "targets": ["attention", "feed_forward"]},
+        "train": {"steps": 1, "batch_size": spec["batch"], "optimizer": spec["optimizer"], **train_fields},
+    }
+    recipe = validate_recipe(raw)
+    set_seed(0)
+    info = recipe.task.describe()
+    model, _ = build_model(recipe, info)
+    load_peak = peak_memory()
+    specials = model.specials
+    framing = (specials.bos is not None) + (specials.eos is not None)
+    rng = np.random.default_rng(0)
+    n_symbols = len(info.input_spec.symbols)
+    tokens = rng.integers(0, n_symbols, size=(spec["batch"], spec["seq"] - framing)).tolist()
+    labels = rng.integers(0, info.num_classes, size=spec["batch"]).tolist()
+    ds = datasets.Dataset.from_dict({"tokens": tokens, "label": labels})
+    split = make_split(ds, info.input_spec, specials, model.family.max_positions(model.backbone.config))
+    batch = split.collate(list(range(spec["batch"])))  # (batch, seq) every step
+    accelerator = make_accelerator(resolve_precision(recipe.train.precision))
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    optimizer = make_optimizer(model, recipe.train)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    y = batch.pop("labels")
+    model.train()
+    times = []
+    for _ in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        with accelerator.autocast():
+            loss = F.cross_entropy(model(**batch).float(), y)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    timed = times[spec["warmup"] :]
+    mem = peak_memory()
+    kind = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in mem else "peak_rss_bytes"
+    return {
+        "peak_bytes": mem[kind],
+        "load_peak_bytes": load_peak[kind],
+        "peak_kind": kind,
+        "step_s": sum(timed) / len(timed),
+        "loss": loss.item(),
+        "import_rss_bytes": baseline,
+        **model_memory(accelerator.unwrap_model(model)),
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+    }
+
+
+def run_child(spec: dict, timeout: float | None, malloc_threshold: int | None) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=_env(malloc_threshold),
+        timeout=timeout,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit {proc.returncode}: {tail[:200]}"}
+
+
+def bf16_is_fast() -> bool:
+    import torch
+
+    from peftx.env import cpu_has_fast_bf16
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
+
+
+def table(rows: list[dict]) -> str:
+    out = [
+        "| model | configuration | optimizer | peak memory (MiB) | vs fp32 LoRA | of which loading (MiB) "
+        "| step (s) | vs fp32 LoRA | weights (MiB) | optimizer state (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {r["model"]: r for r in rows if r["config"] == "fp32" and r["optimizer"] == "adamw" and "peak_bytes" in r}
+    for r in rows:
+        head = f"| {r['model']} | {LABELS[r['config']]} | {r['optimizer']} "
+        if "peak_bytes" not in r:
+            out.append(head + f"| {r.get('error') or r.get('skipped')} | | | | | | |")
+            continue
+        b = base.get(r["model"])
+        mem_ratio = f"{r['peak_bytes'] / b['peak_bytes']:.0%}" if b else "n/a"
+        time_ratio = f"{r['step_s'] / b['step_s']:.2f}x" if b else "n/a"
+        out.append(
+            head + f"| {r['peak_bytes'] / MIB:,.0f} | {mem_ratio} | {r['load_peak_bytes'] / MIB:,.0f} "
+            f"| {r['step_s']:.2f} | {time_ratio} "
+            f"| {r['weight_bytes'] / MIB:,.1f} | {r['optimizer_state_bytes'] / MIB:,.1f} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: gpt2-medium, minilm")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
+    ap.add_argument("--optimizers", default="adamw,adamw8bit", help="comma-separated train.optimizer values")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after --warmup)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=512, help="tokens per sequence, framing included")
+    ap.add_argument("--gpt2-layers", type=int, default=None, help="fewer layers than gpt2-medium's 24 (quick checks)")
+    ap.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is slow")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
+    ap.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=131072,
+        help="MALLOC_MMAP_THRESHOLD_ for the measured processes (CPU RSS; 0: glibc's default)",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="also write the table (and raw JSON) here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(measure(json.loads(args.child))), flush=True)
+        return
+
+    models = [m for m in args.models.split(",") if m]
+    configs = [c for c in args.configs.split(",") if c]
+    for name in models:
+        if name not in MODELS:
+            ap.error(f"--models: unknown {name!r} (valid: {', '.join(MODELS)})")
+    for name in configs:
+        if name not in CONFIGS:
+            ap.error(f"--configs: unknown {name!r} (valid: {', '.join(CONFIGS)})")
+    if "fp32" not in configs:
+        configs.insert(0, "fp32")  # the reference every ratio is taken against
+    optimizers = [o for o in args.optimizers.split(",") if o]
+    if "adamw" not in optimizers:
+        optimizers.insert(0, "adamw")
+    slow_bf16 = not bf16_is_fast() and not args.force_bf16
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="peftx-bench-") as tmp:
+        gpt2_dir = None
+        if "gpt2-medium" in models:
+            gpt2_dir = str(Path(tmp) / "gpt2-medium-random")
+            make_gpt2_checkpoint(gpt2_dir, args.gpt2_layers)
+        for model in models:
+            for config in configs:
+                for optimizer in optimizers:
+                    row = {"model": model, "config": config, "optimizer": optimizer}
+                    if config == "bf16" and slow_bf16:
+                        rows.append({**row, "skipped": "skipped: bf16 matmuls are slow on this CPU (--force-bf16)"})
+                        continue
+                    spec = {
+                        **row,
+                        "gpt2_dir": gpt2_dir,
+                        "batch": args.batch,
+                        "seq": args.seq,
+                        "steps": args.steps,
+                        "warmup": args.warmup,
+                    }
+                    t0 = time.perf_counter()
+                    try:
+                        result = run_child(spec, args.timeout, args.malloc_mmap_threshold or None)
+                    except subprocess.TimeoutExpired:
+                        result = {"error": f"timed out after {args.timeout:.0f} s"}
+                    rows.append({**row, **result})
+                    print(
+                        f"{model} {config} {optimizer}: {json.dumps(result)} ({time.perf_counter() - t0:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    shape = f"batch {args.batch} x {args.seq} tokens, LoRA r=8 on attention + feed-forward"
+    if args.gpt2_layers:
+        shape += f", gpt2-medium shape with {args.gpt2_layers} layers"
+    text = f"{shape}; {args.steps} timed step(s) after {args.warmup} warm-up"
+    baselines = sorted(r["import_rss_bytes"] for r in rows if "import_rss_bytes" in r)
+    if baselines and any(r.get("peak_kind") == "peak_rss_bytes" for r in rows):
+        median = baselines[len(baselines) // 2] / MIB
+        text += f"; peak process RSS, including ~{median:,.0f} MiB of interpreter and libraries"
+        if args.malloc_mmap_threshold:
+            text += f", MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}"
+    text += "\n\n" + table(rows)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
