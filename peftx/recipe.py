@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from peftx.errors import PeftxError
 from peftx.families import FAMILIES
@@ -126,13 +126,20 @@ class TrainSection(Section):
     pad_to_multiple: int | None = Field(None, ge=1)
     """Round each padded batch width up to a multiple of this. None: 8 on GPUs (tensor-core shapes), 1 on
     CPUs, where rounding only adds work."""
-    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    threads: int | str | None = None
     """Threads for CPU math (torch.set_num_threads); None: PyTorch's default, one per core. On a machine
     shared with other jobs one thread can be 2x faster; auto times both every 100 steps and keeps the
     faster (reproducible to float rounding only)."""
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
     front, so it pays only on long runs (see README, Speed)."""
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str | None) -> int | str | None:
+        if v is not None and v != "auto" and not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"expected a number of threads (1 or more), 'auto' or null, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSection:

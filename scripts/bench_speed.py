@@ -26,8 +26,11 @@ over repeats):
 - peftx ÷ contender: the median of the per-repeat ratios of model FLOPs/s;
 - evaluation examples/s on the same validation examples, and its ratio.
 
-    python scripts/bench_speed.py                                   # ~5 minutes on 2 CPU cores
-    python scripts/bench_speed.py --steps 40 --repeats 5 --eval-examples 1000 --out bench.json
+Windows of at least 50 steps are the fair ones for the grouped Trainer: its sampler sorts megabatches
+of 50 batches longest first, so a shorter window sees longer-than-average batches.
+
+    python scripts/bench_speed.py --contenders peftx,trainer --repeats 2   # a quick look, ~5 minutes
+    python scripts/bench_speed.py --steps 50 --warmup 3 --repeats 5 --eval-examples 1000 --out bench.json
 """
 
 from __future__ import annotations

@@ -221,3 +221,12 @@ def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
     # step 0 as is; steps 1-2 time 4 threads, 3-4 time one; then one thread, until steps 11-12 probe again
     assert used == [4, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1]
     assert ThreadTuner(2).candidates == [] and ThreadTuner(None).candidates == []
+
+
+def test_threads_accepts_a_count_auto_or_null_and_names_the_key_otherwise():
+    from peftx.errors import PeftxError
+
+    for ok in (2, "auto", None):
+        assert validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": ok}}).train.threads == ok
+    with pytest.raises(PeftxError, match="train.threads: expected a number of threads"):
+        validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": "many"}})
