@@ -230,3 +230,17 @@ def test_threads_accepts_a_count_auto_or_null_and_names_the_key_otherwise():
         assert validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": ok}}).train.threads == ok
     with pytest.raises(PeftxError, match="train.threads: expected a number of threads"):
         validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": "many"}})
+
+
+def test_fast_dropout_is_off_under_gradient_checkpointing():
+    """Checkpointing recomputes the forward outside the step's context: masks must come from torch."""
+    from contextlib import nullcontext
+
+    from peftx.speed import prepare_model
+
+    _, _, model, _ = build(tiny_recipe("bert"))
+    cfg = validate_recipe(tiny_recipe("bert")).train
+    assert prepare_model(model, cfg, torch.device("cpu")) is FastDropout
+    checkpointed = cfg.model_copy(update={"gradient_checkpointing": True})
+    assert prepare_model(model, checkpointed, torch.device("cpu")) is nullcontext
+    assert prepare_model(model, cfg, torch.device("cuda")) is nullcontext  # GPUs' own dropout is fast
