@@ -7,8 +7,9 @@ one to the plain path's loss.
 - `fused_lora`: peft's LoRA layer runs the frozen linear layer, then x·Aᵀ, ·Bᵀ, a scale and an add,
   each a pass over the activations; the backward adds five more small matrix products, two of them
   skinny products of a transposed activation that run ~10x below the CPU's matrix peak. The fused layer
-  multiplies by the merged weight W + s·B·A (formed each step: r·in·out multiply-adds, tiny next to the
-  activations) in one matrix product, and its backward takes the LoRA gradients in their fast layout.
+  multiplies by the merged weight W + s·B·A (formed in forward and again in backward: r·in·out
+  multiply-adds, tiny next to the activations, and no more memory than peft's layer) in one matrix
+  product, and its backward takes the LoRA gradients in their fast layout.
 - `fast_dropout`: CPU dropout draws one Bernoulli number per element (~7 ns each), which made dropout
   cost ~20% of a MiniLM step. The fast path draws 64 random bits per 4 elements and keeps an element
   where its 16 bits clear the threshold (probability quantised to 1/65536). Attention dropout needs the
@@ -53,16 +54,20 @@ class _FusedLoraLinear(torch.autograd.Function):
             merged = torch.addmm(weight.to(dt), b, a, alpha=scale)  # (out, in)
             y = F.linear(x2, merged, None if bias is None else bias.to(dt))  # (tokens, out)
             xa = x2 @ a.t() if ctx.needs_input_grad[4] else None  # (tokens, r), for B's gradient
-        ctx.save_for_backward(x2, xa, merged, a, b)
-        ctx.scale, ctx.in_shape = scale, x.shape
+        # The merged weight is formed again in backward rather than kept: as much memory as peft's layer
+        ctx.save_for_backward(x2, xa, weight, a, b)
+        ctx.scale, ctx.in_shape, ctx.compute_dtype = scale, x.shape, dt
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        x2, xa, merged, a, b = ctx.saved_tensors
+        x2, xa, weight, a, b = ctx.saved_tensors
         s = ctx.scale
-        g = grad.reshape(-1, grad.shape[-1]).to(merged.dtype)  # (tokens, out)
-        gx = (g @ merged).view(ctx.in_shape) if ctx.needs_input_grad[0] else None  # (..., in)
+        g = grad.reshape(-1, grad.shape[-1]).to(ctx.compute_dtype)  # (tokens, out)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            merged = torch.addmm(weight.to(ctx.compute_dtype), b, a, alpha=s)  # (out, in)
+            gx = (g @ merged).view(ctx.in_shape)  # (..., in)
         gb = g @ b  # (tokens, r)
         grad_a = torch.mm(gb.t(), x2).mul_(s) if ctx.needs_input_grad[3] else None  # (r, in)
         # (xa·ᵀg)ᵀ rather than gᵀ·xa: the same numbers, in the layout BLAS multiplies fast
