@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from peftx.env import resolve_precision
 from peftx.errors import PeftxError
 from peftx.inputs import InputContext
 from peftx.loading import Backbone, load_backbone
@@ -16,6 +17,18 @@ from peftx.recipe import RecipeBase
 from peftx.tasks import TaskInfo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def storage_dtype(dtype: str) -> torch.dtype:
+    """The dtype a backbone loads in for `model.dtype` ('auto' loads float32; see `store_frozen`)."""
+    return torch.float32 if dtype == "auto" else DTYPES[dtype]
+
+
+def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Keep every frozen floating-point parameter in `dtype` (trained ones stay as they are)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
 
 
 def assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
@@ -54,8 +67,10 @@ def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
     """
     m = recipe.model
     quant = QuantSpec.from_section(m)
-    bb = load_backbone(m.source, m.pretrained, m.family, DTYPES[m.dtype], m.config_overrides, quant)
+    bb = load_backbone(m.source, m.pretrained, m.family, storage_dtype(m.dtype), m.config_overrides, quant)
     model = assemble(recipe, info, bb)
     apply_method(model, recipe.method, recipe.input)
+    if m.dtype == "auto" and quant is None and resolve_precision(recipe.train.precision) == "bf16":
+        store_frozen(model, torch.bfloat16)  # loaded in float32 so that trained weights start exact
     bb.provenance["family"] = bb.family.name
     return model, bb.provenance

@@ -128,21 +128,33 @@ class LengthGroupedBatches(Sampler[list[int]]):
         yield from batches
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
-    """Evaluation batches sorted by length (order does not matter for metrics; padding does)."""
+def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Evaluation batches sorted by length (order does not matter for metrics; padding does).
+
+    Args:
+        batch_size: most examples in a batch.
+        max_tokens: most padded tokens in a batch (batch x its longest length); a fixed number of
+            examples would pad the long tail's batches heavily. Every batch holds at least one example.
+    """
     order = np.argsort(-lengths, kind="stable").tolist()
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])  # the longest of the batch: sorted longest first
+        size = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(width, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
 
 
-def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None):
+def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int = 8):
     """A split ready for batching: (collate function, lengths) for the task's kind of input."""
     from peftx.tasks.base import ContinuousSpec, SymbolVocab
     from peftx.train import Split
 
     if isinstance(spec, SymbolVocab):
-        collate = SymbolCollator(SymbolSplit(ds), specials, max_length)
+        collate = SymbolCollator(SymbolSplit(ds), specials, max_length, pad_to_multiple)
     elif isinstance(spec, ContinuousSpec):
-        collate = ContinuousCollator(ContinuousSplit(ds, spec), specials, max_length)
+        collate = ContinuousCollator(ContinuousSplit(ds, spec), specials, max_length, pad_to_multiple)
     else:
         raise TypeError(f"no batching for input spec {type(spec).__name__}")
     lengths = np.array([collate.framed_length(i) for i in range(len(ds))])

@@ -60,7 +60,8 @@ class Predictor:
         ds = datasets.Dataset.from_dict({self.info.input_spec.column: ids})
         model = self.accelerator.unwrap_model(self.model)
         split = make_split(ds, self.info.input_spec, model.specials, model.max_length)
-        return infer(self.model, split, self.recipe.train.eval_batch_size, self.accelerator)
+        train = self.recipe.train
+        return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
 
     def predict(self, texts: list[str]) -> list[str]:
         """Predicted label of each input."""

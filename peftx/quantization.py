@@ -53,7 +53,7 @@ class QuantSpec:
             bits=4,
             quant_type=model.quant_type or "nf4",
             double_quant=True if model.double_quant is None else model.double_quant,
-            compute_dtype=getattr(torch, model.compute_dtype or model.dtype),  # "float32" -> torch.float32
+            compute_dtype=getattr(torch, model.compute_dtype or model.dtype.replace("auto", "float32")),
         )
 
     def hf_config(self):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from peftx.errors import PeftxError
 from peftx.families import FAMILIES
@@ -36,8 +36,10 @@ class ModelSection(Section):
     """'offline' (all-MiniLM-L6-v2, BERT family), a local directory, or a hub id such as 't5-small'."""
     pretrained: bool = True
     """false: the same architecture with random weights (the from-scratch baseline)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Storage dtype of the backbone's weights."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Storage dtype of the backbone's weights. auto: frozen weights in bfloat16 where training runs in
+    bf16 (they need no fp32 master copy, and autocast would re-cast them every step), trained ones in
+    float32; float32 everywhere else."""
     config_overrides: dict[str, Any] = Field(default_factory=dict)
     """Config fields to change, e.g. {num_hidden_layers: 2} for a smaller from-scratch twin."""
     pooling: str | None = None
@@ -99,7 +101,11 @@ class TrainSection(Section):
     AVX512-BF16 or AMX), else fp32."""
     eval_every: int = Field(200, ge=1)
     """Evaluate on the validation split every this many steps (and at the end)."""
-    eval_batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    """Most examples in an evaluation batch."""
+    eval_batch_tokens: int | None = Field(4096, ge=1)
+    """Most padded tokens in an evaluation batch (batches are cut from length-sorted examples, so long
+    examples come in smaller batches: less padding; None: always eval_batch_size examples)."""
     select: Literal["best", "last"] = "best"
     """Which weights the final test uses: best validation accuracy, or the last step."""
     group_by_length: bool = True
@@ -108,6 +114,32 @@ class TrainSection(Section):
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them: far less
     memory for activations, about one more forward pass of time."""
+    # Speed options (peftx/speed.py). Each gives the plain path's loss; tests/test_speed.py checks it.
+    fused_lora: bool = True
+    """Run each LoRA layer as one product with the merged weight W + s·B·A and take the LoRA gradients
+    in BLAS's fast layout (same result to float rounding; ~1.25x faster LoRA steps on CPU)."""
+    fast_dropout: bool | None = None
+    """Draw dropout masks 16 bits per element instead of one Bernoulli draw each (same distribution,
+    probability quantised to 1/65536; ~1.15x faster steps on CPU). None: on for CPUs, off for GPUs,
+    whose own dropout is already fast. Off under gradient_checkpointing (its recomputed forward must
+    draw the same masks)."""
+    pad_to_multiple: int | None = Field(None, ge=1)
+    """Round each padded batch width up to a multiple of this. None: 8 on GPUs (tensor-core shapes), 1 on
+    CPUs, where rounding only adds work."""
+    threads: int | str | None = None
+    """Threads for CPU math (torch.set_num_threads); None: PyTorch's default, one per core. On a machine
+    shared with other jobs one thread can be 2x faster; auto times both every 100 steps and keeps the
+    faster (reproducible to float rounding only)."""
+    compile: bool = False
+    """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
+    front, so it pays only on long runs (see README, Speed)."""
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str | None) -> int | str | None:
+        if v is not None and v != "auto" and not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"expected a number of threads (1 or more), 'auto' or null, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSection:

@@ -16,6 +16,7 @@ from peftx.display import RunDisplay
 from peftx.env import peak_memory, reset_peak_memory, resolve_precision, versions
 from peftx.memory import model_memory
 from peftx.recipe import RecipeBase, dump_recipe
+from peftx.speed import pad_multiple
 from peftx.train import evaluate, make_accelerator, total_steps, train
 
 
@@ -66,8 +67,9 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         budget = model_budget(model)
         result.update(backbone=provenance, budget=budget.to_dict(), baselines=task.baselines, data_notes=task.notes)
         max_len = model.max_length
+        multiple = pad_multiple(recipe.train, accelerator.device)
         splits = {
-            name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len)
+            name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len, multiple)
             for name in ("train", "validation", "test")
         }
         truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}

@@ -20,6 +20,7 @@ from peftx.data import LengthGroupedBatches, eval_batches
 from peftx.memory import enable_gradient_checkpointing
 from peftx.optim import build_optimizer, optimizer_state_bytes
 from peftx.recipe import TrainSection
+from peftx.speed import ThreadTuner, prepare_model
 
 
 @dataclass
@@ -74,11 +75,15 @@ def _loader(split: Split, batches, accelerator: Accelerator) -> DataLoader:
     return accelerator.prepare_data_loader(loader)
 
 
-def infer(model, split: Split, batch_size: int, accelerator: Accelerator) -> torch.Tensor:
+def infer(
+    model, split: Split, batch_size: int, accelerator: Accelerator, max_tokens: int | None = None
+) -> torch.Tensor:
     """Logits (n, classes) for every example of a split, in the split's order (inference mode,
-    length-sorted batches)."""
+    length-sorted batches of at most `batch_size` examples and `max_tokens` padded tokens)."""
     model.eval()
-    batches = eval_batches(split.lengths, batch_size)
+    # accelerate trims the last gathered batch assuming equal batch sizes across processes: token
+    # budgets (unequal sizes) only in a single process
+    batches = eval_batches(split.lengths, batch_size, max_tokens if accelerator.num_processes == 1 else None)
     loader = _loader(split, batches, accelerator)
     chunks = []
     with torch.inference_mode(), accelerator.autocast():
@@ -95,7 +100,7 @@ def infer(model, split: Split, batch_size: int, accelerator: Accelerator) -> tor
 
 def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -> dict:
     """Accuracy and mean cross-entropy on a labelled split."""
-    logits = infer(model, split, cfg.eval_batch_size, accelerator)
+    logits = infer(model, split, cfg.eval_batch_size, accelerator, cfg.eval_batch_tokens)
     labels = split.collate.split.labels
     return {
         "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
@@ -134,40 +139,48 @@ def train(
         enable_gradient_checkpointing(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    fast_forward = prepare_model(model, cfg, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     batches = _forever(train_split, cfg, seed, accelerator)
     out = TrainOutcome()
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     best_acc, best_state = -1.0, None
-    loss_sum, loss_n, t_window, ex_window = 0.0, 0, time.perf_counter(), 0
+    # Running sums stay tensors on the device: reading them (a GPU sync) waits for the log step.
+    loss_sum, tokens, loss_n, t_window, ex_window = 0.0, 0, 0, time.perf_counter(), 0
+    threads = ThreadTuner(cfg.threads if accelerator.device.type == "cpu" else None)
     model.train()
     step = 0
     while step < steps:
-        t0 = time.perf_counter()
+        threads.choose(step)
+        t0, work = time.perf_counter(), 0
         for _ in range(cfg.grad_accum):
             batch = next(batches)
+            work += batch["attention_mask"].numel()
             with accelerator.accumulate(model), accelerator.autocast():
                 y = batch.pop("labels")
-                loss = F.cross_entropy(model(**batch).float(), y)
+                with fast_forward():
+                    loss = F.cross_entropy(model(**batch).float(), y)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             loss_n += 1
             out.train_examples += len(y)
             ex_window += len(y)
-            out.train_tokens += int(batch["attention_mask"].sum())
+            tokens += batch["attention_mask"].sum()
         step += 1
-        out.train_seconds += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        out.train_seconds += elapsed
+        threads.record(elapsed, work)
         if on_step is not None and (step % cfg.log_every == 0 or step == steps):
             now = time.perf_counter()
             on_step(
                 step,
                 {
-                    "loss": loss_sum / loss_n,
+                    "loss": float(loss_sum) / loss_n,
                     "lr": scheduler.get_last_lr()[0],
                     "examples_per_s": ex_window / max(now - t_window, 1e-9),
                 },
@@ -193,6 +206,7 @@ def train(
                 best_state = {n: p.detach().clone() for n, p in trainable.items()}
                 out.best = entry
     out.steps = step
+    out.train_tokens = int(tokens)
     out.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     if best_state is not None:
         with torch.no_grad():

@@ -1,0 +1,246 @@
+"""Speed options give the plain path's loss: fused LoRA and padding exactly (to float rounding), fast
+dropout in distribution, the whole fast loop to within the stated tolerances."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftx.recipe import validate_recipe
+from peftx.run import run
+from peftx.speed import FastDropout, attention_with_dropout, fast_dropout, fuse_lora_layers, lora_linear
+from tests.conftest import tiny_recipe
+from tests.helpers import build
+
+NO_DROPOUT = {
+    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "t5": {"dropout_rate": 0.0},
+    "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+}
+
+
+def _lora_pair(family: str):
+    """A tiny LoRA model with non-zero B matrices, and a copy whose LoRA layers are fused."""
+    _, _, plain, split = build(tiny_recipe(family))
+    torch.manual_seed(0)
+    for name, p in plain.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    fused = copy.deepcopy(plain)
+    assert fuse_lora_layers(fused) > 0
+    plain.eval()  # no dropout: both paths see the same computation
+    fused.eval()
+    return plain, fused, split
+
+
+def _loss_and_grads(model, batch):
+    batch = dict(batch)
+    y = batch.pop("labels")
+    loss = F.cross_entropy(model(**batch), y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_gives_peft_loss_and_gradients(family):
+    """Same math: in float64 the two agree to ~1e-12. (In float32 peft's own path is the less exact
+    one: T5's bottom-layer gradients differ from float64 by 1e-3 relative, the fused ones by 1e-6.)"""
+    plain, fused, split = _lora_pair(family)
+    plain, fused = plain.double(), fused.double()
+    batch = split.collate(list(range(16)))
+    loss, grads = _loss_and_grads(plain, batch)
+    fused_loss, fused_grads = _loss_and_grads(fused, batch)
+    assert fused_loss == pytest.approx(loss, rel=1e-12)
+    scale = max(g.abs().max().item() for g in grads.values())
+    for name, g in grads.items():
+        torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12 * scale, msg=name)
+
+
+def test_fused_lora_inference_matches_peft(family):
+    plain, fused, split = _lora_pair(family)
+    batch = split.collate(list(range(16)))
+    batch.pop("labels")
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**batch), plain(**batch), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_lora_under_bf16_autocast_stays_close():
+    plain, fused, split = _lora_pair("bert")
+    batch = split.collate(list(range(16)))
+    y = batch.pop("labels")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(plain(**batch).float(), y)
+        got = F.cross_entropy(fused(**batch).float(), y)
+    got.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=0.02)
+    assert all(p.grad.dtype == torch.float32 for p in fused.parameters() if p.requires_grad)
+
+
+def test_lora_layers_peft_handles_itself_are_not_fused():
+    _, _, model, _ = build(tiny_recipe("bert", method={"name": "lora", "r": 4, "dropout": 0.1}))
+    assert fuse_lora_layers(model) == 0  # LoRA dropout needs peft's own forward
+
+
+def test_lora_linear_without_grad_is_the_merged_product():
+    x, w, b = torch.randn(3, 5, 8), torch.randn(6, 8), torch.randn(6)
+    a, bb = torch.randn(2, 8), torch.randn(6, 2)
+    expected = F.linear(x, w, b) + 0.5 * (x @ a.t()) @ bb.t()
+    with torch.no_grad():
+        torch.testing.assert_close(lora_linear(x, w, b, a, bb, 0.5), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_dropout_keeps_the_distribution():
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = fast_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.1, abs=0.002)  # 400k draws: 5 standard deviations
+    assert y.mean().item() == pytest.approx(1.0, abs=0.003)  # unbiased
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient goes through the same mask, scaled alike
+    torch.testing.assert_close(x.grad[y != 0], y.detach()[y != 0])
+
+
+def test_attention_with_dropout_zero_matches_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    additive = torch.zeros(2, 1, 5, 5).masked_fill(~mask, -1e9)
+    for m in (mask, additive, None):
+        torch.testing.assert_close(attention_with_dropout(q, k, v, m, 0.0), F.scaled_dot_product_attention(q, k, v, m))
+    causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(attention_with_dropout(q, k, v, None, 0.0, is_causal=True), causal)
+
+
+def test_fast_dropout_mode_gives_the_same_expected_training_loss():
+    """Training-mode loss with dropout is random; its mean over many draws is the same either way."""
+    _, _, model, split = build(tiny_recipe("bert"))
+    model.train()
+    batch = split.collate(list(range(64)))
+    y = batch.pop("labels")
+
+    def losses(fast: bool) -> torch.Tensor:
+        torch.manual_seed(1)
+        out = []
+        for _ in range(24):
+            with FastDropout() if fast else torch.autograd.set_grad_enabled(True):
+                out.append(F.cross_entropy(model(**batch), y).item())
+        return torch.tensor(out)
+
+    fast, plain = losses(True), losses(False)
+    assert fast.std() > 0  # dropout is on
+    stderr = (fast.var() / len(fast) + plain.var() / len(plain)).sqrt()
+    assert abs(fast.mean() - plain.mean()) < 4 * stderr
+
+
+@pytest.mark.parametrize("fam", ["bert", "gpt2"])
+def test_fast_loop_gives_the_plain_loop_losses(tmp_path, fam):
+    """Without dropout every speed option is exact: the same run with all of them on and all off
+    logs the same validation losses (to 1e-4)."""
+    results = {}
+    for fast in (True, False):
+        raw = tiny_recipe(fam, tmp_path / str(fast))
+        raw["model"]["config_overrides"].update(NO_DROPOUT[fam])
+        raw["model"]["head_dropout"] = 0.0
+        raw["train"].update(fused_lora=fast, fast_dropout=fast, pad_to_multiple=None if fast else 8)
+        if not fast:
+            raw["train"].update(eval_batch_tokens=None, eval_batch_size=32)
+        results[fast] = run(validate_recipe(raw)).result
+    for a, b in zip(results[True]["history"], results[False]["history"]):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert results[True]["metrics"]["test_loss"] == pytest.approx(results[False]["metrics"]["test_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_loss(tmp_path):
+    results = {}
+    for compiled in (True, False):
+        raw = tiny_recipe("bert", tmp_path / str(compiled))
+        raw["model"]["config_overrides"].update(NO_DROPOUT["bert"])
+        raw["model"]["head_dropout"] = 0.0
+        raw["train"].update(compile=compiled)
+        results[compiled] = run(validate_recipe(raw)).result
+    assert results[True]["metrics"]["test_loss"] == pytest.approx(results[False]["metrics"]["test_loss"], rel=1e-3)
+
+
+def test_auto_dtype_keeps_frozen_weights_in_bf16_when_training_in_bf16(tmp_path):
+    raw = tiny_recipe("bert", tmp_path)
+    raw["train"]["precision"] = "bf16"
+    _, _, model, split = build(raw)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # master weights
+    _, _, reference, _ = build(tiny_recipe("bert"))  # same seed: same weights, all float32
+    model.eval()
+    reference.eval()
+    batch = split.collate(list(range(32)))
+    y = batch.pop("labels")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        stored = F.cross_entropy(model(**batch).float(), y).item()
+        cast = F.cross_entropy(reference(**batch).float(), y).item()
+    assert stored == pytest.approx(cast, rel=0.02)
+    result = run(validate_recipe(raw)).result  # and a bf16 run trains end to end
+    assert result["status"] == "completed" and result["precision"] == "bf16"
+
+
+def test_token_budget_eval_batches_cover_every_example_once_within_budget():
+    from peftx.data import eval_batches
+
+    lengths = torch.randint(3, 200, (500,)).numpy()
+    batches = eval_batches(lengths, batch_size=64, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) <= 64 and (len(b) == 1 or len(b) * lengths[b].max() <= 1000) for b in batches)
+
+
+def test_token_budget_evaluation_gives_the_same_logits():
+    from peftx.train import infer, make_accelerator
+
+    _, _, model, split = build(tiny_recipe("bert"))
+    accelerator = make_accelerator("fp32")
+    fixed = infer(model, split, 32, accelerator)
+    budget = infer(model, split, 256, accelerator, max_tokens=300)
+    torch.testing.assert_close(budget, fixed, rtol=1e-4, atol=1e-5)
+
+
+def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
+    from peftx.speed import ThreadTuner
+
+    threads = [4]  # a 4-core machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    tuner = ThreadTuner("auto", every=10, probe=2)
+    seconds = {4: 2.0, 1: 1.0}  # one thread is faster (a busy machine)
+    used = []
+    for step in range(14):
+        tuner.choose(step)
+        used.append(threads[-1])
+        tuner.record(seconds[threads[-1]], work=100)
+    # step 0 as is; steps 1-2 time 4 threads, 3-4 time one; then one thread, until steps 11-12 probe again
+    assert used == [4, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1]
+    assert ThreadTuner(2).candidates == [] and ThreadTuner(None).candidates == []
+
+
+def test_threads_accepts_a_count_auto_or_null_and_names_the_key_otherwise():
+    from peftx.errors import PeftxError
+
+    for ok in (2, "auto", None):
+        assert validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": ok}}).train.threads == ok
+    with pytest.raises(PeftxError, match="train.threads: expected a number of threads"):
+        validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": "many"}})
+
+
+def test_fast_dropout_is_off_under_gradient_checkpointing():
+    """Checkpointing recomputes the forward outside the step's context: masks must come from torch."""
+    from contextlib import nullcontext
+
+    from peftx.speed import prepare_model
+
+    _, _, model, _ = build(tiny_recipe("bert"))
+    cfg = validate_recipe(tiny_recipe("bert")).train
+    assert prepare_model(model, cfg, torch.device("cpu")) is FastDropout
+    checkpointed = cfg.model_copy(update={"gradient_checkpointing": True})
+    assert prepare_model(model, checkpointed, torch.device("cpu")) is nullcontext
+    assert prepare_model(model, cfg, torch.device("cuda")) is nullcontext  # GPUs' own dropout is fast
