@@ -59,7 +59,8 @@ class RunDisplay:
             TimeRemainingColumn(),
             console=self.console,
         )
-        self.progress.start()
+        if self.console.is_terminal:  # a log file gets plain lines (step), not the bar's last frame
+            self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, loss="-", acc="-", speed="-")
 
     def step(self, step: int, info: dict) -> None:
@@ -83,7 +84,8 @@ class RunDisplay:
 
     def stop(self) -> None:
         if self.progress is not None:
-            self.progress.stop()
+            if self.console.is_terminal:
+                self.progress.stop()
             self.progress = None
 
     def summary(self, result: dict, run_dir) -> None:

@@ -81,6 +81,8 @@ def _label(value, keys: list[str] | None = None) -> str:
         parts = []
         for k in keys if keys is not None else list(value):
             v = value.get(k)
+            if v is None:
+                continue
             if isinstance(v, bool):
                 parts.append(k if v else f"no-{k}")
             elif k in ("name", "family", "source", "preset"):

@@ -86,3 +86,11 @@ def test_predict_on_missing_run_exits_2(tmp_path):
     (tmp_path / "x.txt").write_text("[MAX 1 2 ]\n")
     result = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path / "x.txt")])
     assert result.exit_code == 2 and "not a run directory" in result.stderr
+
+
+def test_run_output_to_a_log_has_plain_lines_per_evaluation(tmp_path):
+    result = runner.invoke(app, ["run", str(write(tmp_path, tiny_recipe("bert", tmp_path)))])
+    assert result.exit_code == 0, result.output
+    assert "step 4: train loss" in result.output and "val acc" in result.output
+    assert "0/4" not in result.output  # no stale frame of the live bar, which is for terminals only
+    assert "test accuracy" in result.output and "written:" in result.output

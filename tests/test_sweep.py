@@ -157,3 +157,9 @@ def test_dry_run_prints_budgets(tmp_path):
 def test_report_on_empty_dir_exits_2(tmp_path):
     out = runner.invoke(app, ["report", str(tmp_path)])
     assert out.exit_code == 2 and "no completed runs" in out.stderr
+
+
+def test_point_names_skip_fields_a_point_does_not_set(tmp_path):
+    raw = tiny_recipe("bert", tmp_path)
+    raw["method"] = [{"name": "lora", "r": 4}, {"name": "frozen", "preset": "fpt"}]
+    assert [p.name for p in expand(raw)] == ["lora-r4", "frozen-fpt"]
