@@ -69,23 +69,28 @@ class Budget:
         return cls(d["total"], d["trainable"], d["by_role"], d["by_group"], d.get("quantizable", 0))
 
 
-def count_parameters(named: dict[str, tuple[torch.Tensor, ParamInfo]]) -> Budget:
+def count_parameters(
+    named: dict[str, tuple[torch.Tensor, ParamInfo]], keep_fp32: tuple[str, ...] | list[str] = ()
+) -> Budget:
     """Count parameters by role and group.
 
     Args:
         named: name -> (parameter, its ParamInfo), e.g. from `model_budget`.
+        keep_fp32: module names that quantization leaves in full precision (transformers'
+            `_keep_in_fp32_modules`, e.g. T5's `wo`); their weights are not counted as quantizable.
     """
     by_role: dict[str, dict[str, int]] = defaultdict(lambda: {"trainable": 0, "frozen": 0})
     by_group: dict[str, dict[str, int]] = defaultdict(lambda: {"trainable": 0, "frozen": 0})
     total = trainable = quantizable = 0
-    for p, info in named.values():
+    for name, (p, info) in named.items():
         n = numel(p)
         kind = "trainable" if p.requires_grad else "frozen"
         by_role[info.role][kind] += n
         by_group[info.group][kind] += n
         total += n
         trainable += n if p.requires_grad else 0
-        if not p.requires_grad and not info.is_bias and info.role in QUANTIZABLE_ROLES:
+        kept = any(part in keep_fp32 for part in name.split("."))
+        if not p.requires_grad and not info.is_bias and info.role in QUANTIZABLE_ROLES and not kept:
             quantizable += n
     return Budget(total, trainable, dict(by_role), dict(by_group), quantizable)
 
@@ -93,7 +98,8 @@ def count_parameters(named: dict[str, tuple[torch.Tensor, ParamInfo]]) -> Budget
 def model_budget(model: PeftxModel) -> Budget:
     """`count_parameters` over a PeftxModel."""
     infos = model.param_infos()
-    return count_parameters({n: (p, infos[n]) for n, p in model.named_parameters()})
+    keep = getattr(model.backbone, "_keep_in_fp32_modules", None) or ()
+    return count_parameters({n: (p, infos[n]) for n, p in model.named_parameters()}, keep)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ DEFAULT_TEMPLATE = {
     "seed": 0,
 }
 FROM_RECIPE = "<recipe>"  # a row's model or method as the recipe gives it
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 PLUGIN_GROUPS = ("peftx.methods", "peftx.inputs", "peftx.tasks", "peftx.families")  # third-party plug-ins
 
 

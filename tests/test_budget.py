@@ -167,3 +167,12 @@ def test_knob_limits_follow_the_model():
     assert layers.knob_limit(bert) == 2 and layers.knob_limit(t5) == 4
     assert prompt.knob_limit(bert) == 64 and prompt.knob_limit(t5) == prompt.budget_knob.high
     assert layers.with_knob(2).top == 2 and layers.with_knob(2).layers is None
+
+
+def test_t5_feed_forward_output_is_not_counted_as_quantizable():
+    # transformers keeps T5's `wo` in full precision under bitsandbytes (`_keep_in_fp32_modules`)
+    budget, model = real_budget(recipe_of("t5", {"name": "prompt", "length": 2}))
+    linears = {n: m for n, m in model.backbone.named_modules() if type(m) is torch.nn.Linear}
+    wo = sum(m.weight.numel() for n, m in linears.items() if n.endswith(".wo"))
+    assert wo > 0
+    assert budget.quantizable == sum(m.weight.numel() for m in linears.values()) - wo
