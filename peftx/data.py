@@ -69,11 +69,14 @@ class SymbolCollator:
     def num_truncated(self) -> int:
         return 0 if self.max_body is None else int((self.split.lengths > self.max_body).sum())
 
-    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def width(self, indices: list[int]) -> int:
+        """Padded length of a batch: its longest framed sequence, rounded up, capped at max_length."""
         longest = max(self.framed_length(i) for i in indices)
         width = -(-longest // self.multiple) * self.multiple
-        if self.max_length is not None:
-            width = min(width, self.max_length)
+        return width if self.max_length is None else min(width, self.max_length)
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        width = self.width(indices)
         ids = np.full((len(indices), width), PAD, dtype=np.int64)
         mask = np.zeros((len(indices), width), dtype=np.int64)
         for row, i in enumerate(indices):
@@ -199,10 +202,7 @@ class ContinuousCollator(SymbolCollator):
     """
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        longest = max(self.framed_length(i) for i in indices)
-        width = -(-longest // self.multiple) * self.multiple
-        if self.max_length is not None:
-            width = min(width, self.max_length)
+        width = self.width(indices)
         ids = np.full((len(indices), width), PAD, dtype=np.int64)
         values = np.zeros((len(indices), width, self.split.dim), dtype=np.float32)
         start = int(self.bos)

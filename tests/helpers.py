@@ -53,3 +53,9 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 
 def changed(before: dict[str, torch.Tensor], model) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def logits(model, batch) -> torch.Tensor:
+    """The model's logits for a collated batch (without labels), with no gradient."""
+    with torch.no_grad():
+        return model(**batch)

@@ -11,7 +11,7 @@ import torch
 from peftx.errors import PeftxError
 from peftx.methods.prefix_attention import ATTENTION, prefix_attention
 from tests.conftest import tiny_recipe
-from tests.helpers import build
+from tests.helpers import build, logits
 
 SITES = {
     "bert": [f"encoder.layer.{i}.attention.self" for i in range(2)],
@@ -29,11 +29,6 @@ def prefix_model(family: str, **method):
     batch = split.collate(list(range(5)))
     batch.pop("labels")
     return model, batch
-
-
-def logits(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch)
 
 
 def test_default_sites_are_every_attention_that_runs(family):

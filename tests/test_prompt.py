@@ -7,7 +7,7 @@ import torch
 
 from peftx.tasks.listops import VOCAB
 from tests.conftest import tiny_recipe
-from tests.helpers import build
+from tests.helpers import build, logits
 
 LENGTH = 3
 
@@ -20,11 +20,6 @@ def prompt_model(family: str, **model_extra):
     batch = split.collate(list(range(5)))
     batch.pop("labels")
     return model, batch
-
-
-def logits(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch)
 
 
 def test_prompt_goes_behind_the_start_token_or_first(family):
