@@ -17,8 +17,8 @@ from pathlib import Path
 from peftx.artifacts import RESULT
 from peftx.errors import PeftxError
 
-# Recipe keys that never define a configuration.
-IGNORED = ("seed", "name", "train.lr", "output.dir", "output.name")
+# Recipe keys that never define a configuration (threads change speed, not what is computed).
+IGNORED = ("seed", "name", "train.lr", "train.threads", "output.dir", "output.name")
 
 
 def mean(xs: list[float]) -> float:

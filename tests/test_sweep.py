@@ -102,14 +102,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
 
 def test_report_builds_from_result_files_only(tmp_path):
     # hand-written result files: the report needs nothing else (no models, no data)
-    def result(seed, lr, pretrained, val, test):
+    def result(seed, lr, pretrained, val, test, threads=None):
         recipe = {
             "name": "x",
             "seed": seed,
             "model": {"source": "offline", "pretrained": pretrained},
             "task": {"name": "listops"},
             "method": {"name": "lora"},
-            "train": {"lr": lr},
+            "train": {"lr": lr, "threads": threads},  # threads: speed only, never a configuration
             "output": {"dir": "runs", "name": f"r{seed}{lr}{pretrained}"},
         }
         return {
@@ -125,8 +125,8 @@ def test_report_builds_from_result_files_only(tmp_path):
     runs = [
         result(0, 1e-3, True, 0.5, 0.48),
         result(1, 1e-3, True, 0.6, 0.58),
-        result(0, 1e-4, True, 0.3, 0.9),
-        result(1, 1e-4, True, 0.3, 0.9),
+        result(0, 1e-4, True, 0.3, 0.9, threads=1),
+        result(1, 1e-4, True, 0.3, 0.9, threads=1),
         result(0, 1e-3, False, 0.2, 0.21),
         result(1, 1e-3, False, 0.2, 0.19),
     ]
@@ -138,7 +138,7 @@ def test_report_builds_from_result_files_only(tmp_path):
     assert varying == ["model.pretrained"]
     pre = next(r for r in rows if r.config["model.pretrained"] is True)
     assert pre.lr == 1e-3  # chosen on validation, even though lr 1e-4 had the better test accuracy
-    assert pre.test == [0.48, 0.58]
+    assert pre.test == [0.48, 0.58] and set(pre.lrs_tried) == {1e-3, 1e-4}
     out = runner.invoke(app, ["report", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "pretrained_vs_scratch.png").exists()
