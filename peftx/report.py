@@ -97,7 +97,7 @@ def summarize(results: list[dict]) -> tuple[list[Row], list[str]]:
     """Rows (one per configuration) and the recipe keys that distinguish them."""
     flats = [flatten(r["recipe"]) for r in results]
     keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if k not in IGNORED and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    varying = [k for k in keys if k not in IGNORED and _differs([f.get(k) for f in flats])]
     groups: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
     for res, flat in zip(results, flats):
         ident = json.dumps({k: v for k, v in flat.items() if k not in IGNORED}, sort_keys=True, default=str)
@@ -126,8 +126,19 @@ def summarize(results: list[dict]) -> tuple[list[Row], list[str]]:
                 curves=[[(h["step"], h["val_accuracy"]) for h in r.get("history", [])] for r in chosen],
             )
         )
+    for task in {r.task for r in rows}:  # each task's rows show only what varies among them
+        same_task = [r for r in rows if r.task == task]
+        keep = [k for k in varying if k != "task.name" and _differs([r.config.get(k) for r in same_task])]
+        for r in same_task:
+            r.config = {k: r.config.get(k) for k in keep}
     rows.sort(key=lambda r: (r.task, [str(v) for v in r.config.values()]))
     return rows, varying
+
+
+def _differs(values: list) -> bool:
+    """Whether the values that are set (not None) take more than one value: a field that only some
+    configurations have (LoRA's `r`) is not by itself a difference between them."""
+    return len({json.dumps(v, sort_keys=True, default=str) for v in values if v is not None}) > 1
 
 
 def pct(x: float) -> str:
@@ -135,14 +146,24 @@ def pct(x: float) -> str:
 
 
 def markdown_table(rows: list[Row], varying: list[str]) -> str:
-    """The report's table: one line per configuration, baselines per task underneath."""
-    cols = [k for k in varying if k != "task.name"]
+    """The report's tables: one per task (headed by its name when there are several), one line per
+    configuration, the task's baselines underneath."""
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    parts = []
+    for task in tasks:
+        same_task = [r for r in rows if r.task == task]
+        table = _task_table(same_task, [k for k in varying if k in same_task[0].config])
+        parts.append(f"### {task}\n\n{table}" if len(tasks) > 1 else table)
+    return "\n".join(parts)
+
+
+def _task_table(rows: list[Row], cols: list[str]) -> str:
     head = ["task", *cols, "lr (chosen)", "seeds", "test acc % (mean ± SEM)", "val acc %", "trainable", "trainable %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
             r.task,
-            *[str(r.config.get(k)) for k in cols],
+            *["" if r.config.get(k) is None else str(r.config.get(k)) for k in cols],
             f"{r.lr:g}",
             str(len(r.seeds)),
             f"{pct(mean(r.test))} ± {pct(sem(r.test))}",
@@ -188,7 +209,15 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
             )
         for name, value in (next(r for r in rows if r.task == task).baselines or {}).items():
             ax.axhline(100 * value, ls="--", lw=1, color="grey")
-            ax.annotate(name.replace("_", " "), (ax.get_xlim()[0], 100 * value), fontsize=7, color="grey")
+            ax.annotate(
+                name.replace("_", " "),
+                (0.01, 100 * value),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                fontsize=7,
+                color="grey",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel("test accuracy (%)")

@@ -163,3 +163,40 @@ def test_point_names_skip_fields_a_point_does_not_set(tmp_path):
     raw = tiny_recipe("bert", tmp_path)
     raw["method"] = [{"name": "lora", "r": 4}, {"name": "frozen", "preset": "fpt"}]
     assert [p.name for p in expand(raw)] == ["lora-r4", "frozen-fpt"]
+
+
+def test_report_of_several_tasks_has_a_table_per_task_with_what_varies_in_it(tmp_path):
+    def result(i, task, method, pretrained, acc):
+        recipe = {
+            "seed": 0,
+            "model": {"source": "offline", "pretrained": pretrained},
+            "task": {"name": task},
+            "method": method,
+            "train": {"lr": 1e-3},
+        }
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        (d / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "seed": 0,
+                    "recipe": recipe,
+                    "metrics": {"val_accuracy": acc, "test_accuracy": acc},
+                    "budget": {"trainable": 10, "total": 100},
+                    "history": [],
+                }
+            )
+        )
+
+    result(0, "listops", {"name": "lora", "r": 8}, True, 0.4)
+    result(1, "listops", {"name": "frozen", "preset": "fpt"}, True, 0.3)
+    result(2, "vision", {"name": "full"}, True, 0.8)
+    result(3, "vision", {"name": "full"}, False, 0.6)
+    rows, varying = summarize(load_results(tmp_path))
+    assert {r.task: list(r.config) for r in rows} == {"listops": ["method.name"], "vision": ["model.pretrained"]}
+    table = markdown_table(rows, varying)
+    assert "### listops" in table and "### vision" in table
+    assert "| listops | frozen | 0.001 | 1 | 30.0 ± — |" in table
+    assert "| vision | False | 0.001 | 1 | 60.0 ± — |" in table
+    assert "method.r" not in table  # only LoRA has r: not a difference by itself
