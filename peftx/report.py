@@ -83,9 +83,14 @@ class Row:
     @property
     def label(self) -> str:
         return (
-            ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in self.config.items() if k != "task.name")
-            or self.task
+            ", ".join(f"{_key_label(k)}={_short(v)}" for k, v in self.config.items() if k != "task.name") or self.task
         )
+
+
+def _key_label(key: str) -> str:
+    """`method.name` -> `method`, `method.r` -> `r`: short, and distinct for the plug-in sections."""
+    section, _, field = key.rpartition(".")
+    return section if field == "name" and section else field
 
 
 def _short(value: object, width: int = 28) -> str:
@@ -280,7 +285,7 @@ def _pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
         if "model.pretrained" not in r.config:
             continue
         rest = {k: v for k, v in r.config.items() if k != "model.pretrained"}
-        rest_label = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in rest.items() if k != "task.name")
+        rest_label = ", ".join(f"{_key_label(k)}={_short(v)}" for k, v in rest.items() if k != "task.name")
         by_rest[f"{r.task}: {rest_label}" if rest_label else r.task][bool(r.config["model.pretrained"])] = r
     return {k: (v[True], v[False]) for k, v in by_rest.items() if True in v and False in v}
 
