@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The offline reproduction of the paper's claims (docs/RESULTS.md): the sweeps in recipes/offline/,
 # then `peftx report`. About 80 minutes on a 2-core CPU; resumable (rerun it after an interruption and
-# finished runs are skipped). Runs into runs/offline/, report and plots into docs/results/.
+# finished runs are skipped). Runs into runs/offline/; report and plots into docs/results/, replacing
+# the committed ones (OUT=DIR writes them elsewhere).
 #
 #   scripts/reproduce_offline.sh                 # two lanes of one thread each
 #   EXTRA=1 scripts/reproduce_offline.sh         # also the from-scratch twin at a second learning rate
