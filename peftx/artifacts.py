@@ -67,7 +67,8 @@ def save_weights(model: torch.nn.Module, run_dir: Path, whole_backbone: bool) ->
 
 
 def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
-    """Load a run's saved tensors into a freshly built model; every saved name must exist."""
+    """Load a run's saved tensors into a freshly built model: every saved name must exist in it, and
+    every trainable parameter of it must be saved."""
     path = run_dir / WEIGHTS
     if not path.is_file():
         raise PeftxError(f"{path}: missing; the run did not finish")
@@ -76,6 +77,9 @@ def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise PeftxError(f"{path}: holds {len(unknown)} tensor(s) the rebuilt model lacks, e.g. {unknown[0]}")
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    if missing:  # they would stay at their fresh initialisation
+        raise PeftxError(f"{path}: lacks {len(missing)} trainable tensor(s) of the rebuilt model, e.g. {missing[0]}")
     quantized = {f"{n}.weight": m for n, m in quantized_modules(model).items()}
     with torch.no_grad():
         for name, tensor in state.items():

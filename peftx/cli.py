@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -117,6 +118,41 @@ def predict(
     if targets:
         acc = sum(p == t for p, t in zip(preds, targets)) / max(len(preds), 1)
         err.print(f"accuracy against Target: {100 * acc:.2f}% ({len(preds)} inputs)")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="train | validation | test (repeatable; default: test).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Rebuild with a changed recipe value, e.g. --set model.quantization=8bit: the same trained "
+            "weights on an 8-bit body (repeatable).",
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
+) -> None:
+    """Reload a trained run and score it on its task's splits (accuracy, loss), as trained or rebuilt
+    with --set changes."""
+    from peftx.predict import Predictor
+
+    predictor = Predictor(run_dir, list(set_ or []))
+    scores = predictor.evaluate(split or ["test"])
+    if json_out:
+        print(json.dumps({"run": str(run_dir), "overrides": predictor.overrides, "splits": scores}, indent=1))
+        return
+    recorded = {"test": "test_accuracy", "validation": "val_accuracy"}
+    metrics = predictor.result.get("metrics", {})
+    for name, s in scores.items():
+        line = f"{name}: accuracy {100 * s['accuracy']:.2f}%, loss {s['loss']:.4f} ({s['examples']} examples)"
+        if name in recorded and recorded[name] in metrics:
+            line += f"; at training: {100 * metrics[recorded[name]]:.2f}%"
+        print(line)
 
 
 @app.command()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from peftx.cli import app
+from peftx.predict import Predictor
+from peftx.quantization import quantized_modules
 from tests.conftest import tiny_recipe
 
 runner = CliRunner()
@@ -94,3 +97,33 @@ def test_run_output_to_a_log_has_plain_lines_per_evaluation(tmp_path):
     assert "step 4: train loss" in result.output and "val acc" in result.output
     assert "0/4" not in result.output  # no stale frame of the live bar, which is for terminals only
     assert "test accuracy" in result.output and "written:" in result.output
+
+
+def test_evaluate_rescores_a_run_as_trained_and_rebuilt(tmp_path):
+    raw = tiny_recipe("bert", tmp_path, task={"name": "listops", "preset": "tiny", "n_test": 48})
+    assert runner.invoke(app, ["run", str(write(tmp_path, raw)), "--quiet"]).exit_code == 0
+    run_dir = tmp_path / "runs" / "tiny_bert"
+    metrics = json.loads((run_dir / "result.json").read_text())["metrics"]
+
+    out = runner.invoke(app, ["evaluate", str(run_dir), "--split", "validation", "--split", "test", "--json"])
+    assert out.exit_code == 0, out.output
+    scores = json.loads(out.stdout)["splits"]
+    assert scores["test"]["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert scores["validation"]["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
+    assert scores["test"]["examples"] == raw["task"]["n_test"]
+
+    lines = runner.invoke(app, ["evaluate", str(run_dir)])
+    assert lines.exit_code == 0 and lines.stdout.startswith("test: accuracy ")
+    assert f"at training: {100 * metrics['test_accuracy']:.2f}%" in lines.stdout
+
+    # the same trained tensors on an 8-bit body: rebuilt quantized, scored on the same examples
+    eight = Predictor(run_dir, ["model.quantization=8bit"])
+    assert quantized_modules(eight.model)
+    assert eight.evaluate(["test"])["test"]["examples"] == raw["task"]["n_test"]
+
+    bad = runner.invoke(app, ["evaluate", str(run_dir), "--set", "method.r=2"])
+    assert bad.exit_code == 2 and "weights.safetensors" in bad.stderr and "shape" in bad.stderr
+    bad = runner.invoke(app, ["evaluate", str(run_dir), "--set", "method.use_dora=true"])
+    assert bad.exit_code == 2 and "lacks" in bad.stderr and "lora_magnitude" in bad.stderr  # would stay untrained
+    bad = runner.invoke(app, ["evaluate", str(run_dir), "--split", "dev"])
+    assert bad.exit_code == 2 and "--split: unknown split 'dev'" in bad.stderr
