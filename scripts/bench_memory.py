@@ -178,6 +178,16 @@ def bf16_is_fast() -> bool:
     return cpu_has_fast_bf16()
 
 
+def device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def table(rows: list[dict]) -> str:
     out = [
         "| model | configuration | optimizer | peak memory (MiB) | vs fp32 LoRA | of which loading (MiB) "
@@ -282,6 +292,9 @@ def main() -> None:
         text += f"; peak process RSS, including ~{median:,.0f} MiB of interpreter and libraries"
         if args.malloc_mmap_threshold:
             text += f", MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}"
+    elif any(r.get("peak_kind") == "peak_cuda_allocated_bytes" for r in rows):
+        text += "; peak CUDA memory allocated (torch.cuda.max_memory_allocated)"
+    text = f"{device_name()}: {text}"
     text += "\n\n" + table(rows)
     print(text)
     if args.out is not None:

@@ -17,6 +17,11 @@ def build(raw: dict):
     set_seed(recipe.seed)
     task = recipe.task.load()
     model, _ = build_model(recipe, task.info)
+    # bitsandbytes quantizes onto the GPU where there is one (the run's accelerator moves the rest
+    # there too); tests feed batches through `on_device`
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        model.to(next(d for d in devices if d.type != "cpu"))
     max_len = model.max_length
     split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len)
     return recipe, task, model, split
@@ -37,7 +42,7 @@ def train_steps(
         except StopIteration:
             batches = iter(LengthGroupedBatches(split.lengths, batch_size, seed=1))
             idx = next(batches)
-        batch = split.collate(idx)
+        batch = on_device(split.collate(idx), model)
         y = batch.pop("labels")
         loss = F.cross_entropy(model(**batch), y)
         loss.backward()
@@ -45,6 +50,12 @@ def train_steps(
         opt.zero_grad()
         losses.append(loss.item())
     return losses
+
+
+def on_device(batch: dict, model) -> dict:
+    """A collated batch on the device of the model's parameters."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -58,4 +69,4 @@ def changed(before: dict[str, torch.Tensor], model) -> set[str]:
 def logits(model, batch) -> torch.Tensor:
     """The model's logits for a collated batch (without labels), with no gradient."""
     with torch.no_grad():
-        return model(**batch)
+        return model(**on_device(batch, model))

@@ -4,6 +4,7 @@ quantized body is refused."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 import pytest
@@ -25,7 +26,7 @@ from peftx.quantization import (
 from peftx.recipe import validate_recipe
 from peftx.train import infer, make_accelerator
 from tests.conftest import FAMILY_NAMES, tiny_recipe
-from tests.helpers import build, changed, snapshot, train_steps
+from tests.helpers import build, changed, on_device, snapshot, train_steps
 from tests.test_methods import CASES, intended
 
 BITS = ("8bit", "4bit")
@@ -47,13 +48,15 @@ def eval_forward(model, batch: dict) -> None:
     """An evaluation forward as the loop runs it: eval mode, inference mode (no grad)."""
     model.eval()
     with torch.inference_mode():
-        model(**batch)
+        model(**on_device(batch, model))
     model.train()
 
 
 def grads(model, batch: dict, y: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     model.train()
     torch.manual_seed(0)  # the same dropout masks every call
+    batch = on_device({**batch, "labels": y}, model)
+    y = batch.pop("labels")
     loss = F.cross_entropy(model(**batch), y)
     loss.backward()
     out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -118,17 +121,35 @@ def test_quantized_layer_gradients_match_its_dequantized_weights(bits):
     layer = next(iter(quantized_modules(model).values()))
     layer.train()
     layer.bias.requires_grad_(True)
-    x = torch.randn(3, 5, layer.in_features, requires_grad=True)
+    x = torch.randn(3, 5, layer.in_features, device=layer.weight.device, requires_grad=True)
     out = layer(x)
-    out.square().sum().backward()
-    gx, gb = x.grad.clone(), layer.bias.grad.clone()
-    x.grad = None
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
     weight = dequantized_weight(layer)  # (out, in)
-    ref = F.linear(x, weight, layer.bias.detach().requires_grad_(True))
-    ref.square().sum().backward()
-    assert torch.allclose(out, ref, atol=1e-4)
-    assert torch.allclose(gx, x.grad, atol=1e-3)
-    assert torch.allclose(gb, 2 * ref.detach().sum((0, 1)), atol=1e-3)
+    ref = F.linear(x.detach(), weight, layer.bias.detach())
+    # LLM.int8 on a GPU rounds the activations to 8 bits too; elsewhere the weight alone is rounded
+    int8_activations = bits == "8bit" and layer.weight.device.type == "cuda"
+    atol = 0.02 * ref.abs().max().item() if int8_activations else 1e-4
+    assert torch.allclose(out, ref, atol=atol)
+    assert torch.allclose(x.grad, g @ weight, atol=1e-4)
+    assert torch.allclose(layer.bias.grad, g.sum((0, 1)), atol=1e-4)
+
+
+def test_8bit_training_keeps_no_activations():
+    """bitsandbytes' 8-bit matmuls keep their input outside saved-tensor hooks, beyond the reach of
+    gradient checkpointing; a frozen 8-bit layer's backward needs none of it, and peftx keeps none."""
+    _, _, model, _ = build(quantized_recipe("bert", "8bit"))
+    layer = next(iter(quantized_modules(model).values()))
+    layer.train()
+    x = torch.randn(2, 3, layer.in_features, device=layer.weight.device, requires_grad=True)
+    h = x * 2
+    out = layer(h)
+    kept = weakref.ref(h)
+    del h
+    assert kept() is None
+    out.sum().backward()
+    expected = 2 * dequantized_weight(layer).sum(0).expand_as(x)
+    assert torch.allclose(x.grad, expected, atol=1e-4)
 
 
 def test_4bit_cpu_repacking_cannot_break_training():
@@ -140,6 +161,8 @@ def test_4bit_cpu_repacking_cannot_break_training():
     raw["model"]["head_dropout"] = 0.0
     _, _, model, split = build(raw)
     modules = quantized_modules(model).values()
+    if next(iter(modules)).weight.device.type != "cpu":
+        pytest.skip("the repacking is bitsandbytes' CPU path; this body was quantized onto a GPU")
     assert all(m.support_avx512bf16_for_cpu is False for m in modules)
     batch = split.collate(list(range(16)))
     y = batch.pop("labels")

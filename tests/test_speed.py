@@ -200,6 +200,7 @@ def test_token_budget_evaluation_gives_the_same_logits():
 
     _, _, model, split = build(tiny_recipe("bert"))
     accelerator = make_accelerator("fp32")
+    model = accelerator.prepare_model(model, evaluation_mode=True)  # infer puts batches on its device
     fixed = infer(model, split, 32, accelerator)
     budget = infer(model, split, 256, accelerator, max_tokens=300)
     torch.testing.assert_close(budget, fixed, rtol=1e-4, atol=1e-5)
