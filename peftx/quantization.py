@@ -17,10 +17,10 @@ everywhere; 4-bit evaluation on such a CPU then uses the same dequantizing kerne
 
 8-bit training note: bitsandbytes' 8-bit matmuls (MatMul8bitLt on CUDA, MatMul8bitFp on CPU) keep
 their input on the autograd context as a plain attribute, outside saved-tensor hooks, so gradient
-checkpointing cannot free it: every layer's inputs stay alive until backward (on a gpt2-medium shape
-at 8 x 512 tokens, 8-bit + checkpointing kept 53% of fp32 LoRA's peak against 11% for 4-bit). The
-weight is frozen, so backward needs none of it (grad x = grad y @ W); `prepare_quantized` gives the
-8-bit layers a training path that keeps nothing but the layer (`_FrozenInt8Matmul`).
+checkpointing cannot free it: every layer's inputs stay alive until backward. The weight is frozen,
+so backward needs none of it (grad x = grad y @ W); `prepare_quantized` gives the 8-bit layers a
+training path that keeps nothing but the layer (`_FrozenInt8Matmul`). On a GPU, for a gpt2-medium
+shape at 8 x 512 tokens, 8-bit + checkpointing went from 53% of fp32 LoRA's peak to 13% (4-bit: 11%).
 """
 
 from __future__ import annotations
