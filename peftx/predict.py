@@ -16,7 +16,8 @@ from peftx.data import make_split
 from peftx.env import resolve_precision
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
-from peftx.speed import pad_multiple, prepare_model
+from peftx.run import task_splits
+from peftx.speed import prepare_model
 from peftx.train import evaluate, infer, make_accelerator
 
 SPLITS = ("train", "validation", "test")
@@ -51,10 +52,8 @@ class Predictor:
         self.model, _ = build_model(self.recipe, self.info)
         load_weights(self.model, self.run_dir)
         self.model.eval()
-        if any(o.startswith("train.precision=") for o in self.overrides):
-            self.precision = resolve_precision(self.recipe.train.precision)
-        else:
-            self.precision = self.result.get("precision", "fp32")
+        # as a run resolves it: `auto` suits the machine that reloads, an explicit setting is kept
+        self.precision = resolve_precision(self.recipe.train.precision)
         self.accelerator = make_accelerator(self.precision)
         # training's speed options (threads, fused LoRA layers), without compiling for a short job
         prepare_model(self.model, self.recipe.train.model_copy(update={"compile": False}), self.accelerator.device)
@@ -87,11 +86,9 @@ class Predictor:
         for name in splits:
             if name not in SPLITS:
                 raise PeftxError(f"--split: unknown split {name!r} (valid: {', '.join(SPLITS)})")
-        task = self.recipe.task.load()
         model = self.accelerator.unwrap_model(self.model)
-        multiple = pad_multiple(self.recipe.train, self.accelerator.device)
-        out = {}
-        for name in splits:
-            split = make_split(task.splits[name], task.info.input_spec, model.specials, model.max_length, multiple)
-            out[name] = evaluate(self.model, split, self.recipe.train, self.accelerator) | {"examples": len(split)}
-        return out
+        loaded = task_splits(self.recipe.task.load(), model, self.recipe.train, self.accelerator.device, splits)
+        return {
+            name: evaluate(self.model, split, self.recipe.train, self.accelerator) | {"examples": len(split)}
+            for name, split in loaded.items()
+        }

@@ -15,15 +15,24 @@ from peftx.data import make_split
 from peftx.display import RunDisplay
 from peftx.env import peak_memory, reset_peak_memory, resolve_precision, versions
 from peftx.memory import model_memory
-from peftx.recipe import RecipeBase, dump_recipe
+from peftx.recipe import RecipeBase, TrainSection, dump_recipe
 from peftx.speed import pad_multiple
-from peftx.train import evaluate, make_accelerator, total_steps, train
+from peftx.tasks.base import TaskData
+from peftx.train import Split, evaluate, make_accelerator, total_steps, train
 
 
 @dataclass
 class RunResult:
     run_dir: Path
     result: dict
+
+
+def task_splits(task: TaskData, model, cfg: TrainSection, device, names) -> dict[str, Split]:
+    """The task's named splits, collated for `model` as training and evaluation feed it."""
+    multiple = pad_multiple(cfg, device)
+    return {
+        n: make_split(task.splits[n], task.info.input_spec, model.specials, model.max_length, multiple) for n in names
+    }
 
 
 def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None = None) -> RunResult:
@@ -67,11 +76,7 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         budget = model_budget(model)
         result.update(backbone=provenance, budget=budget.to_dict(), baselines=task.baselines, data_notes=task.notes)
         max_len = model.max_length
-        multiple = pad_multiple(recipe.train, accelerator.device)
-        splits = {
-            name: make_split(task.splits[name], task.info.input_spec, model.specials, max_len, multiple)
-            for name in ("train", "validation", "test")
-        }
+        splits = task_splits(task, model, recipe.train, accelerator.device, ("train", "validation", "test"))
         truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}
         if truncated:
             task.notes.append(f"truncated to {max_len} positions (first tokens kept): {truncated}")

@@ -55,9 +55,7 @@ def eval_forward(model, batch: dict) -> None:
 def grads(model, batch: dict, y: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     model.train()
     torch.manual_seed(0)  # the same dropout masks every call
-    batch = on_device({**batch, "labels": y}, model)
-    y = batch.pop("labels")
-    loss = F.cross_entropy(model(**batch), y)
+    loss = F.cross_entropy(model(**on_device(batch, model)), y.to(next(model.parameters()).device))
     loss.backward()
     out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
