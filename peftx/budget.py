@@ -184,9 +184,9 @@ class MetaCounter:
         """A meta-device model with `method` applied."""
         import torch
 
-        from peftx.methods import MethodConfig, apply_method
+        from peftx.methods import apply_method
 
-        adds_modules = type(method).prepare is not MethodConfig.prepare
+        adds_modules = type(method).adds_modules
         model = self.build() if adds_modules else self.base
         with torch.device("meta"):
             apply_method(model, method, self.recipe.input)

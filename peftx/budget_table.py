@@ -160,16 +160,13 @@ class _Template:
     """The raw recipe rows start from, with the request's task and overrides applied."""
 
     def __init__(self, req: BudgetRequest) -> None:
-        from peftx.recipe import apply_overrides, read_raw
-        from peftx.sweep import find_axes
+        from peftx.recipe import apply_overrides, read_raw, reject_grid
 
         if req.recipe is not None:
             raw = read_raw(req.recipe, req.overrides)
             raw.pop("name", None)  # emitted recipes are named after their files
-            axes = find_axes(raw)
-            if axes:  # models and methods are budget's own axes; others would need a table per point
-                keys = ", ".join(k for k, _ in axes)
-                raise PeftxError(f"{req.recipe}: holds grid axes ({keys}); use --models/--methods, or a plain recipe")
+            # models and methods are budget's own axes; others would need a table per point
+            reject_grid(raw, str(req.recipe), "use --models/--methods, or a plain recipe")
         else:
             raw = apply_overrides(copy.deepcopy(DEFAULT_TEMPLATE), req.overrides)
         if req.task is not None and (raw.get("task") or {}).get("name") != req.task:

@@ -11,7 +11,8 @@ and the training order groups similar lengths (less padding, same randomness per
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -20,9 +21,23 @@ import torch
 from torch.utils.data import Sampler
 
 from peftx.families import SpecialIds
+from peftx.index_space import BOS, EOS, OFFSET, PAD, VALUE
+from peftx.tasks.base import ContinuousSpec, InputSpec, SymbolVocab
 
-PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
-VALUE = OFFSET  # continuous inputs: this position's vector is in `values`
+__all__ = ["PAD", "BOS", "EOS", "OFFSET", "VALUE", "Split", "make_split", "LengthGroupedBatches", "eval_batches"]
+
+
+@dataclass
+class Split:
+    """A split ready for batching: a collate function, each example's framed length, and its labels
+    (None for unlabelled inputs, as `predict` reads them)."""
+
+    collate: Callable[[list[int]], dict[str, torch.Tensor]]
+    lengths: np.ndarray  # (n,)
+    labels: torch.Tensor | None  # (n,) long
+
+    def __len__(self) -> int:
+        return len(self.lengths)
 
 
 class SymbolSplit:
@@ -31,7 +46,7 @@ class SymbolSplit:
     def __init__(self, ds: datasets.Dataset) -> None:
         col = ds.data.column("tokens").combine_chunks()
         self.offsets = col.offsets.to_numpy().astype(np.int64)  # (n + 1,)
-        self.flat = col.values.to_numpy().astype(np.int16) + OFFSET  # task ids -> shared index space
+        self.flat = col.values.to_numpy().astype(np.int32) + OFFSET  # shared index space; int32: any vocabulary
         self.labels = torch.tensor(ds["label"], dtype=torch.long) if "label" in ds.column_names else None
         self.lengths = np.diff(self.offsets)  # (n,)
 
@@ -53,7 +68,7 @@ class SymbolCollator:
         pad_to_multiple: round the padded length up (tensor-core and vector-unit friendly shapes).
     """
 
-    def __init__(self, split: SymbolSplit, specials: SpecialIds, max_length: int | None, pad_to_multiple: int = 8):
+    def __init__(self, split: SymbolSplit, specials: SpecialIds, max_length: int | None, pad_to_multiple: int):
         self.split = split
         self.bos = specials.bos is not None
         self.eos = specials.eos is not None
@@ -149,19 +164,22 @@ def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
     return batches
 
 
-def make_split(ds: datasets.Dataset, spec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int = 8):
-    """A split ready for batching: (collate function, lengths) for the task's kind of input."""
-    from peftx.tasks.base import ContinuousSpec, SymbolVocab
-    from peftx.train import Split
+def make_split(
+    ds: datasets.Dataset, spec: InputSpec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int
+) -> Split:
+    """A split ready for batching for the task's kind of input.
 
+    Args:
+        pad_to_multiple: round each batch's padded width up to this (see `speed.pad_multiple`).
+    """
     if isinstance(spec, SymbolVocab):
         collate = SymbolCollator(SymbolSplit(ds), specials, max_length, pad_to_multiple)
     elif isinstance(spec, ContinuousSpec):
         collate = ContinuousCollator(ContinuousSplit(ds, spec), specials, max_length, pad_to_multiple)
     else:
         raise TypeError(f"no batching for input spec {type(spec).__name__}")
-    lengths = np.array([collate.framed_length(i) for i in range(len(ds))])
-    return Split(collate=collate, lengths=lengths)
+    lengths = np.array([collate.framed_length(i) for i in range(len(ds))], dtype=np.int64)
+    return Split(collate=collate, lengths=lengths, labels=collate.split.labels)
 
 
 # --- continuous inputs -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from peftx.env import resolve_precision
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
 from peftx.run import task_splits
-from peftx.speed import prepare_model
+from peftx.speed import pad_multiple, prepare_model
 from peftx.train import evaluate, infer, make_accelerator
 
 SPLITS = ("train", "validation", "test")
@@ -72,7 +72,8 @@ class Predictor:
                 raise PeftxError(f"input {lineno}: {e}") from None
         ds = datasets.Dataset.from_dict({self.info.input_spec.column: ids})
         model = self.accelerator.unwrap_model(self.model)
-        split = make_split(ds, self.info.input_spec, model.specials, model.max_length)
+        multiple = pad_multiple(self.recipe.train, self.accelerator.device)
+        split = make_split(ds, self.info.input_spec, model.specials, model.max_length, multiple)
         train = self.recipe.train
         return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
 

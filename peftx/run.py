@@ -11,14 +11,14 @@ from accelerate.utils import set_seed
 from peftx.artifacts import RECIPE, RESULT, prepare_run_dir, save_weights, write_json
 from peftx.budget import model_budget
 from peftx.build import build_model
-from peftx.data import make_split
+from peftx.data import Split, make_split
 from peftx.display import RunDisplay
 from peftx.env import peak_memory, reset_peak_memory, resolve_precision, versions
 from peftx.memory import model_memory
 from peftx.recipe import RecipeBase, TrainSection, dump_recipe
 from peftx.speed import pad_multiple
 from peftx.tasks.base import TaskData
-from peftx.train import Split, evaluate, make_accelerator, total_steps, train
+from peftx.train import evaluate, make_accelerator, total_steps, train
 
 
 @dataclass

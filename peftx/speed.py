@@ -25,13 +25,15 @@ import statistics
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import MethodType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from peftx.recipe import TrainSection
+if TYPE_CHECKING:
+    from peftx.recipe import TrainSection
 
 # ---------------------------------------------------------------------------------------------- LoRA
 

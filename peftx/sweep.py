@@ -16,15 +16,13 @@ import copy
 import itertools
 import json
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from peftx.artifacts import RESULT
 from peftx.errors import PeftxError
-from peftx.recipe import PLUGINS, RecipeBase, read_raw, recipe_class, validate_recipe
-
-SECTIONS = ("model", "task", "input", "method", "train", "output")
+from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, validate_recipe
+from peftx.recipe.grid import SECTIONS
 
 
 @dataclass
@@ -34,44 +32,6 @@ class Point:
     name: str
     values: dict[str, object]  # axis key -> value
     recipe: RecipeBase
-
-
-def _is_list_type(annotation) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin in (list, tuple, set, frozenset):
-        return True
-    return any(_is_list_type(a) for a in typing.get_args(annotation)) if origin is not None else False
-
-
-def _section_class(section: str, value: dict):
-    if section in PLUGINS:
-        name = value.get("name")
-        return PLUGINS[section].get(name) if isinstance(name, str) and name in PLUGINS[section] else None
-    return recipe_class().model_fields[section].annotation
-
-
-def find_axes(raw: dict) -> list[tuple[str, list]]:
-    """(dotted key, values) of every grid axis of a raw recipe, in the order written."""
-    axes: list[tuple[str, list]] = []
-    for key, value in raw.items():
-        if key == "grid":
-            if not isinstance(value, dict) or not all(isinstance(v, list) and v for v in value.values()):
-                raise PeftxError("grid: expected a mapping of dotted keys to non-empty lists")
-            axes.extend(value.items())
-        elif key in SECTIONS and isinstance(value, list):
-            axes.append((key, value))
-        elif key in SECTIONS and isinstance(value, dict):
-            cls = _section_class(key, value)
-            fields = getattr(cls, "model_fields", {})
-            for sub, v in value.items():
-                if isinstance(v, list) and sub in fields and not _is_list_type(fields[sub].annotation):
-                    axes.append((f"{key}.{sub}", v))
-        elif isinstance(value, list):
-            axes.append((key, value))
-    for key, values in axes:
-        if not values:
-            raise PeftxError(f"{key}: an empty list gives an empty sweep")
-    return axes
 
 
 def _label(value, keys: list[str] | None = None) -> str:

@@ -7,8 +7,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -16,22 +16,13 @@ from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from peftx.data import LengthGroupedBatches, eval_batches
+from peftx.data import LengthGroupedBatches, Split, eval_batches
 from peftx.memory import enable_gradient_checkpointing
 from peftx.optim import build_optimizer, optimizer_state_bytes
-from peftx.recipe import TrainSection
 from peftx.speed import ThreadTuner, prepare_model
 
-
-@dataclass
-class Split:
-    """A split ready for batching: a collate function and each example's length."""
-
-    collate: Callable[[list[int]], dict[str, torch.Tensor]]
-    lengths: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.lengths)
+if TYPE_CHECKING:
+    from peftx.recipe import TrainSection
 
 
 @dataclass
@@ -101,7 +92,7 @@ def infer(
 def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -> dict:
     """Accuracy and mean cross-entropy on a labelled split."""
     logits = infer(model, split, cfg.eval_batch_size, accelerator, cfg.eval_batch_tokens)
-    labels = split.collate.split.labels
+    labels = split.labels
     return {
         "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
         "loss": F.cross_entropy(logits, labels).item(),

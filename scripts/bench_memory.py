@@ -116,7 +116,7 @@ def measure(spec: dict) -> dict:
     tokens = rng.integers(0, n_symbols, size=(spec["batch"], spec["seq"] - framing)).tolist()
     labels = rng.integers(0, info.num_classes, size=spec["batch"]).tolist()
     ds = datasets.Dataset.from_dict({"tokens": tokens, "label": labels})
-    split = make_split(ds, info.input_spec, specials, model.family.max_positions(model.backbone.config))
+    split = make_split(ds, info.input_spec, specials, model.max_length, 1)
     batch = split.collate(list(range(spec["batch"])))  # (batch, seq) every step
     accelerator = make_accelerator(resolve_precision(recipe.train.precision))
     if recipe.train.gradient_checkpointing:

@@ -199,7 +199,7 @@ def flops_per_length(recipe: str) -> tuple[float, float, float]:
     task = r.task.load()
     model, _ = build_model(r, task.info)
     max_len = model.family.max_positions(model.backbone.config)
-    lengths = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len).lengths
+    lengths = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len, 1).lengths
     model.train()
     counts = []
     for length in (32, 128):

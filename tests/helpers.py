@@ -23,7 +23,7 @@ def build(raw: dict):
     if len(devices) > 1:
         model.to(next(d for d in devices if d.type != "cpu"))
     max_len = model.max_length
-    split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len)
+    split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len, 8)
     return recipe, task, model, split
 
 

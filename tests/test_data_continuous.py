@@ -44,7 +44,7 @@ def test_truncation_keeps_first_vectors_and_the_end_marker():
 
 def test_make_split_dispatches_and_checks_vector_length():
     ds = datasets.Dataset.from_dict({"values": [[[1, 2], [3, 4]]], "label": [0]})
-    split = make_split(ds, SPEC, SpecialIds(pad=0, bos=1, eos=2), max_length=None)
+    split = make_split(ds, SPEC, SpecialIds(pad=0, bos=1, eos=2), max_length=None, pad_to_multiple=1)
     assert split.lengths.tolist() == [4]
     with pytest.raises(ValueError, match="not all 3 long"):
         ContinuousSplit(ds, ContinuousSpec(dim=3))

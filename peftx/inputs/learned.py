@@ -16,11 +16,10 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
+from peftx.index_space import NUM_FRAMING
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
 from peftx.tasks.base import SymbolVocab
-
-NUM_FRAMING = 3  # shared indices 0-2: padding, start, end (see peftx.data)
 
 
 def embedding_std(ctx: InputContext) -> float:

@@ -18,10 +18,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from peftx.data import EOS, VALUE
 from peftx.errors import PeftxError
+from peftx.index_space import EOS, NUM_FRAMING, VALUE
 from peftx.inputs.base import InputConfig, InputContext
-from peftx.inputs.learned import NUM_FRAMING, LearnedEmbedding, embedding_std
+from peftx.inputs.learned import LearnedEmbedding, embedding_std
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens
 from peftx.inputs.registry import INPUTS
 from peftx.tasks.base import ContinuousSpec

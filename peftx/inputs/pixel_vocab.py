@@ -17,8 +17,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from peftx.data import OFFSET, VALUE
 from peftx.errors import PeftxError
+from peftx.index_space import OFFSET, VALUE
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens, spell_tokens
 from peftx.inputs.registry import INPUTS

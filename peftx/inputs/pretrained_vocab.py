@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftx.errors import PeftxError
+from peftx.index_space import BOS, EOS, NUM_FRAMING, PAD
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
 from peftx.tasks.base import SymbolVocab
@@ -73,10 +74,11 @@ class PretrainedVocabEmbedding(nn.Module):
 
 
 def framing_tokens(ctx: InputContext) -> list[list[int]]:
-    """Token ids of the shared indices 0-2 (pad, start, end); a family without a start or end token
-    maps that index to its pad token (never used then)."""
+    """Token ids of the framing indices PAD, BOS, EOS (`peftx.index_space`), in that order; a family
+    without a start or end token maps that index to its pad token (never used then)."""
     sp = ctx.specials
-    return [[sp.pad], [sp.bos if sp.bos is not None else sp.pad], [sp.eos if sp.eos is not None else sp.pad]]
+    by_index = {PAD: sp.pad, BOS: sp.pad if sp.bos is None else sp.bos, EOS: sp.pad if sp.eos is None else sp.eos}
+    return [[by_index[i]] for i in range(NUM_FRAMING)]
 
 
 class VocabMapping(InputConfig):

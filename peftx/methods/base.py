@@ -58,6 +58,7 @@ class MethodConfig(BaseModel):
     """Roles trained on top of the method, e.g. [layer_norm] for LoRA plus layer norms. `bias`
     means every bias."""
     quantized_body_ok: ClassVar[bool] = True  # False for methods that update quantized body weights
+    adds_modules: ClassVar[bool] = False  # True for methods whose `prepare` adds modules (LoRA, prefixes)
     budget_knob: ClassVar[BudgetKnob | None] = None  # the field `peftx budget --target` varies; None: fixed
     budget_shown: ClassVar[tuple[str, ...]] = ()  # fields budget tables show besides the knob
 

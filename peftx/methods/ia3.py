@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from peft import IA3Config as PeftIA3Config
 from peft import inject_adapter_in_model
@@ -37,6 +37,8 @@ class IA3Method(MethodConfig):
         if not v:
             raise ValueError("targets must name at least one role or module pattern")
         return v
+
+    adds_modules: ClassVar[bool] = True
 
     def prepare(self, model: PeftxModel) -> None:
         targets = target_modules(model, self.targets)

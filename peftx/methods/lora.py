@@ -43,6 +43,8 @@ class LoraMethod(MethodConfig):
             raise ValueError("targets must name at least one role or module pattern")
         return v
 
+    adds_modules: ClassVar[bool] = True
+
     def prepare(self, model: PeftxModel) -> None:
         targets = target_modules(model, self.targets)
         modules = dict(model.backbone.named_modules())

@@ -133,6 +133,8 @@ class PrefixMethod(MethodConfig):
             raise PeftxError("method.attentions: name at least one attention kind")
         return family.attention_sites(model.backbone, kinds)
 
+    adds_modules: ClassVar[bool] = True
+
     def prepare(self, model: PeftxModel) -> None:
         names = self.sites(model)
         modules = dict(model.backbone.named_modules())

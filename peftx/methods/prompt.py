@@ -72,6 +72,8 @@ class PromptMethod(MethodConfig):
         positions = model.family.max_positions(model.backbone.config)
         return self.budget_knob.high if positions is None else min(self.budget_knob.high, positions // 2)
 
+    adds_modules: ClassVar[bool] = True
+
     def prepare(self, model: PeftxModel) -> None:
         embed = model.backbone.get_input_embeddings()
         with torch.no_grad():

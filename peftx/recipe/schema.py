@@ -1,26 +1,26 @@
-"""The recipe schema: one typed, validated description of a run, loaded from YAML.
+"""The recipe schema: one typed description of a run.
 
 Sections: `model`, `task`, `input`, `method`, `train`, `output` (plus `seed` and `name`). `task`,
 `input` and `method` are plug-ins chosen by `name`; each plug-in's own config class validates its
-fields. Unknown keys are errors. `--set a.b=value` overrides are parsed as YAML values and validated the
-same way. Every user mistake becomes a `PeftxError` whose one line names the file and the key path.
+fields. Unknown keys are errors. Fields that change how fast or where a run goes, never what it
+computes, are marked `RESULT_NEUTRAL` here; the sweep's staleness check and the report read that mark.
 """
 
 from __future__ import annotations
 
-import difflib
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from peftx.errors import PeftxError
 from peftx.families import FAMILIES
-from peftx.inputs import INPUTS, InputConfig
-from peftx.methods import METHODS, MethodConfig
-from peftx.tasks import TASKS, TaskConfig
+from peftx.inputs import INPUTS
+from peftx.methods import METHODS
+from peftx.tasks import TASKS
+
+# Marks a field whose value changes speed or location, not results (see `result_neutral_keys`).
+RESULT_NEUTRAL = {"result_neutral": True}
 
 
 class Section(BaseModel):
@@ -126,7 +126,7 @@ class TrainSection(Section):
     pad_to_multiple: int | None = Field(None, ge=1)
     """Round each padded batch width up to a multiple of this. None: 8 on GPUs (tensor-core shapes), 1 on
     CPUs, where rounding only adds work."""
-    threads: int | str | None = None
+    threads: int | str | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
     """Threads for CPU math (torch.set_num_threads); None: PyTorch's default, one per core. On a machine
     shared with other jobs one thread can be 2x faster; auto times both every 100 steps and keeps the
     faster (reproducible to float rounding only)."""
@@ -149,15 +149,17 @@ class TrainSection(Section):
 
 
 class OutputSection(Section):
-    dir: Path = Path("runs")
+    dir: Path = Field(Path("runs"), json_schema_extra=RESULT_NEUTRAL)
     """Runs are written to <dir>/<name>/."""
-    name: str | None = None
+    name: str | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
     """Run name; default: the recipe's `name`, else the recipe file's stem."""
 
 
 class RecipeBase(Section):
-    name: str | None = None
-    seed: int = 0
+    name: str | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
+    """Recipe name; the run's name unless `output.name` is set (default: the file's stem)."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seeds data order, initialisation and dropout."""
     model: ModelSection = ModelSection()
     train: TrainSection
     output: OutputSection = OutputSection()
@@ -212,139 +214,37 @@ def recipe_class() -> type[RecipeBase]:
     return _recipe_class(tuple(TASKS.names()), tuple(INPUTS.names()), tuple(METHODS.names()))
 
 
-Recipe = RecipeBase  # for type hints; instances come from `recipe_class()`
 PLUGINS = {"task": TASKS, "input": INPUTS, "method": METHODS}
 
 
-def _format_error(err: dict, where: str, raw: dict) -> str:
-    loc = [str(p) for p in err["loc"]]
-    # A discriminated union puts the chosen plug-in's name in the path: method.lora.r -> method.r
-    if len(loc) >= 2 and loc[0] in PLUGINS and isinstance(raw.get(loc[0]), dict) and raw[loc[0]].get("name") == loc[1]:
-        loc.pop(1)
-    key = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        parent = _section_fields(loc[:-1], raw)
-        hint = difflib.get_close_matches(loc[-1], parent, n=1)
-        return f"{where}: {key}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-    if err["type"] == "missing":
-        return f"{where}: {key}: required key is missing"
-    msg = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) and err["type"] != "value_error" else ""
-    if not key:  # a check across sections: its message starts with the keys it is about
-        return f"{where}: {msg}{shown}"
-    return f"{where}: {key}: {msg}{shown}"
+def result_neutral_keys(cls: type[BaseModel] | None = None, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of the recipe fields marked `RESULT_NEUTRAL` (threads, where output goes, names).
 
-
-def _section_fields(loc: list[str], raw: dict) -> list[str]:
-    """Field names valid at `loc`, for 'did you mean' hints."""
-    cls: Any = recipe_class()
-    for part in loc:
-        if part in PLUGINS:
-            name = raw.get(part, {}).get("name") if isinstance(raw.get(part), dict) else None
-            cls = PLUGINS[part].get(name) if name in PLUGINS[part] else None
-        else:
-            field = cls.model_fields.get(part) if cls else None
-            cls = field.annotation if field is not None and isinstance(field.annotation, type) else None
-        if cls is None:
-            return []
-    return list(cls.model_fields) if hasattr(cls, "model_fields") else []
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=value` overrides (values parsed as YAML) to a raw recipe dict, in place."""
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise PeftxError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise PeftxError(f"--set {item!r}: {part} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def validate_recipe(raw: Any, where: str = "<recipe>") -> RecipeBase:
-    """Validate a raw recipe dict. Raises PeftxError (one line, naming `where` and the key path)."""
-    if not isinstance(raw, dict):
-        raise PeftxError(f"{where}: a recipe is a mapping of sections, got {type(raw).__name__}")
-    for section, registry in PLUGINS.items():
-        valid = ", ".join(registry.names())
-        value = raw.get(section)
-        if value is None:
-            continue
-        if isinstance(value, str):  # shorthand: `method: lora`
-            raw[section] = value = {"name": value}
-        if not isinstance(value, dict):
-            raise PeftxError(f"{where}: {section}: expected a mapping with a 'name'")
-        if "name" not in value:
-            raise PeftxError(f"{where}: {section}.name: required key is missing (valid: {valid})")
-        if value["name"] not in registry:
-            raise PeftxError(f"{where}: {section}.name: unknown {registry.kind} {value['name']!r} (valid: {valid})")
-    try:
-        recipe = recipe_class().model_validate(raw)
-    except ValidationError as e:
-        errors = e.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise PeftxError(_format_error(errors[0], where, raw) + more) from None
-    if recipe.input is None:
-        recipe = recipe.model_copy(update={"input": INPUTS.get(recipe.task.default_input())()})
-    return recipe
-
-
-def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """A recipe file as a raw mapping, with `--set` overrides applied and `name` defaulting to the
-    file's stem. Raises PeftxError on a missing file, a YAML syntax error or a non-mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise PeftxError(f"{path}: no such recipe file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f":{mark.line + 1}" if mark else ""
-        raise PeftxError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise PeftxError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
-    raw.setdefault("name", path.stem)
-    return apply_overrides(raw, overrides or [])
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:
-    """Read, override and validate a recipe file (one run).
-
-    Args:
-        path: a YAML file.
-        overrides: `a.b=value` strings applied before validation.
-
-    Returns:
-        The validated recipe; `name` defaults to the file's stem.
-
-    Raises:
-        PeftxError: missing file, YAML syntax error, grid axes (a sweep), or an invalid recipe (one
-            line, naming the key).
+    Plug-in sections (task, input, method) are walked through their registered config classes.
     """
-    from peftx.sweep import find_axes
+    cls = cls or RecipeBase
+    keys: list[str] = []
+    for name, field in cls.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("result_neutral"):
+            keys.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys.extend(result_neutral_keys(field.annotation, f"{prefix}{name}."))
+    if not prefix:
+        for section, registry in PLUGINS.items():
+            for plugin in registry.names():
+                keys.extend(k for k in result_neutral_keys(registry.get(plugin), f"{section}.") if k not in keys)
+    return tuple(keys)
 
-    raw = read_raw(path, overrides)
-    axes = find_axes(raw)
-    if axes:
-        keys = ", ".join(k for k, _ in axes)
-        raise PeftxError(f"{path}: holds grid axes ({keys}); run it with `peftx sweep {path}`")
-    return validate_recipe(raw, str(path))
 
-
-def dump_recipe(recipe: RecipeBase) -> str:
-    """YAML of a resolved recipe (every default written out)."""
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-
-
-__all__ = ["Recipe", "TaskConfig", "InputConfig", "MethodConfig", "load_recipe", "validate_recipe", "dump_recipe"]
+def result_defining(recipe: dict) -> dict:
+    """A resolved recipe (as `RecipeBase.to_dict` gives it) without its result-neutral fields: two runs
+    whose result-defining recipes are equal compute the same thing."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in recipe.items()}
+    for key in result_neutral_keys():
+        head, _, tail = key.partition(".")
+        if not tail:
+            out.pop(head, None)
+        elif isinstance(out.get(head), dict):
+            out[head].pop(tail, None)
+    return out
