@@ -36,9 +36,11 @@ demo: install
 	$(BIN)/peftx run recipes/listops_lora.yaml --overwrite
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: install
+	$(BIN)/lint-imports
 	$(BIN)/ruff check peftx tests scripts
 	$(BIN)/ruff format --check peftx tests scripts
 

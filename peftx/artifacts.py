@@ -1,8 +1,10 @@
-"""What a run leaves on disk, and reloading it to predict.
+"""What a run leaves on disk: the one typed run record (`RunRecord`, result.json), its weights, and
+the run directory itself. Every reader and writer of result.json goes through `RunRecord`.
 
 runs/<name>/
   recipe.yaml          the resolved recipe (every default written out)
-  result.json          budget, metrics over time, final metrics, timings, memory, versions, status
+  result.json          `RunRecord`: status, recipe, budget, metrics over time, final metrics, timings,
+                       memory, processes, versions, provenance, schema version
   weights.safetensors  trained parameters + the input layer's own parameters and buffers (+ the whole
                        backbone when it was built from scratch, since random weights cannot be
                        re-downloaded; quantized layers are written dequantized and quantized again
@@ -14,9 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
 from peftx.errors import PeftxError
@@ -27,22 +32,162 @@ RESULT = "result.json"
 RECIPE = "recipe.yaml"
 
 
+SCHEMA_VERSION = 2  # 1: the untyped result.json before `RunRecord` (read as version 1, same keys)
+
+Status = Literal["running", "completed", "failed", "interrupted"]
+
+
+class Record(BaseModel):
+    # Unknown keys are kept (a newer peftx may add fields; an older one still reads the file). A
+    # non-finite number (a diverged loss) is written as null: result.json stays strict JSON.
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="null")
+
+
+class BudgetRecord(Record):
+    """Parameters by role and group, trainable vs total (`peftx.budget.Budget.to_dict`)."""
+
+    total: int
+    trainable: int
+    trainable_pct: float
+    by_role: dict[str, dict[str, int]] = {}
+    by_group: dict[str, dict[str, int]] = {}
+    quantizable: int = 0
+
+
+class EvalPoint(Record):
+    """One evaluation on the validation split during training."""
+
+    step: int
+    val_accuracy: float
+    val_loss: float
+    lr: float
+    train_seconds: float = 0.0
+
+
+class Metrics(Record):
+    """Final metrics of a completed run: test on the selected weights."""
+
+    test_accuracy: float
+    test_loss: float
+    val_accuracy: float
+    selected_step: int
+    selection: str
+
+
+class Timing(Record):
+    wall_seconds: float
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    steps: int | None = None
+    train_examples_per_s: float | None = None  # summed over processes
+    train_tokens_per_s: float | None = None
+
+
+class Processes(Record):
+    """How the run was spread: processes, and the batch each took per micro-step."""
+
+    world_size: int = 1
+    per_process_batch: int | None = None
+    global_batch: int | None = None  # per optimizer step: per_process_batch x world_size x grad_accum
+    backend: str | None = None
+
+
+class RunRecord(Record):
+    """What one run writes to result.json, read and written only here.
+
+    Attributes:
+        recipe: the resolved recipe (`RecipeBase.to_dict`).
+        backbone: where the backbone came from (source, pretrained, family, sha256 ...).
+        history: the validation evaluations during training.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    status: Status = "running"
+    recipe: dict
+    seed: int
+    precision: str
+    versions: dict[str, str] = {}
+    started: str = ""
+    backbone: dict = {}
+    budget: BudgetRecord | None = None
+    baselines: dict[str, float] = {}
+    data_notes: list[str] = []
+    truncated: dict[str, int] = {}
+    processes: Processes = Processes()
+    history: list[EvalPoint] = []
+    metrics: Metrics | None = None
+    timing: Timing | None = None
+    memory: dict[str, int] = {}
+    error: str | None = None
+
+    @staticmethod
+    def now() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def write(self, run_dir: Path) -> None:
+        """Write `run_dir/result.json` atomically (a reader never sees half a file)."""
+        write_text_atomic(run_dir / RESULT, self.model_dump_json(indent=1))
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunRecord:
+        """The record of a run directory.
+
+        Raises:
+            PeftxError: no result.json, or one that is not a run record (one line naming the file).
+        """
+        path = Path(run_dir) / RESULT
+        if not path.is_file():
+            raise PeftxError(f"{run_dir}: not a run directory (no {RESULT})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PeftxError(f"{path}: not a readable result file ({type(e).__name__})") from None
+        if not isinstance(data, dict):
+            raise PeftxError(f"{path}: not a run record (a JSON object)")
+        data.setdefault("schema_version", 1)
+        if data["schema_version"] > SCHEMA_VERSION:
+            raise PeftxError(f"{path}: schema_version {data['schema_version']} is newer than this peftx reads")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            raise PeftxError(f"{path}: {key}: {first['msg']}") from None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+def check_run_dir(path: Path, overwrite: bool) -> None:
+    """Raise PeftxError if `path` may not become a new run directory: it exists (without `overwrite`),
+    or it is something other than a run directory."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise PeftxError(f"{path}: run directory exists; pass --overwrite or choose --name / output.name")
+    if not path.is_dir() or (not (path / RESULT).exists() and not (path / RECIPE).exists() and any(path.iterdir())):
+        raise PeftxError(f"{path}: exists and is not a peftx run directory; refusing to overwrite it")
+
+
 def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     """Create an empty run directory; an existing one is an error unless `overwrite`."""
+    check_run_dir(path, overwrite)
     if path.exists():
-        if not overwrite:
-            raise PeftxError(f"{path}: run directory exists; pass --overwrite or choose --name / output.name")
-        if not (path / RESULT).exists() and not (path / RECIPE).exists() and any(path.iterdir()):
-            raise PeftxError(f"{path}: exists and is not a peftx run directory; refusing to overwrite it")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old or the new content, never half of it, even if the
+    machine stops: temporary name, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

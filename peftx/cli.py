@@ -17,15 +17,37 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from peftx import __version__
 from peftx.errors import PeftxError
 
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
     help="Parameter-efficient fine-tuning of pretrained language models on non-language tasks.",
 )
+recipe_app = typer.Typer(no_args_is_help=True, help="What a recipe may hold: every field, its type, default and help.")
+app.add_typer(recipe_app, name="recipe")
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"peftx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Parameter-efficient fine-tuning of pretrained language models on non-language tasks."""
+
+
+def print_error(e: PeftxError) -> None:
+    """`error: <message>` on one line of stderr."""
+    err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
 
 
 def user_errors(fn):
@@ -36,7 +58,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PeftxError as e:
-            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            print_error(e)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -83,7 +105,7 @@ def validate(
             print(f"ok: {path}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
         except PeftxError as e:
             failed += 1
-            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            print_error(e)
     if failed:
         raise typer.Exit(2)
 
@@ -95,29 +117,13 @@ def predict(
     inputs: Annotated[Path, typer.Argument(help="One input per line, or a TSV with a Source column ('-': stdin).")],
 ) -> None:
     """Reload a trained run and print one prediction per input (TSV: input, prediction[, target])."""
-    from peftx.predict import Predictor
+    from peftx.predict import predict_file
 
-    if str(inputs) == "-":
-        text = sys.stdin.read()
-    elif inputs.is_file():
-        text = inputs.read_text()
-    else:
-        raise PeftxError(f"{inputs}: no such file")
-    lines = [line for line in text.splitlines() if line.strip()]
-    targets = None
-    if lines and lines[0].split("\t")[0] == "Source":
-        rows = list(csv.DictReader(lines, delimiter="\t"))
-        lines = [r["Source"] for r in rows]
-        targets = [r.get("Target") for r in rows] if "Target" in rows[0] else None
-    predictor = Predictor(run_dir)
-    preds = predictor.predict(lines)
-    out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
-    out.writerow(["input", "prediction"] + (["target"] if targets else []))
-    for i, (line, pred) in enumerate(zip(lines, preds)):
-        out.writerow([line, pred] + ([targets[i]] if targets else []))
-    if targets:
-        acc = sum(p == t for p, t in zip(preds, targets)) / max(len(preds), 1)
-        err.print(f"accuracy against Target: {100 * acc:.2f}% ({len(preds)} inputs)")
+    where = "<stdin>" if str(inputs) == "-" else str(inputs)
+    preds = predict_file(run_dir, read_text(inputs), where)
+    csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(preds.rows())
+    if preds.accuracy is not None:
+        err.print(f"accuracy against Target: {100 * preds.accuracy:.2f}% ({len(preds.labels)} inputs)")
 
 
 @app.command()
@@ -139,20 +145,14 @@ def evaluate(
 ) -> None:
     """Reload a trained run and score it on its task's splits (accuracy, loss), as trained or rebuilt
     with --set changes."""
-    from peftx.predict import Predictor
+    from peftx.predict import Predictor, score_lines
 
     predictor = Predictor(run_dir, list(set_ or []))
     scores = predictor.evaluate(split or ["test"])
     if json_out:
         print(json.dumps({"run": str(run_dir), "overrides": predictor.overrides, "splits": scores}, indent=1))
-        return
-    recorded = {"test": "test_accuracy", "validation": "val_accuracy"}
-    metrics = predictor.result.get("metrics", {})
-    for name, s in scores.items():
-        line = f"{name}: accuracy {100 * s['accuracy']:.2f}%, loss {s['loss']:.4f} ({s['examples']} examples)"
-        if name in recorded and recorded[name] in metrics:
-            line += f"; at training: {100 * metrics[recorded[name]]:.2f}%"
-        print(line)
+    else:
+        print("\n".join(score_lines(scores, predictor.record)))
 
 
 @app.command()
@@ -169,19 +169,17 @@ def sweep(
     """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped on rerun."""
     from rich.table import Table
 
-    from peftx.display import RunDisplay, fmt_count
-    from peftx.sweep import load_sweep, point_state, run_sweep
+    from peftx.budget import fmt_count
+    from peftx.display import RunDisplay
+    from peftx.sweep import load_sweep, plan, run_sweep
 
     points = load_sweep(recipe, list(set_ or []))
     if dry_run:
-        from peftx.budget import recipe_budget
-
         table = Table(title=f"{len(points)} runs")
         for col in ("run", "state", "trainable", "total", "trainable %"):
             table.add_column(col, justify="left" if col in ("run", "state") else "right")
-        for p in points:
-            b = recipe_budget(p.recipe)
-            table.add_row(p.name, point_state(p), fmt_count(b.trainable), fmt_count(b.total), f"{b.trainable_pct:.3f}")
+        for p in plan(points):
+            table.add_row(p.name, p.state, fmt_count(p.trainable), fmt_count(p.total), f"{p.trainable_pct:.3f}")
         Console().print(table)
         return
     failed = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
@@ -235,30 +233,26 @@ def budget(
     ] = False,
 ) -> None:
     """Trainable parameters and training memory of models x methods, counted without weights."""
-    from peftx.budget_format import FORMATS, render
-    from peftx.budget_format import emit_recipes as write_recipes
-    from peftx.budget_table import BudgetRequest, budget_table, parse_target
+    from peftx.budget import budget_command
 
-    if format_ not in FORMATS:
-        raise PeftxError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
-    req = BudgetRequest(
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: no need to squeeze the table into 80 columns
+        console = Console(width=200)
+    out = budget_command(
         models=_names(models),
         methods=_names(methods),
         task=task,
         recipe=recipe,
         overrides=list(set_ or []),
-        target=parse_target(target) if target is not None else None,
+        target=target,
+        fmt=format_,
+        emit_dir=emit_recipes,
+        use_cache=not no_cache,
+        console=console,
     )
-    rows = budget_table(req, use_cache=not no_cache)
-    console = Console()
-    if not console.is_terminal:  # a file or pipe: no need to squeeze the table into 80 columns
-        console = Console(width=200)
-    text = render(rows, format_, req.target, rows[0].recipe["task"]["name"], console)
-    if text is not None:
-        sys.stdout.write(text)
-    if emit_recipes is not None:
-        for path in write_recipes(rows, emit_recipes, req.command(emit_recipes), req.target):
-            err.print(f"written: {escape(str(path))}", highlight=False)
+    sys.stdout.write(out.text)
+    for path in out.written:
+        err.print(f"written: {escape(str(path))}", highlight=False)
 
 
 @app.command()
@@ -272,6 +266,48 @@ def report(
 
     for path in write_report(runs, out):
         print(f"written: {path}")
+
+
+@recipe_app.command("show")
+@user_errors
+def recipe_show(
+    section: Annotated[
+        str | None,
+        typer.Argument(help="model | task | input | method | train | output | recipe, or a plug-in: method.lora."),
+    ] = None,
+) -> None:
+    """Print every field of a recipe section (the plug-ins registered now): type, default, help."""
+    from rich.table import Table
+
+    from peftx.recipe.fields import section_docs
+
+    console = Console() if Console().is_terminal else Console(width=160)
+    for title, fields in section_docs(section):
+        table = Table(title=title, title_justify="left", show_lines=False)
+        for col in ("key", "type", "default", "help"):
+            table.add_column(col, overflow="fold")
+        for f in fields:
+            table.add_row(escape(f.key), escape(f.type), escape(f.default), escape(f.help))
+        console.print(table)
+
+
+def read_text(path: Path) -> str:
+    """A text file's content ('-': stdin) as UTF-8 (a UTF-16 file with its byte-order mark too).
+
+    Raises:
+        PeftxError: no such file, or not text.
+    """
+    if str(path) == "-":
+        return sys.stdin.read()
+    if not path.is_file():
+        raise PeftxError(f"{path}: no such file")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PeftxError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def main() -> None:

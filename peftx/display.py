@@ -3,19 +3,17 @@ anything; it only prints."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from peftx.budget import Budget
+from peftx.budget import Budget, fmt_count
 
-
-def fmt_count(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
+if TYPE_CHECKING:
+    from peftx.artifacts import RunRecord
 
 
 class RunDisplay:
@@ -88,22 +86,22 @@ class RunDisplay:
                 self.progress.stop()
             self.progress = None
 
-    def summary(self, result: dict, run_dir) -> None:
+    def summary(self, record: RunRecord, run_dir) -> None:
         if not self.enabled:
             return
+        m, b, t = record.metrics, record.budget, record.timing
         table = Table(title="result", show_header=True)
         table.add_column("")
         table.add_column("test accuracy", justify="right")
-        table.add_row("this run", f"{100 * result['metrics']['test_accuracy']:.2f}%")
-        for name, acc in result["baselines"].items():
+        table.add_row("this run", f"{100 * m.test_accuracy:.2f}%")
+        for name, acc in record.baselines.items():
             table.add_row(f"baseline: {name.replace('_', ' ')}", f"{100 * acc:.2f}%")
         self.console.print(table)
-        b = result["budget"]
-        t = result["timing"]
+        procs = record.processes
+        spread = f" over {procs.world_size} processes" if procs.world_size > 1 else ""
         self.console.print(
-            f"trainable {fmt_count(b['trainable'])} / {fmt_count(b['total'])} parameters ({b['trainable_pct']:.3f}%); "
-            f"best validation {100 * result['metrics']['val_accuracy']:.2f}% "
-            f"at step {result['metrics']['selected_step']}; "
-            f"{t['train_examples_per_s']:.1f} train examples/s; {t['wall_seconds']:.0f} s"
+            f"trainable {fmt_count(b.trainable)} / {fmt_count(b.total)} parameters ({b.trainable_pct:.3f}%); "
+            f"best validation {100 * m.val_accuracy:.2f}% at step {m.selected_step}; "
+            f"{t.train_examples_per_s:.1f} train examples/s{spread}; {t.wall_seconds:.0f} s"
         )
         self.console.print(f"written: {run_dir}/")

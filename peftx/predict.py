@@ -3,22 +3,19 @@ of its task with `Predictor(run_dir).evaluate(["test"])`."""
 
 from __future__ import annotations
 
-import json
+import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
-from accelerate.utils import set_seed
 
-from peftx.artifacts import RECIPE, RESULT, load_weights
-from peftx.build import build_model
-from peftx.data import make_split
-from peftx.env import resolve_precision
+from peftx.artifacts import RECIPE, RunRecord, load_weights
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
-from peftx.run import task_splits
-from peftx.speed import pad_multiple, prepare_model
-from peftx.train import evaluate, infer, make_accelerator
+from peftx.session import open_session
+from peftx.speed import prepare_model
+from peftx.train import evaluate, infer
 
 SPLITS = ("train", "validation", "test")
 
@@ -38,30 +35,34 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, overrides: list[str] | None = None) -> None:
         self.run_dir = Path(run_dir)
-        result_path = self.run_dir / RESULT
-        if not result_path.is_file():
-            raise PeftxError(f"{self.run_dir}: not a run directory (no {RESULT})")
-        self.result = json.loads(result_path.read_text())
-        if self.result.get("status") != "completed":
-            raise PeftxError(f"{self.run_dir}: run status is {self.result.get('status')!r}, not 'completed'")
+        self.record = RunRecord.read(self.run_dir)
+        if not self.record.completed:
+            raise PeftxError(f"{self.run_dir}: run status is {self.record.status!r}, not 'completed'")
         self.overrides = list(overrides or [])
         recipe_path = self.run_dir / RECIPE
         self.recipe = validate_recipe(read_raw(recipe_path, self.overrides), str(recipe_path))
-        self.info = self.recipe.task.describe()
-        set_seed(self.recipe.seed)
-        self.model, _ = build_model(self.recipe, self.info)
-        load_weights(self.model, self.run_dir)
-        self.model.eval()
-        # as a run resolves it: `auto` suits the machine that reloads, an explicit setting is kept
-        self.precision = resolve_precision(self.recipe.train.precision)
-        self.accelerator = make_accelerator(self.precision)
+        # precision as a run resolves it: `auto` suits the machine that reloads, an explicit setting is kept
+        self.session = open_session(self.recipe, load_task=False)
+        self.info = self.session.info
+        self.accelerator = self.session.accelerator
+        model = self.session.model
+        load_weights(model, self.run_dir)
+        model.eval()
         # training's speed options (threads, fused LoRA layers), without compiling for a short job
-        prepare_model(self.model, self.recipe.train.model_copy(update={"compile": False}), self.accelerator.device)
-        self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
+        prepare_model(model, self.recipe.train.model_copy(update={"compile": False}), self.accelerator.device)
+        self.model = self.session.model = self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    @property
+    def precision(self) -> str:
+        return self.session.precision
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Logits (n, classes) for inputs written as the task's `parse` reads them (a ListOps expression,
-        a protein sequence, an image file's path)."""
+        a protein sequence, an image file's path).
+
+        Raises:
+            PeftxError: an input the task cannot parse (naming its position, from 1).
+        """
         if not texts:
             return torch.empty(0, len(self.info.labels))
         ids = []
@@ -70,10 +71,7 @@ class Predictor:
                 ids.append(self.info.parse(text))
             except PeftxError as e:
                 raise PeftxError(f"input {lineno}: {e}") from None
-        ds = datasets.Dataset.from_dict({self.info.input_spec.column: ids})
-        model = self.accelerator.unwrap_model(self.model)
-        multiple = pad_multiple(self.recipe.train, self.accelerator.device)
-        split = make_split(ds, self.info.input_spec, model.specials, model.max_length, multiple)
+        split = self.session.split(datasets.Dataset.from_dict({self.info.input_spec.column: ids}))
         train = self.recipe.train
         return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
 
@@ -87,9 +85,77 @@ class Predictor:
         for name in splits:
             if name not in SPLITS:
                 raise PeftxError(f"--split: unknown split {name!r} (valid: {', '.join(SPLITS)})")
-        model = self.accelerator.unwrap_model(self.model)
-        loaded = task_splits(self.recipe.task.load(), model, self.recipe.train, self.accelerator.device, splits)
+        self.session.load_task()
         return {
             name: evaluate(self.model, split, self.recipe.train, self.accelerator) | {"examples": len(split)}
-            for name, split in loaded.items()
+            for name, split in self.session.splits(list(splits)).items()
         }
+
+
+@dataclass
+class Inputs:
+    """Inputs to predict, read from a file: one per line, or a TSV with a `Source` column and an
+    optional `Target` column."""
+
+    texts: list[str]
+    targets: list[str] | None = None
+
+
+def read_inputs(text: str, where: str) -> Inputs:
+    """Parse `peftx predict`'s input text (non-empty lines; a TSV whose header starts with `Source`).
+
+    Raises:
+        PeftxError: a TSV without rows, or a row missing its Source.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or lines[0].split("\t")[0] != "Source":
+        return Inputs(lines)
+    rows = list(csv.DictReader(lines, delimiter="\t"))
+    for lineno, row in enumerate(rows, start=2):
+        if not row.get("Source"):
+            raise PeftxError(f"{where}:{lineno}: Source: empty")
+    targets = [r.get("Target") or "" for r in rows] if "Target" in lines[0].split("\t") else None
+    return Inputs([r["Source"] for r in rows], targets)
+
+
+@dataclass
+class Predictions:
+    inputs: Inputs
+    labels: list[str]
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of predictions equal to the inputs' targets (None without targets)."""
+        t = self.inputs.targets
+        if t is None:
+            return None
+        return sum(p == y for p, y in zip(self.labels, t)) / max(len(t), 1)
+
+    def rows(self) -> list[list[str]]:
+        """TSV rows: header, then input, prediction[, target]."""
+        head = ["input", "prediction"] + (["target"] if self.inputs.targets is not None else [])
+        body = [
+            [x, p] + ([self.inputs.targets[i]] if self.inputs.targets is not None else [])
+            for i, (x, p) in enumerate(zip(self.inputs.texts, self.labels))
+        ]
+        return [head, *body]
+
+
+def score_lines(scores: dict[str, dict], record: RunRecord) -> list[str]:
+    """One line per evaluated split, beside what training recorded for it."""
+    recorded = {}
+    if record.metrics is not None:
+        recorded = {"test": record.metrics.test_accuracy, "validation": record.metrics.val_accuracy}
+    lines = []
+    for name, s in scores.items():
+        line = f"{name}: accuracy {100 * s['accuracy']:.2f}%, loss {s['loss']:.4f} ({s['examples']} examples)"
+        if name in recorded:
+            line += f"; at training: {100 * recorded[name]:.2f}%"
+        lines.append(line)
+    return lines
+
+
+def predict_file(run_dir: str | Path, text: str, where: str) -> Predictions:
+    """Reload a run and predict every input of `peftx predict`'s input text."""
+    inputs = read_inputs(text, where)
+    return Predictions(inputs, Predictor(run_dir).predict(inputs.texts))

@@ -14,11 +14,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftx.artifacts import RESULT
+from peftx.artifacts import RESULT, RunRecord
 from peftx.errors import PeftxError
+from peftx.recipe import result_neutral_keys
 
-# Recipe keys that never define a configuration (threads change speed, not what is computed).
-IGNORED = ("seed", "name", "train.lr", "train.threads", "output.dir", "output.name")
+# Recipe keys that never define a configuration: the schema's result-neutral fields (threads, names,
+# where output goes) and what a configuration is reported over (seeds; the learning rate is chosen).
+IGNORED = ("seed", "train.lr", *result_neutral_keys())
 
 
 def mean(xs: list[float]) -> float:
@@ -45,20 +47,19 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def load_results(root: str | Path) -> list[dict]:
-    """Every completed result.json under `root` (each with its path under key `_path`)."""
+def load_results(root: str | Path) -> list[RunRecord]:
+    """Every completed run record under `root` (unreadable result files are skipped)."""
     root = Path(root)
     if not root.exists():
         raise PeftxError(f"{root}: no such directory")
     results = []
     for path in sorted(root.rglob(RESULT)):
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            record = RunRecord.read(path.parent)
+        except PeftxError:
             continue
-        if data.get("status") == "completed":
-            data["_path"] = str(path.parent)
-            results.append(data)
+        if record.completed:
+            results.append(record)
     if not results:
         raise PeftxError(f"{root}: no completed runs (no result.json with status 'completed')")
     return results
@@ -98,37 +99,37 @@ def _short(value: object, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def summarize(results: list[dict]) -> tuple[list[Row], list[str]]:
+def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
     """Rows (one per configuration) and the recipe keys that distinguish them."""
-    flats = [flatten(r["recipe"]) for r in results]
+    flats = [flatten(r.recipe) for r in results]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if k not in IGNORED and _differs([f.get(k) for f in flats])]
-    groups: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    groups: dict[str, list[tuple[RunRecord, dict]]] = defaultdict(list)
     for res, flat in zip(results, flats):
         ident = json.dumps({k: v for k, v in flat.items() if k not in IGNORED}, sort_keys=True, default=str)
         groups[ident].append((res, flat))
     rows = []
     for members in groups.values():
-        by_lr: dict[float, list[dict]] = defaultdict(list)
+        by_lr: dict[float, list[RunRecord]] = defaultdict(list)
         for res, flat in members:
             by_lr[float(flat["train.lr"])].append(res)
-        lrs = {lr: mean([r["metrics"]["val_accuracy"] for r in rs]) for lr, rs in by_lr.items()}
+        lrs = {lr: mean([r.metrics.val_accuracy for r in rs]) for lr, rs in by_lr.items()}
         best_lr = max(lrs, key=lambda lr: (lrs[lr], -lr))
-        chosen = sorted(by_lr[best_lr], key=lambda r: r["seed"])
+        chosen = sorted(by_lr[best_lr], key=lambda r: r.seed)
         flat = members[0][1]
         rows.append(
             Row(
                 config={k: flat.get(k) for k in varying},
                 task=str(flat.get("task.name")),
                 lr=best_lr,
-                seeds=[r["seed"] for r in chosen],
-                test=[r["metrics"]["test_accuracy"] for r in chosen],
-                val=[r["metrics"]["val_accuracy"] for r in chosen],
-                trainable=chosen[0]["budget"]["trainable"],
-                total=chosen[0]["budget"]["total"],
-                baselines=chosen[0].get("baselines", {}),
+                seeds=[r.seed for r in chosen],
+                test=[r.metrics.test_accuracy for r in chosen],
+                val=[r.metrics.val_accuracy for r in chosen],
+                trainable=chosen[0].budget.trainable,
+                total=chosen[0].budget.total,
+                baselines=chosen[0].baselines,
                 lrs_tried=dict(sorted(lrs.items())),
-                curves=[[(h["step"], h["val_accuracy"]) for h in r.get("history", [])] for r in chosen],
+                curves=[[(h.step, h.val_accuracy) for h in r.history] for r in chosen],
             )
         )
     for task in {r.task for r in rows}:  # each task's rows show only what varies among them

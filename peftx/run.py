@@ -2,96 +2,113 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from accelerate.utils import set_seed
-
-from peftx.artifacts import RECIPE, RESULT, prepare_run_dir, save_weights, write_json
+from peftx.artifacts import (
+    RECIPE,
+    BudgetRecord,
+    EvalPoint,
+    Metrics,
+    Processes,
+    RunRecord,
+    Timing,
+    check_run_dir,
+    prepare_run_dir,
+    save_weights,
+)
 from peftx.budget import model_budget
-from peftx.build import build_model
-from peftx.data import Split, make_split
 from peftx.display import RunDisplay
-from peftx.env import peak_memory, reset_peak_memory, resolve_precision, versions
+from peftx.env import peak_memory, reset_peak_memory, versions
 from peftx.memory import model_memory
-from peftx.recipe import RecipeBase, TrainSection, dump_recipe
-from peftx.speed import pad_multiple
-from peftx.tasks.base import TaskData
-from peftx.train import evaluate, make_accelerator, total_steps, train
+from peftx.recipe import dump_recipe
+from peftx.session import open_session
+from peftx.train import evaluate, total_steps, train
+
+if TYPE_CHECKING:
+    from peftx.recipe import RecipeBase
+
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
 class RunResult:
     run_dir: Path
-    result: dict
+    record: RunRecord
 
-
-def task_splits(task: TaskData, model, cfg: TrainSection, device, names) -> dict[str, Split]:
-    """The task's named splits, collated for `model` as training and evaluation feed it."""
-    multiple = pad_multiple(cfg, device)
-    return {
-        n: make_split(task.splits[n], task.info.input_spec, model.specials, model.max_length, multiple) for n in names
-    }
+    @property
+    def result(self) -> dict:
+        """The record as plain data, exactly as result.json holds it."""
+        return json.loads(self.record.model_dump_json())
 
 
 def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None = None) -> RunResult:
-    """Train and evaluate one recipe; write `<output.dir>/<run name>/`.
+    """Train and evaluate one recipe; write `<output.dir>/<run name>/` (from the main process only).
 
     Args:
         recipe: a validated recipe.
         overwrite: replace an existing run directory of the same name.
-        display: terminal output (None: quiet).
+        display: terminal output (None: quiet; other processes than the main one never print).
 
     Returns:
-        The run directory and the result written to its result.json.
+        The run directory and the record written to its result.json.
 
     Raises:
         PeftxError: the run directory exists (without `overwrite`) or the recipe cannot be built.
     """
     display = display or RunDisplay(enabled=False)
-    precision = resolve_precision(recipe.train.precision)
-    accelerator = make_accelerator(precision, recipe.train.grad_accum)
-    main = accelerator.is_main_process
     run_dir = Path(recipe.output.dir) / recipe.run_name
+    check_run_dir(run_dir, overwrite)  # before minutes of loading
+    t_start = time.perf_counter()
+    reset_peak_memory()
+    session = open_session(recipe, load_task=False)  # the model first: a recipe that cannot build fails early
+    accelerator = session.accelerator
+    main = accelerator.is_main_process
+    if not main:
+        display = RunDisplay(enabled=False)
     if main:
         prepare_run_dir(run_dir, overwrite)
         (run_dir / RECIPE).write_text(dump_recipe(recipe))
-    result: dict = {
-        "name": recipe.run_name,
-        "status": "running",
-        "recipe": recipe.to_dict(),
-        "seed": recipe.seed,
-        "precision": precision,
-        "versions": versions(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    t_start = time.perf_counter()
-    reset_peak_memory()
+    accelerator.wait_for_everyone()  # other processes start once the directory is theirs to read
+    record = RunRecord(
+        name=recipe.run_name,
+        recipe=recipe.to_dict(),
+        seed=recipe.seed,
+        precision=session.precision,
+        versions=versions(),
+        started=RunRecord.now(),
+    )
+
+    def save() -> None:
+        if main:
+            record.write(run_dir)
+
     try:
-        set_seed(recipe.seed)
-        task = recipe.task.load()
-        model, provenance = build_model(recipe, task.info)
+        task = session.load_task()
+        model = session.model
         load_peak = {f"load_{k}": v for k, v in peak_memory().items()}  # task data and model loading alone
         budget = model_budget(model)
-        result.update(backbone=provenance, budget=budget.to_dict(), baselines=task.baselines, data_notes=task.notes)
-        max_len = model.max_length
-        splits = task_splits(task, model, recipe.train, accelerator.device, ("train", "validation", "test"))
+        record.backbone = session.provenance
+        record.budget = BudgetRecord.model_validate(budget.to_dict())
+        record.baselines = task.baselines
+        record.data_notes = task.notes
+        splits = session.splits(SPLITS)
         truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}
         if truncated:
-            task.notes.append(f"truncated to {max_len} positions (first tokens kept): {truncated}")
-            result["truncated"] = truncated
-        if main:
-            display.header(recipe.run_name, provenance, recipe.method.name, budget, task.notes, precision)
-            write_json(run_dir / RESULT, result)
+            task.notes.append(f"truncated to {model.max_length} positions (first tokens kept): {truncated}")
+            record.truncated = truncated
+        display.header(recipe.run_name, session.provenance, recipe.method.name, budget, task.notes, session.precision)
+        save()
         display.start(total_steps(recipe.train, len(splits["train"])))
-        history = result.setdefault("history", [])
 
         def on_step(step: int, info: dict) -> None:
             display.step(step, info)
             if "val_accuracy" in info:  # result.json follows the run, for anyone watching it
-                history.append(info)
-                write_json(run_dir / RESULT, result)
+                record.history.append(EvalPoint.model_validate(info))
+                save()
 
         try:
             outcome = train(
@@ -107,41 +124,46 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
             display.stop()
         test = evaluate(model, splits["test"], recipe.train, accelerator)
         unwrapped = accelerator.unwrap_model(model)
-        result.update(
-            status="completed",
-            history=outcome.history,
-            metrics={
-                "test_accuracy": test["accuracy"],
-                "test_loss": test["loss"],
-                "val_accuracy": outcome.best["val_accuracy"],
-                "selected_step": outcome.best["step"],
-                "selection": recipe.train.select,
-            },
-            timing={
-                "wall_seconds": time.perf_counter() - t_start,
-                "train_seconds": outcome.train_seconds,
-                "eval_seconds": outcome.eval_seconds,
-                "steps": outcome.steps,
-                "train_examples_per_s": outcome.train_examples / max(outcome.train_seconds, 1e-9),
-                "train_tokens_per_s": outcome.train_tokens / max(outcome.train_seconds, 1e-9),
-            },
-            memory=peak_memory()
+        record.status = "completed"
+        record.history = [EvalPoint.model_validate(h) for h in outcome.history]
+        record.metrics = Metrics(
+            test_accuracy=test["accuracy"],
+            test_loss=test["loss"],
+            val_accuracy=outcome.best["val_accuracy"],
+            selected_step=outcome.best["step"],
+            selection=recipe.train.select,
+        )
+        record.timing = Timing(
+            wall_seconds=time.perf_counter() - t_start,
+            train_seconds=outcome.train_seconds,
+            eval_seconds=outcome.eval_seconds,
+            steps=outcome.steps,
+            train_examples_per_s=outcome.train_examples / max(outcome.train_seconds, 1e-9),
+            train_tokens_per_s=outcome.train_tokens / max(outcome.train_seconds, 1e-9),
+        )
+        record.processes = Processes(
+            world_size=accelerator.num_processes,
+            per_process_batch=recipe.train.batch_size,
+            global_batch=recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum,
+            backend=str(accelerator.state.backend) if accelerator.num_processes > 1 else None,
+        )
+        record.memory = (
+            peak_memory()
             | load_peak
             | model_memory(unwrapped)
-            | {"optimizer_state_bytes": outcome.optimizer_state_bytes},
+            | {"optimizer_state_bytes": outcome.optimizer_state_bytes}
         )
         if main:
             save_weights(unwrapped, run_dir, whole_backbone=not recipe.model.pretrained)
-            write_json(run_dir / RESULT, result)
-            display.summary(result, run_dir)
-        return RunResult(run_dir=run_dir, result=result)
+            save()
+            display.summary(record, run_dir)
+        accelerator.wait_for_everyone()
+        return RunResult(run_dir=run_dir, record=record)
     except BaseException as e:
         if main and run_dir.exists():
-            result.update(
-                status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                error=f"{type(e).__name__}: {e}",
-                memory=peak_memory(),
-                timing={"wall_seconds": time.perf_counter() - t_start},
-            )
-            write_json(run_dir / RESULT, result)
+            record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            record.error = f"{type(e).__name__}: {e}"
+            record.memory = peak_memory()
+            record.timing = Timing(wall_seconds=time.perf_counter() - t_start)
+            save()
         raise

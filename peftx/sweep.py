@@ -19,10 +19,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftx.artifacts import RESULT
+from peftx.artifacts import RunRecord
+from peftx.budget import recipe_budget
 from peftx.errors import PeftxError
-from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, validate_recipe
+from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defining, validate_recipe
 from peftx.recipe.grid import SECTIONS
+from peftx.run import run
 
 
 @dataclass
@@ -123,17 +125,36 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Poi
 
 
 def point_state(point: Point) -> str:
-    """'done' (finished with this very recipe), 'todo', or 'stale' (finished with another recipe)."""
-    result_path = Path(point.recipe.output.dir) / point.name / RESULT
-    if not result_path.is_file():
-        return "todo"
+    """'done' (finished with this very recipe, up to result-neutral fields such as threads), 'todo',
+    or 'stale' (finished with another recipe)."""
     try:
-        result = json.loads(result_path.read_text())
-    except json.JSONDecodeError:
+        record = RunRecord.read(Path(point.recipe.output.dir) / point.name)
+    except PeftxError:  # never written, or cut short while writing
         return "todo"
-    if result.get("status") != "completed":
+    if not record.completed:
         return "todo"
-    return "done" if result.get("recipe") == point.recipe.to_dict() else "stale"
+    same = result_defining(record.recipe) == result_defining(point.recipe.to_dict())
+    return "done" if same else "stale"
+
+
+@dataclass
+class PlannedPoint:
+    """A point as `peftx sweep --dry-run` shows it."""
+
+    name: str
+    state: str
+    trainable: int
+    total: int
+    trainable_pct: float
+
+
+def plan(points: list[Point]) -> list[PlannedPoint]:
+    """Each point's state and trainable budget (counted without weights), running nothing."""
+    out = []
+    for p in points:
+        b = recipe_budget(p.recipe)
+        out.append(PlannedPoint(p.name, point_state(p), b.trainable, b.total, b.trainable_pct))
+    return out
 
 
 def run_sweep(points: list[Point], overwrite: bool = False, display_factory=None, log=print) -> list[str]:
@@ -148,8 +169,6 @@ def run_sweep(points: list[Point], overwrite: bool = False, display_factory=None
         PeftxError: a point finished with a different recipe (without `overwrite`), or a user error
             in a point (which would repeat in every point).
     """
-    from peftx.run import run
-
     states = {p.name: point_state(p) for p in points}
     stale = [p for p in points if states[p.name] == "stale"]
     if stale and not overwrite:

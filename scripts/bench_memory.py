@@ -85,59 +85,56 @@ def measure(spec: dict) -> dict:
     import datasets
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    from accelerate.utils import set_seed
 
-    from peftx.build import build_model
-    from peftx.data import make_split
-    from peftx.env import peak_memory, resolve_precision
-    from peftx.memory import enable_gradient_checkpointing, model_memory
-    from peftx.optim import optimizer_state_bytes
+    from peftx.env import peak_memory
+    from peftx.memory import model_memory
     from peftx.recipe import validate_recipe
-    from peftx.train import make_accelerator, make_optimizer
+    from peftx.session import open_session
+    from peftx.train import train
 
     baseline = peak_memory()["peak_rss_bytes"]  # the interpreter and libraries, before any model
     model_fields, train_fields = CONFIGS[spec["config"]]
+    total = spec["warmup"] + spec["steps"]
     raw = {
         "model": {**model_section(spec["model"], spec["gpt2_dir"]), **model_fields},
         "task": {"name": "listops", "preset": "tiny"},
         "method": {"name": "lora", "r": 8, "targets": ["attention", "feed_forward"]},
-        "train": {"steps": 1, "batch_size": spec["batch"], "optimizer": spec["optimizer"], **train_fields},
+        "train": {
+            "steps": total,
+            "batch_size": spec["batch"],
+            "optimizer": spec["optimizer"],
+            "warmup": 0,
+            "eval_every": 10**9,  # one evaluation, after the last step: its peak is an inference one
+            "log_every": 1,
+            "group_by_length": False,
+            "pad_to_multiple": 1,
+            **train_fields,
+        },
     }
-    recipe = validate_recipe(raw)
-    set_seed(0)
-    info = recipe.task.describe()
-    model, _ = build_model(recipe, info)
+    session = open_session(validate_recipe(raw), load_task=False)
+    model, info = session.model, session.info
     load_peak = peak_memory()
     specials = model.specials
     framing = (specials.bos is not None) + (specials.eos is not None)
     rng = np.random.default_rng(0)
     n_symbols = len(info.input_spec.symbols)
+    # exactly one batch of (batch, seq): the one loop sees the same shape every step
     tokens = rng.integers(0, n_symbols, size=(spec["batch"], spec["seq"] - framing)).tolist()
     labels = rng.integers(0, info.num_classes, size=spec["batch"]).tolist()
-    ds = datasets.Dataset.from_dict({"tokens": tokens, "label": labels})
-    split = make_split(ds, info.input_spec, specials, model.max_length, 1)
-    batch = split.collate(list(range(spec["batch"])))  # (batch, seq) every step
-    accelerator = make_accelerator(resolve_precision(recipe.train.precision))
-    if recipe.train.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    optimizer = make_optimizer(model, recipe.train)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-    y = batch.pop("labels")
-    model.train()
-    times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
-        t0 = time.perf_counter()
-        with accelerator.autocast():
-            loss = F.cross_entropy(model(**batch).float(), y)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    split = session.split(datasets.Dataset.from_dict({"tokens": tokens, "label": labels}))
+    stamps = []
+
+    def on_step(step: int, entry: dict) -> None:
+        if "loss" in entry:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    outcome = train(model, split, split, session.recipe.train, 0, session.accelerator, on_step=on_step)
+    # step i's time: from the previous step's end (the first step: from the start of training)
+    times = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
+    last = outcome.history[-1]
     timed = times[spec["warmup"] :]
     mem = peak_memory()
     kind = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in mem else "peak_rss_bytes"
@@ -146,10 +143,10 @@ def measure(spec: dict) -> dict:
         "load_peak_bytes": load_peak[kind],
         "peak_kind": kind,
         "step_s": sum(timed) / len(timed),
-        "loss": loss.item(),
+        "loss": last["val_loss"],
         "import_rss_bytes": baseline,
-        **model_memory(accelerator.unwrap_model(model)),
-        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+        **model_memory(session.accelerator.unwrap_model(model)),
+        "optimizer_state_bytes": outcome.optimizer_state_bytes,
     }
 
 

@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 RECIPE = ROOT / "recipes" / "listops_lora.yaml"
 # peftx before the speed options: peft's LoRA forward, torch dropout, widths rounded to 8, evaluation in
@@ -71,29 +71,19 @@ CONTENDERS = ("peftx", "peftx_plain", "trainer", "trainer_grouped", "trainer_bf1
 
 
 def _peftx_worker(a, overrides: list[str]) -> dict:
-    from accelerate.utils import set_seed
-
-    from peftx.build import build_model
-    from peftx.data import make_split
-    from peftx.env import resolve_precision
     from peftx.recipe import load_recipe
-    from peftx.speed import pad_multiple
-    from peftx.train import make_accelerator, train
+    from peftx.session import open_session
+    from peftx.train import train
 
     total = a.warmup + a.steps
     recipe = load_recipe(
         a.recipe, [f"train.steps={total}", "train.eval_every=1000000", "train.log_every=1", *overrides]
     )
-    precision = resolve_precision(recipe.train.precision)
-    accelerator = make_accelerator(precision, recipe.train.grad_accum)
-    set_seed(recipe.seed)
-    task = recipe.task.load()
-    model, _ = build_model(recipe, task.info)
-    max_len = model.family.max_positions(model.backbone.config)
-    multiple = pad_multiple(recipe.train, accelerator.device)
+    session = open_session(recipe)
+    model, accelerator, precision, task = session.model, session.accelerator, session.precision, session.task
     val = task.splits["validation"].select(range(min(a.eval_examples, len(task.splits["validation"]))))
-    train_split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len, multiple)
-    val_split = make_split(val, task.info.input_spec, model.specials, max_len, multiple)
+    train_split = session.splits(["train"])["train"]
+    val_split = session.split(val)
     lengths, padded = [], []
     collate = train_split.collate
 
@@ -191,15 +181,12 @@ def flops_per_length(recipe: str) -> tuple[float, float, float]:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from peftx.build import build_model
-    from peftx.data import make_split
     from peftx.recipe import load_recipe
+    from peftx.session import open_session
 
-    r = load_recipe(recipe, ["train.steps=1"])
-    task = r.task.load()
-    model, _ = build_model(r, task.info)
-    max_len = model.family.max_positions(model.backbone.config)
-    lengths = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len, 1).lengths
+    session = open_session(load_recipe(recipe, ["train.steps=1", "train.precision=fp32"]))
+    model = session.model
+    lengths = session.splits(["train"])["train"].lengths
     model.train()
     counts = []
     for length in (32, 128):

@@ -24,10 +24,10 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
-from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
+import datasets
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -35,11 +35,11 @@ from transformers import (  # noqa: E402
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers.utils import logging as hf_logging
 
-from peftx.loading import offline_model_dir  # noqa: E402  (only to find the model files)
-from peftx.recipe import load_recipe  # noqa: E402  (only to generate the same ListOps data)
-from peftx.tasks.listops import VOCAB  # noqa: E402
+from peftx.loading import offline_model_dir
+from peftx.recipe import load_recipe
+from peftx.tasks.listops import VOCAB
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "listops_lora.yaml")
 

@@ -100,3 +100,55 @@ def test_name_defaults_to_file_stem(tmp_path):
     raw = tiny_recipe("bert", tmp_path)
     del raw["name"]
     assert load_recipe(write(tmp_path, raw)).run_name == "r"
+
+
+def test_validate_recipe_leaves_its_argument_unchanged():
+    raw = tiny_recipe("bert")
+    raw["method"] = "lora"  # shorthand, expanded inside validation
+    before = yaml.safe_dump(raw)
+    validate_recipe(raw)
+    assert yaml.safe_dump(raw) == before
+
+
+def test_a_list_of_plugin_names_is_a_sweep_axis_not_a_crash(tmp_path):
+    raw = tiny_recipe("bert", tmp_path)
+    raw["method"] = {"name": ["lora", "full"]}
+    points = load_sweep(write(tmp_path, raw))
+    assert [p.recipe.method.name for p in points] == ["lora", "full"]
+    with pytest.raises(PeftxError, match=r"holds grid axes \(method.name\); run it with `peftx sweep"):
+        load_recipe(write(tmp_path, raw))
+    with pytest.raises(PeftxError, match="method.name: expected one method name"):
+        validate_recipe(raw)
+
+
+def test_result_neutral_fields_come_from_the_schema():
+    from peftx.recipe import result_defining, result_neutral_keys
+
+    keys = result_neutral_keys()
+    assert {"train.threads", "output.dir", "output.name", "name"} <= set(keys)
+    assert "train.lr" not in keys and "seed" not in keys
+    a = validate_recipe(tiny_recipe("bert")).to_dict()
+    b = validate_recipe({**tiny_recipe("bert"), "train": {**tiny_recipe("bert")["train"], "threads": 1}}).to_dict()
+    assert a != b and result_defining(a) == result_defining(b)
+    c = validate_recipe({**tiny_recipe("bert"), "train": {**tiny_recipe("bert")["train"], "lr": 1.0}}).to_dict()
+    assert result_defining(a) != result_defining(c)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_out_of_range_is_one_line(seed):
+    with pytest.raises(PeftxError, match="seed"):
+        validate_recipe({**tiny_recipe("bert"), "seed": seed})
+
+
+def test_recipe_show_prints_every_field_with_its_help():
+    from peftx.recipe.fields import section_docs
+
+    docs = dict(section_docs())
+    train = {f.key: f for f in docs["train"]}
+    assert train["train.lr"].type == "number" and train["train.lr"].default == "0.0005" and train["train.lr"].help
+    assert "does not change results" in train["train.threads"].help
+    assert "method: lora" in docs and any(f.key == "method.r" for f in docs["method: lora"])
+    undocumented = [f.key for title in ("recipe", "model", "train", "output") for f in docs[title] if not f.help]
+    assert undocumented == []
+    with pytest.raises(PeftxError, match="unknown recipe section 'trian'"):
+        section_docs("trian")

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from peftx.artifacts import RunRecord
 from peftx.cli import app
 from peftx.errors import PeftxError
 from peftx.report import load_results, markdown_table, sem, summarize
@@ -100,6 +101,27 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     assert {"report.md", "accuracy_vs_trainable.png", "training_curves.png"} <= written
 
 
+def completed_record(recipe, seed, val, test, trainable=1000, total=100000, baselines=None, lr=1e-3) -> RunRecord:
+    """A hand-written record of a completed run (what the report reads, and nothing else)."""
+    return RunRecord(
+        name="x",
+        status="completed",
+        seed=seed,
+        precision="fp32",
+        recipe=recipe,
+        metrics={
+            "val_accuracy": val,
+            "test_accuracy": test,
+            "test_loss": 1.0,
+            "selected_step": 10,
+            "selection": "best",
+        },
+        budget={"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total},
+        baselines=baselines or {},
+        history=[{"step": 10, "val_accuracy": val, "val_loss": 1.0, "lr": lr}],
+    )
+
+
 def test_report_builds_from_result_files_only(tmp_path):
     # hand-written result files: the report needs nothing else (no models, no data)
     def result(seed, lr, pretrained, val, test, threads=None):
@@ -112,15 +134,7 @@ def test_report_builds_from_result_files_only(tmp_path):
             "train": {"lr": lr, "threads": threads},  # threads: speed only, never a configuration
             "output": {"dir": "runs", "name": f"r{seed}{lr}{pretrained}"},
         }
-        return {
-            "status": "completed",
-            "seed": seed,
-            "recipe": recipe,
-            "metrics": {"val_accuracy": val, "test_accuracy": test},
-            "budget": {"trainable": 1000, "total": 100000},
-            "baselines": {"majority_class": 0.15},
-            "history": [{"step": 10, "val_accuracy": val}],
-        }
+        return completed_record(recipe, seed, val, test, baselines={"majority_class": 0.15}, lr=lr)
 
     runs = [
         result(0, 1e-3, True, 0.5, 0.48),
@@ -133,7 +147,7 @@ def test_report_builds_from_result_files_only(tmp_path):
     for i, r in enumerate(runs):
         d = tmp_path / f"run{i}"
         d.mkdir()
-        (d / "result.json").write_text(json.dumps(r))
+        r.write(d)
     rows, varying = summarize(load_results(tmp_path))
     assert varying == ["model.pretrained"]
     pre = next(r for r in rows if r.config["model.pretrained"] is True)
@@ -176,18 +190,7 @@ def test_report_of_several_tasks_has_a_table_per_task_with_what_varies_in_it(tmp
         }
         d = tmp_path / f"run{i}"
         d.mkdir()
-        (d / "result.json").write_text(
-            json.dumps(
-                {
-                    "status": "completed",
-                    "seed": 0,
-                    "recipe": recipe,
-                    "metrics": {"val_accuracy": acc, "test_accuracy": acc},
-                    "budget": {"trainable": 10, "total": 100},
-                    "history": [],
-                }
-            )
-        )
+        completed_record(recipe, 0, acc, acc, trainable=10, total=100).write(d)
 
     result(0, "listops", {"name": "lora", "r": 8}, True, 0.4)
     result(1, "listops", {"name": "frozen", "preset": "fpt"}, True, 0.3)

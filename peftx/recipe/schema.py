@@ -24,7 +24,8 @@ RESULT_NEUTRAL = {"result_neutral": True}
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # attribute docstrings become each field's `description`: `peftx recipe show` prints them
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ModelSection(Section):
@@ -46,6 +47,7 @@ class ModelSection(Section):
     """How the sequence becomes one vector; None: the family's default (bert: cls, gpt2: last,
     t5/bart: decoder_start)."""
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout before the classification head's linear layer."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
     """Store the backbone's linear layers in 8 or 4 bits (bitsandbytes); embeddings, norms, biases,
     the input layer and the head stay in `dtype`. Needs a method that keeps the body frozen."""
@@ -84,18 +86,23 @@ class TrainSection(Section):
     trained parameter instead of 8). Lion usually wants a 3-10x smaller lr; paged_adamw8bit pages its
     state to CPU memory under GPU memory pressure (on a CPU it is plain adamw8bit)."""
     lr: float = Field(5e-4, gt=0)
+    """Peak learning rate (after warm-up)."""
     weight_decay: float = Field(0.01, ge=0)
+    """Decoupled weight decay of trained matrices (biases, norms and vectors do not decay)."""
     batch_size: int = Field(32, ge=1)
+    """Examples per micro-batch in each process (the global batch is this x processes x grad_accum)."""
     grad_accum: int = Field(1, ge=1)
     """Micro-batches per optimizer step."""
     steps: int | None = Field(None, ge=1)
     """Optimizer steps; give either steps or epochs."""
     epochs: float | None = Field(None, gt=0)
+    """Passes over the training split, counted in global batches; give either steps or epochs."""
     warmup: float = Field(0.06, ge=0)
     """Warm-up length: a fraction of all steps if < 1, else a number of steps."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     """Learning-rate decay after warm-up."""
     clip_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this before each optimizer step; null: no clipping."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast where the hardware multiplies bf16 fast (CUDA with bf16, CPUs with
     AVX512-BF16 or AMX), else fp32."""
@@ -111,6 +118,7 @@ class TrainSection(Section):
     group_by_length: bool = True
     """Batch sequences of similar length together (less padding)."""
     log_every: int = Field(10, ge=1)
+    """Report training loss, learning rate and speed every this many steps."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them: far less
     memory for activations, about one more forward pass of time."""
@@ -195,7 +203,7 @@ class RecipeBase(Section):
 def _plugin_union(classes: list[type[BaseModel]]) -> Any:
     if len(classes) == 1:
         return classes[0]
-    return Annotated[Union[tuple(classes)], Field(discriminator="name")]  # noqa: UP007
+    return Annotated[Union[tuple(classes)], Field(discriminator="name")]
 
 
 @cache

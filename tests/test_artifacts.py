@@ -1,0 +1,60 @@
+"""The run record: one typed result.json, strict JSON, readable from older files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peftx.artifacts import RESULT, SCHEMA_VERSION, RunRecord
+from peftx.errors import PeftxError
+
+
+def record(**fields) -> RunRecord:
+    return RunRecord(name="r", recipe={"seed": 0}, seed=0, precision="fp32", **fields)
+
+
+def test_record_round_trips_and_carries_its_schema_version(tmp_path):
+    r = record(status="completed", history=[{"step": 2, "val_accuracy": 0.5, "val_loss": 1.5, "lr": 1e-3}])
+    r.write(tmp_path)
+    data = json.loads((tmp_path / RESULT).read_text())
+    assert data["schema_version"] == SCHEMA_VERSION and data["history"][0]["step"] == 2
+    back = RunRecord.read(tmp_path)
+    assert back == r and back.completed and back.history[0].val_accuracy == 0.5
+
+
+def test_non_finite_numbers_are_written_as_null_strict_json(tmp_path):
+    record(history=[{"step": 1, "val_accuracy": 0.1, "val_loss": float("nan"), "lr": float("inf")}]).write(tmp_path)
+    text = (tmp_path / RESULT).read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON literal {c}"))
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_files_from_before_the_schema_version_still_read(tmp_path):
+    old = {"name": "r", "status": "completed", "recipe": {}, "seed": 1, "precision": "fp32", "future_field": [1]}
+    (tmp_path / RESULT).write_text(json.dumps(old))
+    r = RunRecord.read(tmp_path)
+    assert r.schema_version == 1 and r.seed == 1 and r.model_extra["future_field"] == [1]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable result file"),
+        (b"\xff\xfe\x00garbage", "not a readable result file"),
+        (b'{"name": "r", "sta', "not a readable result file"),
+        (b"[1, 2]", "not a run record"),
+        (b'{"name": "r", "recipe": {}, "seed": "x", "precision": "fp32"}', "seed"),
+        (b'{"schema_version": 99, "name": "r"}', "newer than this peftx reads"),
+    ],
+)
+def test_a_broken_result_file_is_one_line(tmp_path, content, message):
+    (tmp_path / RESULT).write_bytes(content)
+    with pytest.raises(PeftxError, match=message) as e:
+        RunRecord.read(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_directory_without_a_record_is_named(tmp_path):
+    with pytest.raises(PeftxError, match="not a run directory"):
+        RunRecord.read(tmp_path)
