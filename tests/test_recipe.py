@@ -148,7 +148,25 @@ def test_recipe_show_prints_every_field_with_its_help():
     assert train["train.lr"].type == "number" and train["train.lr"].default == "0.0005" and train["train.lr"].help
     assert "does not change results" in train["train.threads"].help
     assert "method: lora" in docs and any(f.key == "method.r" for f in docs["method: lora"])
-    undocumented = [f.key for title in ("recipe", "model", "train", "output") for f in docs[title] if not f.help]
+    undocumented = [
+        f.key for title in ("recipe (top level)", "model", "train", "output") for f in docs[title] if not f.help
+    ]
     assert undocumented == []
     with pytest.raises(PeftxError, match="unknown recipe section 'trian'"):
         section_docs("trian")
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"lr": float("inf")}, "train.lr"),
+        ({"lr": float("nan")}, "train.lr"),
+        ({"warmup": 1e30}, "longer than the run"),
+        ({"warmup": 2.5}, "neither a fraction"),
+    ],
+)
+def test_numbers_that_cannot_train_are_refused(train, message):
+    raw = tiny_recipe("bert")
+    raw["train"] = {**raw["train"], **train}
+    with pytest.raises(PeftxError, match=message):
+        validate_recipe(raw)

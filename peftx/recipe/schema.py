@@ -46,7 +46,7 @@ class ModelSection(Section):
     pooling: str | None = None
     """How the sequence becomes one vector; None: the family's default (bert: cls, gpt2: last,
     t5/bart: decoder_start)."""
-    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
     """Dropout before the classification head's linear layer."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
     """Store the backbone's linear layers in 8 or 4 bits (bitsandbytes); embeddings, norms, biases,
@@ -85,9 +85,9 @@ class TrainSection(Section):
     """adamw (torch); the others are bitsandbytes' 8-bit optimizers: state in 8 bits (about 2 bytes per
     trained parameter instead of 8). Lion usually wants a 3-10x smaller lr; paged_adamw8bit pages its
     state to CPU memory under GPU memory pressure (on a CPU it is plain adamw8bit)."""
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0, allow_inf_nan=False)
     """Peak learning rate (after warm-up)."""
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
     """Decoupled weight decay of trained matrices (biases, norms and vectors do not decay)."""
     batch_size: int = Field(32, ge=1)
     """Examples per micro-batch in each process (the global batch is this x processes x grad_accum)."""
@@ -95,13 +95,13 @@ class TrainSection(Section):
     """Micro-batches per optimizer step."""
     steps: int | None = Field(None, ge=1)
     """Optimizer steps; give either steps or epochs."""
-    epochs: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Passes over the training split, counted in global batches; give either steps or epochs."""
-    warmup: float = Field(0.06, ge=0)
+    warmup: float = Field(0.06, ge=0, allow_inf_nan=False)
     """Warm-up length: a fraction of all steps if < 1, else a number of steps."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     """Learning-rate decay after warm-up."""
-    clip_grad_norm: float | None = Field(1.0, gt=0)
+    clip_grad_norm: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     """Clip the global gradient norm to this before each optimizer step; null: no clipping."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast where the hardware multiplies bf16 fast (CUDA with bf16, CPUs with
@@ -153,6 +153,12 @@ class TrainSection(Section):
     def _steps_or_epochs(self) -> TrainSection:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
+        if self.warmup >= 1 and self.warmup != int(self.warmup):
+            raise ValueError(f"train.warmup: {self.warmup} is neither a fraction (< 1) nor a whole number of steps")
+        if self.warmup >= 1 and self.steps is not None and self.warmup > self.steps:
+            raise ValueError(
+                f"train.warmup: {int(self.warmup)} steps is longer than the run (train.steps: {self.steps})"
+            )
         return self
 
 
