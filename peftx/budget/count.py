@@ -153,7 +153,7 @@ class MetaCounter:
     """
 
     def __init__(self, recipe: RecipeBase) -> None:
-        from peftx.loading import load_config, resolve_family
+        from peftx.loading import load_config, resolve_family  # lazy: imports torch (cached tables need none)
 
         m = recipe.model
         self.recipe = recipe
@@ -164,7 +164,7 @@ class MetaCounter:
 
     def build(self) -> PeftxModel:
         """A new model on the meta device, method not applied."""
-        import torch
+        import torch  # lazy, as are build and loading: cached tables print without torch
 
         from peftx.build import assemble
         from peftx.loading import Backbone
@@ -182,7 +182,7 @@ class MetaCounter:
 
     def model(self, method: MethodConfig) -> PeftxModel:
         """A meta-device model with `method` applied."""
-        import torch
+        import torch  # lazy, as are the methods: cached tables print without torch
 
         from peftx.methods import apply_method
 

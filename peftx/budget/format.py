@@ -1,6 +1,7 @@
-"""Budget tables as text (terminal, markdown, csv, json) and as recipes (`--emit-recipes`).
+"""Budget tables as text (terminal, markdown, csv, json) and as recipes (`--emit-recipes`), and the
+one way peftx writes a parameter count ("1.50M") or a byte size ("1.62G") for people.
 
-Memory columns are estimates from the counts (`peftx.budget.MEMORY_SCHEMES`): the terminal and
+Memory columns are estimates from the counts (`peftx.budget.count.MEMORY_SCHEMES`): the terminal and
 markdown tables show each scheme's total; csv and json give weights, gradients and optimizer state
 apart.
 """
@@ -14,9 +15,14 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from peftx.budget import MEMORY_SCHEMES, memory
-from peftx.budget_table import BudgetRow, Target
-from peftx.display import fmt_count
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from peftx.budget.count import MEMORY_SCHEMES, memory
+from peftx.budget.table import BudgetRow
+from peftx.budget.target import Target
 from peftx.errors import PeftxError
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -31,9 +37,27 @@ MEMORY_NOTE = (
 MEMORY_HEADERS = {"fp32": "fp32", "bf16": "bf16", "int8_weights": "int8 w", "adamw_8bit": "adam8"}
 
 
+def fmt_count(n: int) -> str:
+    """A parameter count for people: "1.50B", "110.00M", "12.29k", "512"."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
 def fmt_mem(n: float) -> str:
     """Bytes as GiB ("1.62G") or MiB ("247M")."""
     return f"{n / (1 << 30):.2f}G" if n >= 1 << 30 else f"{n / (1 << 20):.0f}M"
+
+
+def check_format(fmt: str) -> None:
+    """Raise unless `fmt` is one of FORMATS.
+
+    Raises:
+        PeftxError: an unknown format, naming the valid ones.
+    """
+    if fmt not in FORMATS:
+        raise PeftxError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
 STATUS_TEXT = {"max": "yes; largest", "none": "no; smallest", "fixed": "yes; fixed", "over": "no; fixed"}
@@ -79,18 +103,17 @@ def _title(target: Target | None, task: str) -> str:
     return f"{what}; each method's largest setting within {target} trainable" if target else what
 
 
-def render_rich(rows: list[BudgetRow], target: Target | None, task: str, console) -> None:
-    """Print the table on a rich console."""
-    from rich.markup import escape
-    from rich.table import Table
-
+def render_rich(rows: list[BudgetRow], target: Target | None, task: str, console: Console) -> str:
+    """The table as `console` would print it (its width; styles where it is a terminal)."""
     headers, cells = human_table(rows, target)
     table = Table(title=_title(target, task), caption=MEMORY_NOTE, caption_justify="left")
     for h in headers:
         table.add_column(escape(h), justify="left" if h in ("model", "method", "setting") else "right")
     for line in cells:
         table.add_row(*(escape(c) for c in line))
-    console.print(table)
+    with console.capture() as captured:
+        console.print(table)
+    return captured.get()
 
 
 def render_markdown(rows: list[BudgetRow], target: Target | None, task: str) -> str:
@@ -151,17 +174,22 @@ def render_json(rows: list[BudgetRow], target: Target | None, task: str) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def render(rows: list[BudgetRow], fmt: str, target: Target | None, task: str, console=None) -> str | None:
-    """Text of the table in `fmt` (None for "table": printed on `console` instead).
+def render(rows: list[BudgetRow], fmt: str, target: Target | None, task: str, console: Console | None = None) -> str:
+    """Text of the table in `fmt`.
+
+    Args:
+        rows: the table's rows.
+        fmt: one of FORMATS.
+        target: the target the rows were matched to, if any.
+        task: the task named in the titles.
+        console: the console the "table" format is laid out for (default: 200 columns, no styles).
 
     Raises:
         PeftxError: an unknown format.
     """
-    if fmt not in FORMATS:
-        raise PeftxError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    check_format(fmt)
     if fmt == "table":
-        render_rich(rows, target, task, console)
-        return None
+        return render_rich(rows, target, task, console or Console(file=io.StringIO(), width=200))
     if fmt == "markdown":
         return render_markdown(rows, target, task)
     if fmt == "csv":
@@ -185,8 +213,6 @@ def _needs_hub(model: dict) -> bool:
 
 def recipe_text(row: BudgetRow, run_path: str, command: str, target: Target | None) -> str:
     """A row's recipe as YAML, opening with the command that runs it and the budget it gives."""
-    import yaml
-
     raw = row.recipe
     order = ["model", "task", "input", "method", "train"]
     body = {k: raw[k] for k in order if k in raw} | {k: v for k, v in raw.items() if k not in order}

@@ -1,5 +1,5 @@
 """Hitting a trainable budget: targets (`2%`, `1.5M`) and the search for the largest knob value
-within one. Pure functions: counting is the caller's (`peftx.budget_table`)."""
+within one. Pure functions: counting is the caller's (`peftx.budget.table`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from peftx.budget import Budget
+from peftx.budget.count import Budget
 from peftx.errors import PeftxError
 
 

@@ -1,7 +1,7 @@
 """`peftx budget`: trainable-parameter budgets of models x methods, and the knob setting of each
 method that comes closest to a target budget without exceeding it.
 
-Every number is counted by `peftx.budget` on a model built on the meta device: no weights, no
+Every number is counted by `peftx.budget.count` on a model built on the meta device: no weights, no
 network for the standard checkpoints (their configurations ship with peftx). A row's budget depends
 only on peftx's code, the installed torch/transformers/peft/accelerate, and what the request names,
 so rows are cached under `$PEFTX_CACHE/budget/`, keyed by all of these; a repeated table then prints
@@ -22,13 +22,14 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from peftx.budget import Budget
-from peftx.budget_target import Target, largest_within, parse_target
+import yaml
+
+from peftx.budget.count import Budget, MetaCounter
+from peftx.budget.target import Target, largest_within
 from peftx.cache import cache_root
 from peftx.errors import PeftxError
 
 if TYPE_CHECKING:
-    from peftx.budget import MetaCounter
     from peftx.methods import MethodConfig
     from peftx.recipe import RecipeBase
 
@@ -123,8 +124,6 @@ def parse_method(spec: str) -> dict:
     Raises:
         PeftxError: a setting that is not key=value.
     """
-    import yaml
-
     name, *settings = spec.strip().split(":")
     out: dict = {"name": name.strip()}
     for s in settings:
@@ -160,7 +159,7 @@ class _Template:
     """The raw recipe rows start from, with the request's task and overrides applied."""
 
     def __init__(self, req: BudgetRequest) -> None:
-        from peftx.recipe import apply_overrides, read_raw, reject_grid
+        from peftx.recipe import apply_overrides, read_raw, reject_grid  # lazy: imports torch; cached rows need none
 
         if req.recipe is not None:
             raw = read_raw(req.recipe, req.overrides)
@@ -196,7 +195,7 @@ class _Template:
 
     def recipe(self, model: str, method: str) -> tuple[dict, RecipeBase]:
         """(raw recipe, validated recipe) of one row."""
-        from peftx.methods import METHODS
+        from peftx.methods import METHODS  # lazy, as is the recipe schema: both import torch
         from peftx.recipe import validate_recipe
 
         raw = copy.deepcopy(self.raw) | {"model": self.model_section(model), "method": self.method_spec(method)}
@@ -251,8 +250,6 @@ def compute_rows(req: BudgetRequest, pairs: list[tuple[str, str]]) -> list[Budge
     Raises:
         PeftxError: an unknown model, method or task, or a recipe that does not validate.
     """
-    from peftx.budget import MetaCounter
-
     template = _Template(req)
     counters: dict[str, MetaCounter] = {}
     rows = []
@@ -279,8 +276,6 @@ def _light_template(req: BudgetRequest) -> tuple[dict, bytes]:
     if req.recipe is None:
         return {}, b""
     try:
-        import yaml
-
         data = Path(req.recipe).read_bytes()
         raw = yaml.safe_load(data)
         return (raw if isinstance(raw, dict) else {}), data
@@ -303,7 +298,7 @@ def code_fingerprint() -> str:
     """Hash of what budgets depend on besides the request: peftx's sources and shipped configs, the
     versions of the libraries that build models, and installed peftx plug-ins."""
     h = hashlib.sha256(str(CACHE_VERSION).encode())
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]  # the whole peftx package
     for path in sorted(root.rglob("*")):
         if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
             h.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
@@ -376,6 +371,3 @@ def _write(path: Path, data: dict) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
-
-
-__all__ = ["BudgetRequest", "BudgetRow", "Target", "budget_table", "largest_within", "parse_target"]
