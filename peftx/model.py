@@ -7,6 +7,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
 
+from peftx.extras import MethodExtras
 from peftx.families import Family, ParamInfo, SpecialIds
 
 
@@ -42,7 +43,7 @@ class PeftxModel(nn.Module):
         hidden = family.hidden_size(backbone.config)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden, num_classes))
         # Modules a method adds outside the backbone, keyed by their budget role ("prefix", "prompt").
-        self.extras = nn.ModuleDict()
+        self.extras = MethodExtras()
 
     def forward(
         self,
@@ -53,10 +54,8 @@ class PeftxModel(nn.Module):
         """Logits (batch, num_classes) for a padded batch (right padding, mask 1 on real positions)."""
         batch = {"input_ids": input_ids, "values": values, "attention_mask": attention_mask}
         embeds = self.input(batch)  # (batch, seq, hidden)
-        for extra in self.extras.values():
-            transform = getattr(extra, "transform_inputs", None)
-            if transform is not None:  # e.g. soft prompts prepend vectors and extend the mask
-                embeds, attention_mask = transform(embeds, attention_mask)
+        for extra in self.extras.values():  # e.g. soft prompts insert vectors and extend the mask
+            embeds, attention_mask = extra.transform_inputs(embeds, attention_mask)
         pooled = self.family.encode(self.backbone, embeds, attention_mask, self.pooling, self.specials)
         return self.head(pooled.to(self.head[1].weight.dtype))  # (batch, num_classes)
 
@@ -65,7 +64,7 @@ class PeftxModel(nn.Module):
         """Longest input sequence (framing included) the model takes: the backbone's positions less
         those a method adds in front of the backbone (soft prompts); None: unbounded."""
         limit = self.family.max_positions(self.backbone.config)
-        added = sum(getattr(extra, "added_positions", 0) for extra in self.extras.values())
+        added = sum(extra.added_positions for extra in self.extras.values())
         return None if limit is None else limit - added
 
     def param_infos(self) -> dict[str, ParamInfo]:

@@ -93,6 +93,6 @@ def test_registry_rejects_duplicates_and_lists_names():
     from peftx.errors import PeftxError
 
     with pytest.raises(ValueError, match="already registered"):
-        FAMILIES.register("bert", FAMILIES.get("bert"))
+        FAMILIES.register(FAMILIES.get("bert"))
     with pytest.raises(PeftxError, match="valid: bart, bert, gpt2, t5"):
         FAMILIES.get("llama")

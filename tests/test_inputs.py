@@ -180,7 +180,7 @@ class OnesConfig(InputConfig):
         return Ones(ctx.hidden_size)
 
 
-INPUTS.register("toy_ones", OnesConfig)
+INPUTS.register(OnesConfig)
 """
 
 

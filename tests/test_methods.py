@@ -255,6 +255,20 @@ def test_unknown_train_role_names_the_key():
         validate_recipe(tiny_recipe("bert", method={"name": "ia3", "train_roles": ["layernorm"]}))
 
 
+def test_train_roles_choices_come_from_the_families(family):
+    """The family roles, the pseudo-role `bias` and the layers around the backbone; each picks
+    parameters on every family."""
+    from peftx.families import CORE_ROLES, OUTER_ROLES
+    from peftx.methods.base import TRAIN_ROLE_CHOICES, role_selected
+
+    assert (*CORE_ROLES, "bias", *OUTER_ROLES) == TRAIN_ROLE_CHOICES
+    method = {"name": "frozen", "preset": "head_only", "train_roles": list(TRAIN_ROLE_CHOICES)}
+    _, _, model, _ = build(tiny_recipe(family, input={"name": "learned"}, method=method))
+    infos = model.param_infos().values()
+    idle = [r for r in TRAIN_ROLE_CHOICES if not any(role_selected(i, [r]) for i in infos)]
+    assert idle == []
+
+
 def test_methods_that_update_body_weights_refuse_a_quantized_body():
     flags = {name: METHODS.get(name).quantized_body_ok for name in METHODS.names()}
     assert flags == {

@@ -1,7 +1,7 @@
 """Model families. Each module registers one `Family` under its name when imported."""
 
 from peftx.families import bart, bert, gpt2, t5  # noqa: F401  (registration)
-from peftx.families.base import ADDED_ROLES, CORE_ROLES, Family, ParamInfo, SpecialIds
+from peftx.families.base import CORE_ROLES, OUTER_ROLES, Family, ParamInfo, SpecialIds
 from peftx.families.registry import FAMILIES, family_for_model_type
 
-__all__ = ["ADDED_ROLES", "CORE_ROLES", "FAMILIES", "Family", "ParamInfo", "SpecialIds", "family_for_model_type"]
+__all__ = ["CORE_ROLES", "FAMILIES", "OUTER_ROLES", "Family", "ParamInfo", "SpecialIds", "family_for_model_type"]

@@ -61,4 +61,4 @@ FAMILY = Family(
     stacks_run={"encoder_mean": ("encoder",)},
 )
 
-FAMILIES.register(FAMILY.name, FAMILY)
+FAMILIES.register(FAMILY)

@@ -19,8 +19,10 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 # Roles every family has in its backbone. `bias` and the layer index are attributes, not roles.
 CORE_ROLES = ("token_embedding", "position_embedding", "attention", "feed_forward", "layer_norm")
-# Roles of parameters peftx adds around a backbone.
-ADDED_ROLES = ("input", "head", "adapter", "prefix", "prompt")
+# Roles of the layers peftx puts around every backbone: the task's input layer and the head
+# (`PeftxModel.input`, `PeftxModel.head`). Modules a method adds have roles of their own (`adapter`,
+# `prefix`, `prompt`), which only that method trains.
+OUTER_ROLES = ("input", "head")
 # Coarse groups used in budgets: the input layer, the pretrained body, added adapters, the head.
 ROLE_GROUPS = {
     "token_embedding": "input",

@@ -55,4 +55,4 @@ FAMILY = Family(
     attention_shape=lambda m: (m.num_attention_heads, m.attention_head_size),
 )
 
-FAMILIES.register(FAMILY.name, FAMILY)
+FAMILIES.register(FAMILY)

@@ -52,4 +52,4 @@ FAMILY = Family(
     space_prefix=True,
 )
 
-FAMILIES.register(FAMILY.name, FAMILY)
+FAMILIES.register(FAMILY)

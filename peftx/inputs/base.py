@@ -8,9 +8,7 @@ padding, 1 the family's start token, 2 its end token, and task symbol i is index
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from transformers import PreTrainedModel
@@ -31,21 +29,19 @@ class InputContext:
     hidden_size: int
 
 
-class InputAdapter(Protocol):
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(batch, seq, hidden) embeddings for `batch` (keys `input_ids` or `values`, `attention_mask`)."""
-        ...
-
-
 class InputConfig(BaseModel):
-    """Base of every input adapter's recipe section."""
+    """Base of every input adapter's recipe section; subclasses declare `name: Literal["..."] = "..."`
+    (the registry key) and document each field with a docstring under it (its help text)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     name: str
     trainable: bool = False
-    """Train the input layer. For `pretrained_vocab` this is the model's whole token embedding table."""
+    """Train the input layer; for adapters that embed with the model's own tokens (`pretrained_vocab`,
+    `pixel_vocab`) that is the whole token embedding table."""
 
     def build(self, ctx: InputContext) -> nn.Module:
+        """The input layer: a module called with a batch (keys `input_ids` or `values`, and
+        `attention_mask`) that returns its (batch, seq, hidden) embeddings."""
         raise NotImplementedError
 
     def trained_roles(self) -> set[str]:

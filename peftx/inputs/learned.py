@@ -66,4 +66,4 @@ class LearnedConfig(InputConfig):
         return LearnedEmbedding(weight, ctx.backbone.get_input_embeddings())
 
 
-INPUTS.register("learned", LearnedConfig)
+INPUTS.register(LearnedConfig)

@@ -34,4 +34,4 @@ class LearnedFromVocabConfig(VocabMapping):
         return LearnedEmbedding(rows, embed)
 
 
-INPUTS.register("learned_from_vocab", LearnedFromVocabConfig)
+INPUTS.register(LearnedFromVocabConfig)

@@ -76,4 +76,4 @@ class LinearConfig(InputConfig):
         return LinearInput(ctx.spec.dim, ctx.hidden_size, self.gain, framing, embed)
 
 
-INPUTS.register("linear", LinearConfig)
+INPUTS.register(LinearConfig)

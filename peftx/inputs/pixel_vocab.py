@@ -63,4 +63,4 @@ class PixelVocabConfig(InputConfig):
         return {"token_embedding"} if self.trainable else set()
 
 
-INPUTS.register("pixel_vocab", PixelVocabConfig)
+INPUTS.register(PixelVocabConfig)

@@ -112,4 +112,4 @@ class PretrainedVocabConfig(VocabMapping):
         return {"token_embedding"} if self.trainable else set()
 
 
-INPUTS.register("pretrained_vocab", PretrainedVocabConfig)
+INPUTS.register(PretrainedVocabConfig)

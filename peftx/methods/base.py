@@ -11,21 +11,14 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from peftx.errors import PeftxError
-from peftx.families import ParamInfo
+from peftx.families import CORE_ROLES, OUTER_ROLES, ParamInfo
 
 if TYPE_CHECKING:
     from peftx.model import PeftxModel
 
-ROLE_CHOICES = (
-    "token_embedding",
-    "position_embedding",
-    "attention",
-    "feed_forward",
-    "layer_norm",
-    "bias",
-    "input",
-    "head",
-)
+# What `train_roles` may name: a backbone role, the pseudo-role `bias` (every bias, see `role_selected`)
+# or a layer around the backbone.
+TRAIN_ROLE_CHOICES = (*CORE_ROLES, "bias", *OUTER_ROLES)
 
 
 @dataclass(frozen=True)
@@ -50,9 +43,10 @@ class BudgetKnob:
 
 
 class MethodConfig(BaseModel):
-    """Base of every method's recipe section."""
+    """Base of every method's recipe section; subclasses declare `name: Literal["..."] = "..."` (the
+    registry key) and document each field with a docstring under it (its help text)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     name: str
     train_roles: list[str] = Field(default_factory=list)
     """Roles trained on top of the method, e.g. [layer_norm] for LoRA plus layer norms. `bias`
@@ -65,9 +59,9 @@ class MethodConfig(BaseModel):
     @field_validator("train_roles")
     @classmethod
     def _known_roles(cls, v: list[str]) -> list[str]:
-        unknown = [r for r in v if r not in ROLE_CHOICES]
+        unknown = [r for r in v if r not in TRAIN_ROLE_CHOICES]
         if unknown:
-            raise ValueError(f"unknown role(s) {unknown} (valid: {', '.join(ROLE_CHOICES)})")
+            raise ValueError(f"unknown role(s) {unknown} (valid: {', '.join(TRAIN_ROLE_CHOICES)})")
         return v
 
     def prepare(self, model: PeftxModel) -> None:

@@ -27,4 +27,4 @@ class BitFitMethod(MethodConfig):
         return biases or {n for n, i in body.items() if i.role == "layer_norm"}
 
 
-METHODS.register("bitfit", BitFitMethod)
+METHODS.register(BitFitMethod)

@@ -34,4 +34,4 @@ class FrozenMethod(MethodConfig):
         return info.role in PRESETS[self.preset]
 
 
-METHODS.register("frozen", FrozenMethod)
+METHODS.register(FrozenMethod)

@@ -20,4 +20,4 @@ class FullMethod(MethodConfig):
         return True
 
 
-METHODS.register("full", FullMethod)
+METHODS.register(FullMethod)

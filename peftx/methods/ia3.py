@@ -55,4 +55,4 @@ class IA3Method(MethodConfig):
         return info.role == "adapter"
 
 
-METHODS.register("ia3", IA3Method)
+METHODS.register(IA3Method)

@@ -75,4 +75,4 @@ class LayersMethod(MethodConfig):
         }
 
 
-METHODS.register("layers", LayersMethod)
+METHODS.register(LayersMethod)

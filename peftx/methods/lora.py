@@ -27,6 +27,7 @@ class LoraMethod(MethodConfig):
     alpha: float = 16.0
     """Scale of the update is alpha / r (alpha / sqrt(r) with rslora)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the input of each LoRA update during training (0: none)."""
     targets: list[str] = Field(default_factory=lambda: ["attention", "feed_forward"])
     """Linear roles (attention, feed_forward, key_value, feed_forward_out) or module-name regexes
     (e.g. 'encoder\\.layer\\.5\\..*query')."""
@@ -64,4 +65,4 @@ class LoraMethod(MethodConfig):
         return info.role == "adapter"
 
 
-METHODS.register("lora", LoraMethod)
+METHODS.register(LoraMethod)

@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
+from peftx.extras import MethodExtra
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.prefix_attention import ATTENTION, PREFIX_ATTR
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 AttentionKind = Literal["encoder_self", "decoder_self", "cross"]
 
 
-class Prefixes(nn.Module):
+class Prefixes(MethodExtra):
     """Key/value prefixes of a list of attention modules ("sites"); lives in `model.extras["prefix"]`.
 
     Without reparameterisation each site holds its own (2, heads, length, head_dim) tensor. With it,
@@ -158,4 +159,4 @@ class PrefixMethod(MethodConfig):
         return info.role == "prefix"
 
 
-METHODS.register("prefix", PrefixMethod)
+METHODS.register(PrefixMethod)

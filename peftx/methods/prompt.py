@@ -1,7 +1,8 @@
 """`prompt`: trained soft-prompt vectors inserted into `inputs_embeds` (Lester et al. 2021).
 
 peft's prompt tuning refuses T5/BART classification under transformers 5; peftx inserts the vectors
-itself, in `PeftxModel.forward`, through the `transform_inputs` hook of `model.extras` modules.
+itself: `SoftPrompt` is a `MethodExtra`, and `PeftxModel.forward` passes the embeddings through its
+`transform_inputs`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from peftx.extras import MethodExtra
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.registry import METHODS
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from peftx.model import PeftxModel
 
 
-class SoftPrompt(nn.Module):
+class SoftPrompt(MethodExtra):
     """`length` trained vectors inserted at position `offset` of every sequence (mask extended).
 
     Args:
@@ -90,4 +92,4 @@ class PromptMethod(MethodConfig):
         return info.role == "prompt"
 
 
-METHODS.register("prompt", PromptMethod)
+METHODS.register(PromptMethod)

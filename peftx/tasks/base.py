@@ -78,9 +78,10 @@ class TaskData:
 
 
 class TaskConfig(BaseModel):
-    """Base of every task's recipe section; subclasses add `name: Literal[...]` and their fields."""
+    """Base of every task's recipe section; subclasses declare `name: Literal["..."] = "..."` (the
+    registry key) and document each field with a docstring under it (its help text)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     name: str
 
     def default_input(self) -> str:

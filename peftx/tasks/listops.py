@@ -205,12 +205,19 @@ class ListOpsConfig(TaskConfig):
     preset: Literal["cpu", "lra", "tiny"] = "cpu"
     """Named sizes: `cpu` (lengths 21-159, 20k/1k/1k), `lra` (501-1999, 96k/2k/2k), `tiny` (tests)."""
     min_length: int | None = None
+    """Keep expressions longer than this (digits count one, operators two); null: the preset's."""
     max_length: int | None = None
+    """Keep expressions shorter than this; null: the preset's."""
     max_depth: int | None = None
+    """Deepest nesting of operators; null: the preset's."""
     max_args: int | None = None
+    """Most arguments of one operator (each takes 2 to max_args); null: the preset's."""
     n_train: int | None = None
+    """Training expressions to generate; null: the preset's."""
     n_val: int | None = None
+    """Validation expressions to generate; null: the preset's."""
     n_test: int | None = None
+    """Test expressions to generate; null: the preset's."""
     data_seed: int = 0
     """Seed of the generator; fixed apart from the training seed so that all runs share one dataset."""
     data_dir: Path | None = None
@@ -246,4 +253,4 @@ class ListOpsConfig(TaskConfig):
         return TaskData(splits=splits, info=self.describe(), baselines=baselines, notes=notes)
 
 
-TASKS.register("listops", ListOpsConfig)
+TASKS.register(ListOpsConfig)

@@ -101,8 +101,11 @@ class ProteinConfig(TaskConfig):
     n_train: int | None = Field(None, ge=1)
     """Use only this many training sequences (seeded subset); None: all."""
     n_val: int | None = Field(None, ge=1)
+    """Use only this many validation sequences (seeded subset); None: all."""
     n_test: int | None = Field(None, ge=1)
+    """Use only this many test sequences (seeded subset); None: all."""
     data_seed: int = 0
+    """Seed of the subsets; fixed apart from the training seed so that all runs share one dataset."""
 
     def labels(self) -> tuple[str, ...]:
         return SCL_LABELS if self.dataset == "scl2205" else FOLD_LABELS
@@ -210,4 +213,4 @@ def composition(tokens: list[list[int]]) -> np.ndarray:
     return out
 
 
-TASKS.register("protein", ProteinConfig)
+TASKS.register(ProteinConfig)

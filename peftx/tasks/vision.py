@@ -89,6 +89,7 @@ class VisionConfig(TaskConfig):
     hub_id: str = "uoft-cs/cifar10"
     """cifar10 without data_dir: the hub dataset loaded through `datasets`."""
     mode: Literal["patches", "pixels"] = "patches"
+    """patches: one token per square patch (its values flattened); pixels: one token per pixel."""
     patch: int = Field(4, ge=1)
     """patches: side of each square patch, in pixels (after downsampling)."""
     downsample: int = Field(1, ge=1)
@@ -102,6 +103,8 @@ class VisionConfig(TaskConfig):
     n_test: int | None = Field(None, ge=1)
     """Use only this many test images (seeded subset); None: all (digits: 300)."""
     data_seed: int = 0
+    """Seed of the validation carve-out, the subsets and digits' test split; fixed apart from the
+    training seed so that all runs share one dataset."""
 
     def default_input(self) -> str:
         return "linear"
@@ -248,4 +251,4 @@ def _flat_values(ds: datasets.Dataset) -> np.ndarray:
     return flat.reshape(len(ds), -1).astype(np.float32) / 255
 
 
-TASKS.register("vision", VisionConfig)
+TASKS.register(VisionConfig)
