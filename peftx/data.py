@@ -22,9 +22,21 @@ from torch.utils.data import Sampler
 
 from peftx.families import SpecialIds
 from peftx.index_space import BOS, EOS, OFFSET, PAD, VALUE
-from peftx.tasks.base import ContinuousSpec, InputSpec, SymbolVocab
+from peftx.input_spec import ContinuousSpec, InputSpec, SymbolVocab
 
-__all__ = ["PAD", "BOS", "EOS", "OFFSET", "VALUE", "Split", "make_split", "LengthGroupedBatches", "eval_batches"]
+__all__ = [
+    "PAD",
+    "BOS",
+    "EOS",
+    "OFFSET",
+    "VALUE",
+    "Split",
+    "make_split",
+    "LengthGroupedBatches",
+    "shard",
+    "eval_batches",
+    "eval_shard",
+]
 
 
 @dataclass
@@ -110,40 +122,78 @@ class SymbolCollator:
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
-    """Training batches of similar lengths in random order.
+    """Training batches of similar lengths in random order, for one of `num_processes` processes.
 
-    Each epoch shuffles the examples, cuts them into windows of `window` batches, sorts each window by
-    length and slices it into batches, then shuffles the batches: the order stays random while a batch
-    holds sequences of near-equal length. `group_by_length=False` gives plain shuffled batches.
+    Each epoch shuffles the examples, cuts them into windows of `window` global batches, sorts each
+    window by length and slices it into global batches of `batch_size x num_processes` examples, then
+    shuffles the batches: the order stays random while a batch holds sequences of near-equal length.
+    `group_by_length=False` gives plain shuffled batches.
+
+    The permutation depends on the seed, the epoch and the global batch size only, so N processes at
+    `batch_size` B see, step by step, exactly the examples one process sees at N x B: process r takes
+    the r-th of N contiguous, near-equal parts of each global batch (`shard`). An epoch's last global
+    batch may hold fewer than N examples; processes past its end then receive an empty list.
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool = True, window: int = 64):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        group_by_length: bool = True,
+        window: int = 64,
+        num_processes: int = 1,
+        process_index: int = 0,
+    ):
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index {process_index} is not one of {num_processes} processes")
         self.lengths = lengths
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per process
         self.seed = seed
         self.group = group_by_length
         self.window = window
+        self.num_processes = num_processes
+        self.process_index = process_index
         self.epoch = 0
 
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_processes
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.global_batch_size)
+
+    def global_batches(self) -> list[list[int]]:
+        """The next epoch's global batches (every process computes the same ones)."""
+        size = self.global_batch_size
         rng = random.Random(self.seed * 100_003 + self.epoch)
         self.epoch += 1
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         if self.group:
-            span = self.batch_size * self.window
+            span = size * self.window
             order = [
                 i
                 for s in range(0, len(order), span)
                 for i in sorted(order[s : s + span], key=lambda j: -self.lengths[j])
             ]
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = [order[s : s + size] for s in range(0, len(order), size)]
         if self.group:
             rng.shuffle(batches)
-        yield from batches
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield shard(batch, self.num_processes, self.process_index)
+
+
+def shard(batch: list[int], num_processes: int, process_index: int) -> list[int]:
+    """Process `process_index`'s part of a global batch: the r-th of `num_processes` contiguous parts
+    whose sizes differ by at most one (the first parts take the remainder); empty where the batch
+    holds fewer examples than processes."""
+    base, extra = divmod(len(batch), num_processes)
+    start = process_index * base + min(process_index, extra)
+    return batch[start : start + base + (process_index < extra)]
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -162,6 +212,15 @@ def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
         batches.append(order[start : start + size])
         start += size
     return batches
+
+
+def eval_shard(batches: list[list[int]], num_processes: int, process_index: int) -> list[list[int]]:
+    """One process's evaluation batches: every `num_processes`-th batch from its own index (round robin
+    over the length-sorted list, so each process gets long and short ones), then empty lists until it
+    has as many as process 0, so that every process runs the same number of forward passes (sharded
+    models gather their weights in each one). Over all processes each example appears exactly once."""
+    mine = batches[process_index::num_processes]
+    return mine + [[] for _ in range(-(-len(batches) // num_processes) - len(mine))]
 
 
 def make_split(

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from peftx.families import Family, SpecialIds
-from peftx.tasks.base import InputSpec
+from peftx.input_spec import InputSpec
 
 
 @dataclass

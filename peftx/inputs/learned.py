@@ -17,9 +17,9 @@ from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.index_space import NUM_FRAMING
+from peftx.input_spec import SymbolVocab
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
-from peftx.tasks.base import SymbolVocab
 
 
 def embedding_std(ctx: InputContext) -> float:

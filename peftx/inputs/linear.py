@@ -20,11 +20,11 @@ from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.index_space import EOS, NUM_FRAMING, VALUE
+from peftx.input_spec import ContinuousSpec
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.learned import LearnedEmbedding, embedding_std
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens
 from peftx.inputs.registry import INPUTS
-from peftx.tasks.base import ContinuousSpec
 
 
 class LinearInput(nn.Module):

@@ -19,10 +19,10 @@ from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.index_space import OFFSET, VALUE
+from peftx.input_spec import ContinuousSpec
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens, spell_tokens
 from peftx.inputs.registry import INPUTS
-from peftx.tasks.base import ContinuousSpec
 
 
 class PixelVocabEmbedding(nn.Module):

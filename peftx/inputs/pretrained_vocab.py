@@ -20,9 +20,9 @@ from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.index_space import BOS, EOS, NUM_FRAMING, PAD
+from peftx.input_spec import SymbolVocab
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
-from peftx.tasks.base import SymbolVocab
 
 
 def spell_tokens(ctx: InputContext, spellings: list[str], pieces: str) -> list[list[int]]:

@@ -53,6 +53,8 @@ def _fields(cls: type[BaseModel], prefix: str) -> list[FieldDoc]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             continue  # a nested section: listed on its own
         text = " ".join((field.description or "").split())
+        if name == "name" and not text and cls.__doc__:  # a plug-in's name: what the plug-in is
+            text = " ".join(cls.__doc__.split("\n\n")[0].split())
         key = prefix + name
         if key in neutral:
             text = (text + " " if text else "") + "(does not change results)"
