@@ -8,8 +8,15 @@ Python API (the CLI calls the same functions):
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
+
+# bitsandbytes warns on every import, on CPUs with AVX512-BF16, that an optional 4-bit kernel from the
+# hub could not be fetched; its own fallback is used and works. Keep that one line off every command.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: "gemm_4bit_forward" not in record.getMessage()
+)
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ import pytest
 
 from peftx.data import BOS, EOS, PAD, VALUE, ContinuousCollator, ContinuousSplit, make_split
 from peftx.families import SpecialIds
-from peftx.tasks.base import ContinuousSpec
+from peftx.input_spec import ContinuousSpec
 
 SPEC = ContinuousSpec(dim=2, scale=0.5)
 

@@ -154,10 +154,10 @@ class TrainSection(Section):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         if self.warmup >= 1 and self.warmup != int(self.warmup):
-            raise ValueError(f"train.warmup: {self.warmup} is neither a fraction (< 1) nor a whole number of steps")
+            raise ValueError(f"warmup: {self.warmup} is neither a fraction (< 1) nor a whole number of steps")
         if self.warmup >= 1 and self.steps is not None and self.warmup > self.steps:
             raise ValueError(
-                f"train.warmup: {int(self.warmup)} steps is longer than the run (train.steps: {self.steps})"
+                f"warmup: {int(self.warmup)} steps is longer than the run (steps: {self.steps})"
             )
         return self
 

@@ -22,7 +22,8 @@ import datasets
 
 from peftx.cache import cached_dataset_dict
 from peftx.errors import PeftxError
-from peftx.tasks.base import SPLITS, SymbolVocab, TaskConfig, TaskData, TaskInfo, majority_accuracy
+from peftx.input_spec import SymbolVocab
+from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo, majority_accuracy
 from peftx.tasks.registry import TASKS
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")

@@ -26,10 +26,10 @@ import numpy as np
 from pydantic import Field
 
 from peftx.errors import PeftxError
+from peftx.input_spec import SymbolVocab
 from peftx.tasks import protein_files
 from peftx.tasks.base import (
     SPLITS,
-    SymbolVocab,
     TaskConfig,
     TaskData,
     TaskInfo,

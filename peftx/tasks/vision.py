@@ -26,10 +26,10 @@ from pydantic import Field
 
 from peftx.cache import cached_dataset_dict
 from peftx.errors import PeftxError
+from peftx.input_spec import ContinuousSpec
 from peftx.tasks import image_files
 from peftx.tasks.base import (
     SPLITS,
-    ContinuousSpec,
     TaskConfig,
     TaskData,
     TaskInfo,
