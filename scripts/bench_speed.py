@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402  (after the path set-up above)
+import torch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "listops_lora.yaml"
 # peftx before the speed options: peft's LoRA forward, torch dropout, widths rounded to 8, evaluation in
