@@ -1,5 +1,11 @@
 """The one training loop, on accelerate: AdamW, warm-up and decay, clipping, periodic evaluation,
-best-checkpoint selection on validation accuracy."""
+best-checkpoint selection on validation accuracy.
+
+With N processes of `batch_size` B each, an optimizer step takes a global batch of N x B x grad_accum
+examples: the same examples, in the same order, as one process at N x B (`LengthGroupedBatches`), with
+the gradient of the same mean loss, and one step of the learning-rate schedule. Evaluation gives each
+process its own length-sorted batches (`eval_shard`) and gathers every example's logits exactly once.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from torch.utils.data import DataLoader
+from accelerate.utils import DistributedType, send_to_device
 from transformers import get_scheduler
 
-from peftx.data import LengthGroupedBatches, Split, eval_batches
+from peftx.data import LengthGroupedBatches, Split, eval_batches, eval_shard, shard
+from peftx.errors import PeftxError
 from peftx.memory import enable_gradient_checkpointing
 from peftx.optim import build_optimizer, optimizer_state_bytes
 from peftx.speed import ThreadTuner, prepare_model
@@ -32,23 +39,36 @@ class TrainOutcome:
     steps: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
-    train_examples: int = 0
-    train_tokens: int = 0
+    train_examples: int = 0  # summed over processes
+    train_tokens: int = 0  # summed over processes
     optimizer_state_bytes: int = 0
+    world_size: int = 1  # processes
+    per_process_batch: int = 0  # examples per process and micro-batch (train.batch_size)
+    global_batch: int = 0  # examples per optimizer step: per_process_batch x world_size x grad_accum
 
 
 def make_accelerator(precision: str, grad_accum: int = 1) -> Accelerator:
     """An Accelerator for one run. Accelerate keeps its state per process; runs that follow each other
     in one process (sweeps, tests, predict after train) may differ in precision, so the per-run part
-    of the state is reset first. The distributed part (PartialState) is kept."""
+    of the state is reset first. The distributed part (PartialState) is kept.
+
+    The loop steps the learning-rate schedule itself, once per optimizer step: accelerate's prepared
+    scheduler would step once per process (it assumes each process's loader holds 1/N of the epoch's
+    batches, and a schedule built for the single-process step count)."""
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", gradient_accumulation_steps=grad_accum)
+    return Accelerator(
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        gradient_accumulation_steps=grad_accum,
+        step_scheduler_with_optimizer=False,
+    )
 
 
-def total_steps(cfg: TrainSection, n_train: int) -> int:
+def total_steps(cfg: TrainSection, n_train: int, num_processes: int = 1) -> int:
+    """Optimizer steps of a run: `train.steps`, or `train.epochs` of global batches (every process's
+    batch_size x grad_accum examples per step)."""
     if cfg.steps is not None:
         return cfg.steps
-    per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
+    per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum * num_processes))
     return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
@@ -61,31 +81,65 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainSection) -> torch.optim.Opt
     return build_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)
 
 
-def _loader(split: Split, batches, accelerator: Accelerator) -> DataLoader:
-    loader = DataLoader(range(len(split)), batch_sampler=batches, collate_fn=split.collate)
-    return accelerator.prepare_data_loader(loader)
+def infer_rows(
+    model, split: Split, batch_size: int, accelerator: Accelerator, max_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation forwards, shared among the processes and gathered from all of them.
+
+    Batches are cut from the length-sorted split (at most `batch_size` examples and `max_tokens` padded
+    tokens each), dealt round robin to the processes; a process short of one runs a stand-in batch (one
+    short example) whose output it drops, so that all run the same number of forwards.
+
+    Returns:
+        (index (m,), logits (m, classes)) on the CPU, on every process: row i holds example index[i]'s
+        logits, one row per example computed (m = len(split)).
+    """
+    batches = eval_batches(split.lengths, batch_size, max_tokens)
+    if not batches:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, 0)
+    stand_in = batches[-1][-1:]  # the shortest example
+    mine = eval_shard(batches, accelerator.num_processes, accelerator.process_index)
+    # sharded models gather their weights into buffers that training reuses in place, which tensors
+    # made under inference_mode forbid
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    was_training = model.training
+    model.eval()
+    index, rows = [], []
+    try:
+        with torch.no_grad() if sharded else torch.inference_mode(), accelerator.autocast():
+            for idx in mine:
+                batch = send_to_device(split.collate(idx or stand_in), accelerator.device)
+                batch.pop("labels", None)
+                rows.append(model(**batch).float()[: len(idx)])  # (len(idx), classes)
+                index.extend(idx)
+            logits = torch.cat(rows)  # (examples of this process, classes)
+            ids = torch.tensor(index, dtype=torch.long, device=logits.device)
+            if accelerator.num_processes > 1:  # processes hold different numbers of rows: pad, gather, drop
+                logits = accelerator.gather(accelerator.pad_across_processes(logits))
+                ids = accelerator.gather(accelerator.pad_across_processes(ids, pad_index=-1))
+                logits, ids = logits[ids >= 0], ids[ids >= 0]
+    finally:
+        model.train(was_training)
+    return ids.cpu(), logits.cpu()
 
 
 def infer(
     model, split: Split, batch_size: int, accelerator: Accelerator, max_tokens: int | None = None
 ) -> torch.Tensor:
-    """Logits (n, classes) for every example of a split, in the split's order (inference mode,
-    length-sorted batches of at most `batch_size` examples and `max_tokens` padded tokens)."""
-    model.eval()
-    # accelerate trims the last gathered batch assuming equal batch sizes across processes: token
-    # budgets (unequal sizes) only in a single process
-    batches = eval_batches(split.lengths, batch_size, max_tokens if accelerator.num_processes == 1 else None)
-    loader = _loader(split, batches, accelerator)
-    chunks = []
-    with torch.inference_mode(), accelerator.autocast():
-        for batch in loader:
-            batch.pop("labels", None)
-            chunks.append(accelerator.gather_for_metrics(model(**batch).float()).cpu())
-    model.train()
-    order = torch.tensor([i for b in batches for i in b])
-    logits = torch.empty(len(split), chunks[0].shape[-1]) if chunks else torch.empty(0, 0)
-    if chunks:
-        logits[order] = torch.cat(chunks)
+    """Logits (n, classes) for every example of a split, in the split's order, on every process
+    (inference mode; batches as `infer_rows` cuts them). The model's train/eval mode is restored.
+
+    Raises:
+        RuntimeError: the processes did not compute every example exactly once (a bug).
+    """
+    ids, rows = infer_rows(model, split, batch_size, accelerator, max_tokens)
+    if len(split) == 0:
+        return rows
+    counts = torch.bincount(ids, minlength=len(split))
+    if len(counts) != len(split) or not bool((counts == 1).all()):
+        raise RuntimeError(f"evaluation computed {len(ids)} rows for {len(split)} examples, not each once")
+    logits = torch.empty(len(split), rows.shape[-1])
+    logits[ids] = rows
     return logits
 
 
@@ -99,11 +153,41 @@ def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -
     }
 
 
-def _forever(split: Split, cfg: TrainSection, seed: int, accelerator: Accelerator) -> Iterator[dict]:
-    batches = LengthGroupedBatches(split.lengths, cfg.batch_size, seed, cfg.group_by_length)
-    loader = _loader(split, batches, accelerator)
+def _micro_batches(
+    split: Split, cfg: TrainSection, seed: int, accelerator: Accelerator
+) -> Iterator[tuple[dict, int, int]]:
+    """Endless training micro-batches of this process: (batch on the device, its examples, the examples of
+    the global batch it is part of). A process whose part of an epoch's last global batch is empty gets
+    one example of that batch to run at weight 0 (every process must take part in each backward)."""
+    n, rank = accelerator.num_processes, accelerator.process_index
+    sampler = LengthGroupedBatches(split.lengths, cfg.batch_size, seed, cfg.group_by_length, num_processes=n)
     while True:
-        yield from loader
+        for batch in sampler.global_batches():
+            idx = shard(batch, n, rank)
+            yield send_to_device(split.collate(idx or batch[:1]), accelerator.device), len(idx), len(batch)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, n: int, n_global: int, num_processes: int) -> torch.Tensor:
+    """This process's term of the global batch's mean cross-entropy. Processes average their gradients
+    (DDP, FSDP), so each contributes the sum over its first `n` rows x processes / global examples: the
+    gradient of the mean over the whole global batch, however unevenly it was split."""
+    if num_processes == 1:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits[:n], labels[:n], reduction="sum") * (num_processes / n_global)
+
+
+def _configure_deepspeed(accelerator: Accelerator, cfg: TrainSection) -> None:
+    """Fill what DeepSpeed would read from a prepared data loader (peftx prepares none) and the recipe's
+    clipping, which DeepSpeed applies itself.
+
+    Raises:
+        PeftxError: `select: best` under ZeRO-3, whose partitioned weights cannot be copied aside.
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin.zero_stage == 3 and cfg.select == "best":
+        raise PeftxError("train.select: best keeps a copy of the trained weights, which ZeRO-3 partitions; use last")
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    plugin.deepspeed_config["gradient_clipping"] = cfg.clip_grad_norm or 0.0
 
 
 def train(
@@ -115,68 +199,81 @@ def train(
     accelerator: Accelerator,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> TrainOutcome:
-    """Train `model` (its trainable parameters) and keep the selected weights in it.
+    """Train `model` (its trainable parameters) and keep the selected weights in it. Every process of
+    a launch calls this with the same arguments; each takes its part of every global batch.
 
     Args:
+        cfg: `batch_size` is per process; `steps` counts optimizer steps (global batches).
         on_step: called after each optimizer step with (step, {loss, lr, examples_per_s}) and after
-            each evaluation with (step, {val_accuracy, ...}); drives progress display.
+            each evaluation with (step, {val_accuracy, ...}), on the main process only (loss and
+            throughput over all processes); drives progress display.
 
     Returns:
         History, timings, and the evaluation whose weights the model holds on return.
     """
-    steps = total_steps(cfg, len(train_split))
+    n_proc = accelerator.num_processes
+    on_step = on_step if accelerator.is_main_process else None
+    steps = total_steps(cfg, len(train_split), n_proc)
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _configure_deepspeed(accelerator, cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     fast_forward = prepare_model(model, cfg, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    batches = _forever(train_split, cfg, seed, accelerator)
-    out = TrainOutcome()
+    batches = _micro_batches(train_split, cfg, seed, accelerator)
+    out = TrainOutcome(
+        world_size=n_proc, per_process_batch=cfg.batch_size, global_batch=cfg.batch_size * n_proc * cfg.grad_accum
+    )
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     best_acc, best_state = -1.0, None
     # Running sums stay tensors on the device: reading them (a GPU sync) waits for the log step.
-    loss_sum, tokens, loss_n, t_window, ex_window = 0.0, 0, 0, time.perf_counter(), 0
-    threads = ThreadTuner(cfg.threads if accelerator.device.type == "cpu" else None)
+    device = accelerator.device
+    loss_sum, loss_n, t_window, ex_window = torch.zeros((), device=device), 0, time.perf_counter(), 0
+    tokens = torch.zeros((), dtype=torch.long, device=device)
+    threads = ThreadTuner(cfg.threads if device.type == "cpu" else None)
     model.train()
     step = 0
     while step < steps:
         threads.choose(step)
         t0, work = time.perf_counter(), 0
         for _ in range(cfg.grad_accum):
-            batch = next(batches)
+            batch, n, n_global = next(batches)
             work += batch["attention_mask"].numel()
             with accelerator.accumulate(model), accelerator.autocast():
                 y = batch.pop("labels")
                 with fast_forward():
-                    loss = F.cross_entropy(model(**batch).float(), y)
+                    loss = _loss(model(**batch).float(), y, n, n_global, n_proc)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             loss_n += 1
-            out.train_examples += len(y)
-            ex_window += len(y)
-            tokens += batch["attention_mask"].sum()
+            out.train_examples += n
+            ex_window += n
+            tokens += batch["attention_mask"][:n].sum()
+        scheduler.step()  # once per optimizer step, whatever the number of processes
         step += 1
         elapsed = time.perf_counter() - t0
         out.train_seconds += elapsed
         threads.record(elapsed, work)
-        if on_step is not None and (step % cfg.log_every == 0 or step == steps):
+        if step % cfg.log_every == 0 or step == steps:  # every process: the sums are reduced over them
             now = time.perf_counter()
-            on_step(
-                step,
-                {
-                    "loss": float(loss_sum) / loss_n,
-                    "lr": scheduler.get_last_lr()[0],
-                    "examples_per_s": ex_window / max(now - t_window, 1e-9),
-                },
-            )
-            loss_sum, loss_n, t_window, ex_window = 0.0, 0, now, 0
+            window = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(ex_window), device=device)]), "sum")
+            if on_step is not None:
+                on_step(
+                    step,
+                    {
+                        "loss": float(window[0]) / (loss_n * n_proc),  # each process's terms average to the mean
+                        "lr": scheduler.get_last_lr()[0],
+                        "examples_per_s": float(window[1]) / max(now - t_window, 1e-9),
+                    },
+                )
+            loss_sum, loss_n, t_window, ex_window = torch.zeros((), device=device), 0, now, 0
         if step % cfg.eval_every == 0 or step == steps:
             t0 = time.perf_counter()
             metrics = evaluate(model, val_split, cfg, accelerator)
@@ -192,12 +289,14 @@ def train(
             out.history.append(entry)
             if on_step is not None:
                 on_step(step, entry)
+            # every process holds the same gathered metrics, so all keep the same step's weights
             if cfg.select == "last" or metrics["accuracy"] > best_acc:
                 best_acc = metrics["accuracy"]
                 best_state = {n: p.detach().clone() for n, p in trainable.items()}
                 out.best = entry
     out.steps = step
-    out.train_tokens = int(tokens)
+    totals = accelerator.reduce(torch.stack([torch.tensor(out.train_examples, device=device), tokens]), "sum")
+    out.train_examples, out.train_tokens = int(totals[0]), int(totals[1])
     out.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     if best_state is not None:
         with torch.no_grad():
