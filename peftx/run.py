@@ -102,7 +102,7 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
             record.truncated = truncated
         display.header(recipe.run_name, session.provenance, recipe.method.name, budget, task.notes, session.precision)
         save()
-        display.start(total_steps(recipe.train, len(splits["train"])))
+        display.start(total_steps(recipe.train, len(splits["train"]), accelerator.num_processes))
 
         def on_step(step: int, info: dict) -> None:
             display.step(step, info)
@@ -142,9 +142,9 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
             train_tokens_per_s=outcome.train_tokens / max(outcome.train_seconds, 1e-9),
         )
         record.processes = Processes(
-            world_size=accelerator.num_processes,
-            per_process_batch=recipe.train.batch_size,
-            global_batch=recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum,
+            world_size=outcome.world_size,
+            per_process_batch=outcome.per_process_batch,
+            global_batch=outcome.global_batch,
             backend=str(accelerator.state.backend) if accelerator.num_processes > 1 else None,
         )
         record.memory = (
