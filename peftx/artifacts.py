@@ -64,6 +64,16 @@ class EvalPoint(Record):
     train_seconds: float = 0.0
 
 
+class TrainPoint(Record):
+    """Training loss and learning rate, every `train.log_every` steps (loss: mean since the last point,
+    over every process)."""
+
+    step: int
+    loss: float | None  # null: not finite (a diverged step)
+    lr: float
+    examples_per_s: float | None = None
+
+
 class Metrics(Record):
     """Final metrics of a completed run: test on the selected weights."""
 
@@ -116,6 +126,7 @@ class RunRecord(Record):
     truncated: dict[str, int] = {}
     processes: Processes = Processes()
     history: list[EvalPoint] = []
+    train_log: list[TrainPoint] = []
     metrics: Metrics | None = None
     timing: Timing | None = None
     memory: dict[str, int] = {}

@@ -16,6 +16,7 @@ from peftx.artifacts import (
     Processes,
     RunRecord,
     Timing,
+    TrainPoint,
     check_run_dir,
     prepare_run_dir,
     save_weights,
@@ -109,6 +110,8 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
             if "val_accuracy" in info:  # result.json follows the run, for anyone watching it
                 record.history.append(EvalPoint.model_validate(info))
                 save()
+            elif "loss" in info:
+                record.train_log.append(TrainPoint.model_validate({**info, "step": step}))
 
         try:
             outcome = train(

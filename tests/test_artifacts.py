@@ -58,3 +58,20 @@ def test_a_broken_result_file_is_one_line(tmp_path, content, message):
 def test_a_directory_without_a_record_is_named(tmp_path):
     with pytest.raises(PeftxError, match="not a run directory"):
         RunRecord.read(tmp_path)
+
+
+def test_a_run_records_its_training_loss_and_learning_rate_at_every_log_step(tmp_path):
+    from peftx.recipe import validate_recipe
+    from peftx.run import run
+    from tests.conftest import tiny_recipe
+
+    raw = tiny_recipe("gpt2", tmp_path)
+    raw["train"] = {**raw["train"], "steps": 6, "log_every": 2, "eval_every": 3, "warmup": 0}
+    out = run(validate_recipe(raw))
+    back = RunRecord.read(out.run_dir)
+    assert [p.step for p in back.train_log] == [2, 4, 6]
+    assert all(p.loss is not None and p.loss > 0 for p in back.train_log)
+    lrs = [p.lr for p in back.train_log]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < raw["train"]["lr"]  # linear decay, once a step
+    assert [h.step for h in back.history] == [3, 6]
+    assert back.processes.world_size == 1 and back.processes.global_batch == raw["train"]["batch_size"]
