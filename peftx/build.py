@@ -5,6 +5,7 @@ the same way."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from peftx.env import resolve_precision
 from peftx.errors import PeftxError
@@ -20,15 +21,67 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def storage_dtype(dtype: str) -> torch.dtype:
-    """The dtype a backbone loads in for `model.dtype` ('auto' loads float32; see `store_frozen`)."""
+    """The dtype a backbone loads in for `model.dtype` ('auto' loads float32; see `store_dtypes`)."""
     return torch.float32 if dtype == "auto" else DTYPES[dtype]
 
 
-def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Keep every frozen floating-point parameter in `dtype` (trained ones stay as they are)."""
-    for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point():
-            p.data = p.data.to(dtype)
+# Normalisation layers whose CPU kernels take weight and bias of one dtype, and float32 ones unless the
+# input is bf16 too (measured with torch 2.13, in and out of autocast; `rms_norm` and T5's own RMS
+# norm, a plain product, take any mix).
+_ONE_DTYPE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def norm_params(model: nn.Module) -> set[str]:
+    """Names of the parameters of `_ONE_DTYPE_NORMS` layers (a layer norm's weight and its bias)."""
+    return {
+        f"{mod_name}.{n}" if mod_name else n
+        for mod_name, module in model.named_modules()
+        if isinstance(module, _ONE_DTYPE_NORMS)
+        for n, _ in module.named_parameters(recurse=False)
+    }
+
+
+def storage_plan(model: nn.Module, dtype: str, frozen_bf16: bool) -> dict[str, torch.dtype]:
+    """The dtype each floating-point parameter is stored in, once the trainable set is fixed.
+
+    Args:
+        dtype: the recipe's `model.dtype`. bfloat16: everything in the backbone, adapters included (peft
+            makes those of a quantized layer float32); auto / float32: trained parameters in float32
+            (their own copy is the master the optimizer updates, whatever a plug-in made them).
+        frozen_bf16: under `auto`, frozen parameters in bfloat16 (training runs in bf16).
+
+    Layer norms (`_ONE_DTYPE_NORMS`) are float32 in every case. CPU autocast casts matrix products
+    (linear, addmm, matmul, attention) but not `layer_norm`. A bf16 norm fails next to its own
+    trained fp32 bias (bitfit, `train_roles: [bias]`), and on an fp32 residual stream (a trained
+    embedding, input layer or IA3 vector adds fp32 into it). In float32 a norm takes bf16 or fp32
+    input and returns the input's dtype, and a trained one keeps an fp32 master copy; norms are
+    vectors, so the memory is nil. Every other op is safe with a bf16 frozen weight and an fp32
+    trained bias: autocast casts both for linear layers (GPT-2's Conv1D is an addmm), embeddings
+    return their table's dtype, T5's RMS norm and IA3 scale elementwise (type promotion), and
+    `peftx.quantization` adds the bias of a quantized layer out of place.
+    """
+    norms = norm_params(model)
+    plan = {}
+    for n, p in model.named_parameters():
+        if not p.is_floating_point():  # quantized codes
+            continue
+        if n in norms:
+            plan[n] = torch.float32
+        elif dtype == "bfloat16":
+            if n.startswith("backbone."):
+                plan[n] = torch.bfloat16
+        elif p.requires_grad:
+            plan[n] = torch.float32
+        elif frozen_bf16:
+            plan[n] = torch.bfloat16
+    return plan
+
+
+def store_dtypes(model: nn.Module, plan: dict[str, torch.dtype]) -> None:
+    """Store each named parameter in its planned dtype (in place; a no-op where it already is)."""
+    for n, p in model.named_parameters():
+        if n in plan:
+            p.data = p.data.to(plan[n])
 
 
 def assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
@@ -70,7 +123,8 @@ def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
     bb = load_backbone(m.source, m.pretrained, m.family, storage_dtype(m.dtype), m.config_overrides, quant)
     model = assemble(recipe, info, bb)
     apply_method(model, recipe.method, recipe.input)
-    if m.dtype == "auto" and quant is None and resolve_precision(recipe.train.precision) == "bf16":
-        store_frozen(model, torch.bfloat16)  # loaded in float32 so that trained weights start exact
+    # `auto` loaded float32, so that trained weights start exact
+    frozen_bf16 = m.dtype == "auto" and quant is None and resolve_precision(recipe.train.precision) == "bf16"
+    store_dtypes(model, storage_plan(model, m.dtype, frozen_bf16))
     bb.provenance["family"] = bb.family.name
     return model, bb.provenance

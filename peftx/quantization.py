@@ -3,10 +3,11 @@
 
 What is quantized: every `nn.Linear` (GPT-2's `Conv1D` too) inside the backbone, except those
 transformers keeps in full precision for numerical reasons (T5's feed-forward output `wo`).
-Embeddings, layer norms and biases stay in `model.dtype`; the input layer, the head and method
-modules live outside the backbone and are never quantized. Quantized weights cannot train, so only
-methods that keep the body's matrices frozen combine with a quantized body (checked when the recipe
-is validated, and again when a method is applied).
+Embeddings and biases stay in `model.dtype` (layer norms in float32: `peftx.build.storage_plan`),
+and a layer's bias keeps its dtype under bf16 autocast (`_bias_added_apart`); the input layer, the
+head and method modules live outside the backbone and are never quantized. Quantized weights cannot
+train, so only methods that keep the body's matrices frozen combine with a quantized body (checked
+when the recipe is validated, and again when a method is applied).
 
 CPU note: bitsandbytes repacks a `Linear4bit` weight into an AVX512-BF16 layout the first time it
 runs in eval mode without gradients (on CPUs that have AVX512-BF16). Training after that evaluation
@@ -132,6 +133,20 @@ class _FrozenInt8Matmul(torch.autograd.Function):
         return grad_x, grad_bias, None
 
 
+def _bias_added_apart(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` for a bitsandbytes layer whose bias differs from the input's dtype (an fp32 bias
+    under bf16 autocast): bitsandbytes would cast the bias itself to that dtype, in place (`bias.data
+    = ...`), so a trained bias would lose its fp32 master copy and no longer match its optimizer
+    state. The layer runs without it and a cast copy is added to its output instead."""
+    bias = module._parameters["bias"]
+    module._parameters["bias"] = None
+    try:
+        out = module.forward(x)  # not through hooks: they ran for the call that got here
+    finally:
+        module._parameters["bias"] = bias
+    return out + bias.to(out.dtype)
+
+
 @functools.cache
 def _frozen_int8_linear() -> type[nn.Module]:
     bnb = _bnb()
@@ -140,6 +155,8 @@ def _frozen_int8_linear() -> type[nn.Module]:
         """A bitsandbytes 8-bit linear layer whose training forward keeps no activations."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.bias is not None and self.bias.dtype != x.dtype:
+                return _bias_added_apart(self, x)
             bias_grad = self.bias is not None and self.bias.requires_grad
             if not torch.is_grad_enabled() or self.weight.requires_grad or not (x.requires_grad or bias_grad):
                 return super().forward(x)
@@ -148,10 +165,26 @@ def _frozen_int8_linear() -> type[nn.Module]:
     return FrozenLinear8bitLt
 
 
+@functools.cache
+def _bias_safe_4bit_linear() -> type[nn.Module]:
+    bnb = _bnb()
+
+    class BiasSafeLinear4bit(bnb.nn.Linear4bit):
+        """A bitsandbytes 4-bit linear layer that leaves its bias's dtype alone (`_bias_added_apart`)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.bias is not None and self.bias.dtype != (self.compute_dtype or x.dtype):
+                return _bias_added_apart(self, x)
+            return super().forward(x)
+
+    return BiasSafeLinear4bit
+
+
 def prepare_quantized(model: nn.Module) -> None:
     """Make a quantized model safe and lean to train: turn off the CPU-only AVX512-BF16 repacking of
     4-bit weights, and undo it where it already happened; give 8-bit layers a training path that keeps
-    no activations (see the module docstring)."""
+    no activations (see the module docstring); keep every layer's bias in its own dtype (bitsandbytes
+    would cast it in place to the compute dtype, see `_bias_added_apart`)."""
     bnb = _bnb()
     if not quantized_modules(model):
         return
@@ -163,6 +196,8 @@ def prepare_quantized(model: nn.Module) -> None:
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
             _unpack_cpu(module)
+            if type(module) is bnb.nn.Linear4bit:
+                module.__class__ = _bias_safe_4bit_linear()
         elif type(module) is bnb.nn.Linear8bitLt:
             module.__class__ = _frozen_int8_linear()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from peftx.predict import Predictor
 from peftx.recipe import validate_recipe
@@ -13,21 +14,30 @@ from tests.conftest import tiny_recipe
 EXPRS = ["[MAX 2 9 ]", "[MIN 4 [SM 3 8 ] 7 ]", "[MED 1 5 3 [MAX 0 0 ] ]", "5"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("pretrained_body", [False])
-def test_reload_gives_identical_predictions(tmp_path, family, pretrained_body):
-    recipe = validate_recipe(tiny_recipe(family, tmp_path))
+def test_reload_gives_identical_predictions(tmp_path, family, pretrained_body, precision):
+    raw = tiny_recipe(family, tmp_path)
+    raw["train"]["precision"] = precision
+    recipe = validate_recipe(raw)
     out = run(recipe)
     trained = out.result
-    assert trained["status"] == "completed"
+    assert trained["status"] == "completed" and trained["precision"] == precision
     pred = Predictor(out.run_dir)
-    # the reloaded model scores the test split exactly as the trained one did
+    # the reloaded model scores the test split exactly as the trained one did, in the run's precision
     task = recipe.task.load()
     from peftx.tasks.listops import VOCAB
 
     texts = [" ".join(VOCAB.symbols[i] for i in t) for t in task.splits["test"]["tokens"]]
     labels = task.splits["test"]["label"]
-    acc = sum(int(p) == y for p, y in zip(pred.predict(texts), labels)) / len(labels)
+    logits = pred.logits(texts)
+    acc = sum(int(p) == y for p, y in zip(logits.argmax(-1).tolist(), labels)) / len(labels)
     assert acc == pytest.approx(trained["metrics"]["test_accuracy"], abs=1e-9)
+    loss = F.cross_entropy(logits, torch.tensor(labels)).item()
+    assert loss == pytest.approx(trained["metrics"]["test_loss"], rel=1e-6)
+    if precision == "bf16":  # the loss check can tell precisions apart
+        fp32 = Predictor(out.run_dir, overrides=["train.precision=fp32"]).logits(texts)
+        assert F.cross_entropy(fp32, torch.tensor(labels)).item() != pytest.approx(loss, rel=1e-6)
     # and a second reload agrees with the first to the bit
     assert torch.equal(Predictor(out.run_dir).logits(EXPRS), pred.logits(EXPRS))
 
