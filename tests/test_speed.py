@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from peftx.build import norm_params
 from peftx.recipe import validate_recipe
 from peftx.run import run
 from peftx.speed import FastDropout, attention_with_dropout, fast_dropout, fuse_lora_layers, lora_linear
@@ -171,7 +172,10 @@ def test_auto_dtype_keeps_frozen_weights_in_bf16_when_training_in_bf16(tmp_path)
     raw = tiny_recipe("bert", tmp_path)
     raw["train"]["precision"] = "bf16"
     _, _, model, split = build(raw)
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    norms = norm_params(model)  # layer norms stay float32: their CPU kernels refuse mixed dtypes
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert all(p.dtype == torch.bfloat16 for n, p in frozen.items() if n not in norms)
+    assert all(frozen[n].dtype == torch.float32 for n in norms if n in frozen) and norms
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # master weights
     _, _, reference, _ = build(tiny_recipe("bert"))  # same seed: same weights, all float32
     model.eval()

@@ -40,7 +40,9 @@ class ModelSection(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Storage dtype of the backbone's weights. auto: frozen weights in bfloat16 where training runs in
     bf16 (they need no fp32 master copy, and autocast would re-cast them every step), trained ones in
-    float32; float32 everywhere else."""
+    float32; float32 everywhere else. bfloat16: every backbone weight in bfloat16, trained ones too (pure
+    bf16, no fp32 master copy: updates below bf16's resolution are lost). Layer norms stay float32 under
+    every setting (their CPU kernels refuse mixed dtypes; they are vectors, so it costs nothing)."""
     config_overrides: dict[str, Any] = Field(default_factory=dict)
     """Config fields to change, e.g. {num_hidden_layers: 2} for a smaller from-scratch twin."""
     pooling: str | None = None
