@@ -5,24 +5,33 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
+from peftx.loading import load_backbone
 from peftx.predict import Predictor
 from peftx.recipe import validate_recipe
 from peftx.run import run
-from tests.conftest import tiny_recipe
+from tests.conftest import TINY, tiny_recipe
 
 EXPRS = ["[MAX 2 9 ]", "[MIN 4 [SM 3 8 ] 7 ]", "[MED 1 5 3 [MAX 0 0 ] ]", "5"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("pretrained_body", [False])
+@pytest.mark.parametrize("pretrained_body", [False, True])
 def test_reload_gives_identical_predictions(tmp_path, family, pretrained_body, precision):
     raw = tiny_recipe(family, tmp_path)
     raw["train"]["precision"] = precision
+    if pretrained_body:  # a body loaded from a directory: the run saves only what it trained
+        bb = load_backbone(TINY[family]["source"], pretrained=False, overrides=TINY[family]["config_overrides"])
+        bb.model.save_pretrained(tmp_path / "body")
+        raw["model"] = {"family": family, "source": str(tmp_path / "body"), "pretrained": True}
     recipe = validate_recipe(raw)
     out = run(recipe)
     trained = out.result
     assert trained["status"] == "completed" and trained["precision"] == precision
+    saved = load_file(str(out.run_dir / "weights.safetensors"))
+    body = [n for n in saved if n.startswith("backbone.") and "lora_" not in n]
+    assert bool(body) is not pretrained_body  # from scratch: the random body is saved; pretrained: not
     pred = Predictor(out.run_dir)
     # the reloaded model scores the test split exactly as the trained one did, in the run's precision
     task = recipe.task.load()
