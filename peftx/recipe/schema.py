@@ -158,9 +158,7 @@ class TrainSection(Section):
         if self.warmup >= 1 and self.warmup != int(self.warmup):
             raise ValueError(f"warmup: {self.warmup} is neither a fraction (< 1) nor a whole number of steps")
         if self.warmup >= 1 and self.steps is not None and self.warmup > self.steps:
-            raise ValueError(
-                f"warmup: {int(self.warmup)} steps is longer than the run (steps: {self.steps})"
-            )
+            raise ValueError(f"warmup: {int(self.warmup)} steps is longer than the run (steps: {self.steps})")
         return self
 
 
