@@ -20,11 +20,7 @@ from rich.markup import escape
 from peftx import __version__
 from peftx.errors import PeftxError
 
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Parameter-efficient fine-tuning of pretrained language models on non-language tasks.",
-)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 recipe_app = typer.Typer(no_args_is_help=True, help="What a recipe may hold: every field, its type, default and help.")
 app.add_typer(recipe_app, name="recipe")
 err = Console(stderr=True)
@@ -37,11 +33,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, help="Print the version.")] = False):
     """Parameter-efficient fine-tuning of pretrained language models on non-language tasks."""
 
 
@@ -117,7 +109,7 @@ def predict(
     inputs: Annotated[Path, typer.Argument(help="One input per line, or a TSV with a Source column ('-': stdin).")],
 ) -> None:
     """Reload a trained run and print one prediction per input (TSV: input, prediction[, target])."""
-    from peftx.predict import predict_file
+    from peftx.predict import predict_file, read_text
 
     where = "<stdin>" if str(inputs) == "-" else str(inputs)
     preds = predict_file(run_dir, read_text(inputs), where)
@@ -133,14 +125,7 @@ def evaluate(
     split: Annotated[
         list[str] | None, typer.Option(help="train | validation | test (repeatable; default: test).")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Rebuild with a changed recipe value, e.g. --set model.quantization=8bit: the same trained "
-            "weights on an 8-bit body (repeatable).",
-        ),
-    ] = None,
+    set_: SetOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
 ) -> None:
     """Reload a trained run and score it on its task's splits (accuracy, loss), as trained or rebuilt
@@ -277,37 +262,9 @@ def recipe_show(
     ] = None,
 ) -> None:
     """Print every field of a recipe section (the plug-ins registered now): type, default, help."""
-    from rich.table import Table
+    from peftx.recipe.fields import render_docs
 
-    from peftx.recipe.fields import section_docs
-
-    console = Console() if Console().is_terminal else Console(width=160)
-    for title, fields in section_docs(section):
-        table = Table(title=title, title_justify="left", show_lines=False)
-        for col in ("key", "type", "default", "help"):
-            table.add_column(col, overflow="fold")
-        for f in fields:
-            table.add_row(escape(f.key), escape(f.type), escape(f.default), escape(f.help))
-        console.print(table)
-
-
-def read_text(path: Path) -> str:
-    """A text file's content ('-': stdin) as UTF-8 (a UTF-16 file with its byte-order mark too).
-
-    Raises:
-        PeftxError: no such file, or not text.
-    """
-    if str(path) == "-":
-        return sys.stdin.read()
-    if not path.is_file():
-        raise PeftxError(f"{path}: no such file")
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PeftxError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    render_docs(section, Console() if Console().is_terminal else Console(width=160))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ of its task with `Predictor(run_dir).evaluate(["test"])`."""
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +160,22 @@ def predict_file(run_dir: str | Path, text: str, where: str) -> Predictions:
     """Reload a run and predict every input of `peftx predict`'s input text."""
     inputs = read_inputs(text, where)
     return Predictions(inputs, Predictor(run_dir).predict(inputs.texts))
+
+
+def read_text(path: Path) -> str:
+    """A text file's content ('-': stdin) as UTF-8 (a UTF-16 file with its byte-order mark too).
+
+    Raises:
+        PeftxError: no such file, or not text.
+    """
+    if str(path) == "-":
+        return sys.stdin.read()
+    if not path.is_file():
+        raise PeftxError(f"{path}: no such file")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PeftxError(f"{path}: not UTF-8 text (byte {e.start})") from None

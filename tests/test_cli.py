@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from peftx.cli import app
+from peftx.errors import PeftxError
 from peftx.predict import Predictor
 from peftx.quantization import quantized_modules
 from tests.conftest import tiny_recipe
@@ -127,3 +128,23 @@ def test_evaluate_rescores_a_run_as_trained_and_rebuilt(tmp_path):
     assert bad.exit_code == 2 and "lacks" in bad.stderr and "lora_magnitude" in bad.stderr  # would stay untrained
     bad = runner.invoke(app, ["evaluate", str(run_dir), "--split", "dev"])
     assert bad.exit_code == 2 and "--split: unknown split 'dev'" in bad.stderr
+
+
+def test_version_and_recipe_show():
+    out = runner.invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.stdout.strip().startswith("peftx ")
+    out = runner.invoke(app, ["recipe", "show", "method.lora"])
+    assert out.exit_code == 0 and "method.r" in out.stdout
+    out = runner.invoke(app, ["recipe", "show", "nope"])
+    assert out.exit_code == 2 and "unknown recipe section 'nope'" in out.stderr
+
+
+def test_predict_inputs_in_utf16_and_broken_bytes(tmp_path):
+    from peftx.predict import read_text
+
+    path = tmp_path / "in.txt"
+    path.write_text("[MAX 2 9 ]\n", encoding="utf-16")
+    assert read_text(path) == "[MAX 2 9 ]\n"
+    path.write_bytes(b"[MAX \xff 9 ]\n")
+    with pytest.raises(PeftxError, match="not UTF-8 text"):
+        read_text(path)

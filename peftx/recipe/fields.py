@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from peftx.errors import PeftxError
 from peftx.recipe.schema import PLUGINS, RecipeBase, result_neutral_keys
@@ -83,3 +86,14 @@ def section_docs(section: str | None = None) -> list[tuple[str, list[FieldDoc]]]
         return [(f"{head}: {n}", _fields(registry.get(n), f"{head}.")) for n in names]
     valid = ", ".join(["recipe", *FIXED_SECTIONS, *PLUGINS])
     raise PeftxError(f"unknown recipe section {section!r} (valid: {valid}, or a plug-in such as method.lora)")
+
+
+def render_docs(section: str | None, console: Console) -> None:
+    """Print `section_docs(section)` as one table per section or plug-in."""
+    for title, fields in section_docs(section):
+        table = Table(title=title, title_justify="left")
+        for col in ("key", "type", "default", "help"):
+            table.add_column(col, overflow="fold")
+        for f in fields:
+            table.add_row(escape(f.key), escape(f.type), escape(f.default), escape(f.help))
+        console.print(table)
