@@ -98,6 +98,7 @@ def infer_rows(
     if not batches:
         return torch.empty(0, dtype=torch.long), torch.empty(0, 0)
     stand_in = batches[-1][-1:]  # the shortest example
+    _draw_like_a_data_loader()
     mine = eval_shard(batches, accelerator.num_processes, accelerator.process_index)
     # sharded models gather their weights into buffers that training reuses in place, which tensors
     # made under inference_mode forbid
@@ -153,6 +154,14 @@ def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -
     }
 
 
+def _draw_like_a_data_loader() -> None:
+    """Take from the global torch generator what a DataLoader's iterator takes (one int64, its base
+    seed). The loop feeds batches itself (each process its part of the global batch), but keeping the
+    same random stream as a DataLoader keeps a seed's dropout masks, and so its results, those of
+    earlier peftx versions, which iterated DataLoaders."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
 def _micro_batches(
     split: Split, cfg: TrainSection, seed: int, accelerator: Accelerator
 ) -> Iterator[tuple[dict, int, int]]:
@@ -162,6 +171,7 @@ def _micro_batches(
     n, rank = accelerator.num_processes, accelerator.process_index
     sampler = LengthGroupedBatches(split.lengths, cfg.batch_size, seed, cfg.group_by_length, num_processes=n)
     while True:
+        _draw_like_a_data_loader()
         for batch in sampler.global_batches():
             idx = shard(batch, n, rank)
             yield send_to_device(split.collate(idx or batch[:1]), accelerator.device), len(idx), len(batch)
