@@ -109,8 +109,12 @@ def assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
     return PeftxModel(bb.family, bb.model, input_layer, info.num_classes, pooling, specials, m.head_dropout)
 
 
-def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
+def build_model(recipe: RecipeBase, info: TaskInfo, precision: str | None = None) -> tuple[PeftxModel, dict]:
     """The recipe's model with its method applied (trainable set fixed).
+
+    Args:
+        precision: the run's resolved precision ('fp32' | 'bf16'; a session passes the one it resolved);
+            None: resolved here from `train.precision`.
 
     Returns:
         (model, provenance of the backbone for result.json).
@@ -124,7 +128,8 @@ def build_model(recipe: RecipeBase, info: TaskInfo) -> tuple[PeftxModel, dict]:
     model = assemble(recipe, info, bb)
     apply_method(model, recipe.method, recipe.input)
     # `auto` loaded float32, so that trained weights start exact
-    frozen_bf16 = m.dtype == "auto" and quant is None and resolve_precision(recipe.train.precision) == "bf16"
+    precision = precision or resolve_precision(recipe.train.precision)
+    frozen_bf16 = m.dtype == "auto" and quant is None and precision == "bf16"
     store_dtypes(model, storage_plan(model, m.dtype, frozen_bf16))
     bb.provenance["family"] = bb.family.name
     return model, bb.provenance

@@ -96,5 +96,5 @@ def open_session(recipe: RecipeBase, load_task: bool = True) -> Session:
     set_seed(recipe.seed)
     task = recipe.task.load() if load_task else None
     info = task.info if task is not None else recipe.task.describe()
-    model, provenance = build_model(recipe, info)
+    model, provenance = build_model(recipe, info, precision)
     return Session(recipe, precision, accelerator, info, model, provenance, task)
