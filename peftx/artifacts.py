@@ -34,7 +34,7 @@ RECIPE = "recipe.yaml"
 
 SCHEMA_VERSION = 2  # 1: the untyped result.json before `RunRecord` (read as version 1, same keys)
 
-Status = Literal["running", "completed", "failed", "interrupted"]
+Status = Literal["running", "completed", "diverged", "failed", "interrupted"]
 
 
 class Record(BaseModel):

@@ -27,7 +27,7 @@ from peftx.env import peak_memory, reset_peak_memory, versions
 from peftx.memory import model_memory
 from peftx.recipe import dump_recipe
 from peftx.session import open_session
-from peftx.train import evaluate, total_steps, train
+from peftx.train import Diverged, evaluate, total_steps, train
 
 if TYPE_CHECKING:
     from peftx.recipe import RecipeBase
@@ -164,8 +164,11 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         return RunResult(run_dir=run_dir, record=record)
     except BaseException as e:
         if main and run_dir.exists():
-            record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            record.error = f"{type(e).__name__}: {e}"
+            if isinstance(e, Diverged):
+                record.status, record.error = "diverged", str(e)
+            else:
+                record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                record.error = f"{type(e).__name__}: {e}"
             record.memory = peak_memory()
             record.timing = Timing(wall_seconds=time.perf_counter() - t_start)
             save()

@@ -25,6 +25,7 @@ from peftx.errors import PeftxError
 from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defining, validate_recipe
 from peftx.recipe.grid import SECTIONS
 from peftx.run import run
+from peftx.train import Diverged
 
 
 @dataclass
@@ -183,6 +184,9 @@ def run_sweep(points: list[Point], overwrite: bool = False, display_factory=None
         display = display_factory() if display_factory else None
         try:
             run(point.recipe, overwrite=True, display=display)
+        except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
+            log(f"[{i}/{len(points)}] {point.name}: {e}")
+            failed.append(point.name)
         except PeftxError:
             raise
         except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on

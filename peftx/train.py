@@ -154,6 +154,10 @@ def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -
     }
 
 
+class Diverged(PeftxError):
+    """The training loss stopped being a number: the run has no result to report."""
+
+
 def _draw_like_a_data_loader() -> None:
     """Take from the global torch generator what a DataLoader's iterator takes (one int64, its base
     seed). The loop feeds batches itself (each process its part of the global batch), but keeping the
@@ -274,11 +278,14 @@ def train(
         if step % cfg.log_every == 0 or step == steps:  # every process: the sums are reduced over them
             now = time.perf_counter()
             window = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(ex_window), device=device)]), "sum")
+            mean_loss = float(window[0]) / (loss_n * n_proc)  # each process's terms average to the mean
+            if not math.isfinite(mean_loss):  # every process sees the reduced sum: all stop together
+                raise Diverged(f"training diverged by step {step} (loss {mean_loss}); try a smaller train.lr")
             if on_step is not None:
                 on_step(
                     step,
                     {
-                        "loss": float(window[0]) / (loss_n * n_proc),  # each process's terms average to the mean
+                        "loss": mean_loss,
                         "lr": scheduler.get_last_lr()[0],
                         "examples_per_s": float(window[1]) / max(now - t_window, 1e-9),
                     },

@@ -75,3 +75,22 @@ def test_a_run_records_its_training_loss_and_learning_rate_at_every_log_step(tmp
     assert lrs == sorted(lrs, reverse=True) and lrs[0] < raw["train"]["lr"]  # linear decay, once a step
     assert [h.step for h in back.history] == [3, 6]
     assert back.processes.world_size == 1 and back.processes.global_batch == raw["train"]["batch_size"]
+
+
+def test_a_diverged_run_is_recorded_as_diverged_never_as_a_result(tmp_path):
+    from typer.testing import CliRunner
+
+    from peftx.cli import app
+    from tests.conftest import tiny_recipe
+
+    raw = tiny_recipe("bert", tmp_path)
+    raw["train"] = {**raw["train"], "lr": 1e6, "steps": 8, "log_every": 1, "eval_every": 4}
+    path = tmp_path / "r.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    out = CliRunner().invoke(app, ["run", str(path)])
+    assert out.exit_code == 2 and "training diverged by step" in out.stderr, out.output
+    record = RunRecord.read(tmp_path / "runs" / "tiny_bert")
+    assert record.status == "diverged" and record.metrics is None
+    json.loads((tmp_path / "runs" / "tiny_bert" / RESULT).read_text(), parse_constant=pytest.fail)
