@@ -106,7 +106,7 @@ def read_inputs(text: str, where: str) -> Inputs:
     """Parse `peftx predict`'s input text (non-empty lines; a TSV whose header starts with `Source`).
 
     Raises:
-        PeftxError: a TSV without rows, or a row missing its Source.
+        PeftxError: a TSV row whose Source is empty (naming its line).
     """
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or lines[0].split("\t")[0] != "Source":
