@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from peftx import __version__
-from peftx.errors import PeftxError
+from peftx.errors import EXIT_DIVERGED, EXIT_USER_ERROR, Diverged, Interrupted, PeftxError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 recipe_app = typer.Typer(no_args_is_help=True, help="What a recipe may hold: every field, its type, default and help.")
@@ -43,15 +44,24 @@ def print_error(e: PeftxError) -> None:
 
 
 def user_errors(fn):
-    """Turn a PeftxError into `error: <message>` and exit code 2."""
+    """Turn a PeftxError into `error: <message>` and exit code 2; a diverged run into exit code 3; a run
+    stopped by SIGINT or SIGTERM (after its checkpoint) into 130 or 143, as a shell reports them."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Diverged as e:
+            err.print(f"[red]diverged:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_DIVERGED) from None
         except PeftxError as e:
             print_error(e)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except Interrupted as e:
+            err.print(f"[yellow]interrupted:[/] {escape(str(e))}; continue with --resume", highlight=False)
+            raise typer.Exit(128 + getattr(signal, e.signal_name, signal.SIGINT)) from None
+
+    return wrapper
 
     return wrapper
 
@@ -68,17 +78,34 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     set_: SetOption = None,
     name: Annotated[str | None, typer.Option(help="Run name (default: the recipe's name).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory of the same name.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing run of the same name (once this one has built).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an unfinished run of the same name from its last checkpoint.")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or summary.")] = False,
 ) -> None:
-    """Train and evaluate a recipe; write runs/<name>/ (result.json, weights, resolved recipe)."""
+    """Train and evaluate a recipe; write runs/<name>/ (result.json, weights, resolved recipe).
+
+    Exit codes: 0 done, 2 a mistake in the input (one line says which), 3 the run diverged,
+    130 / 143 stopped by SIGINT / SIGTERM after a checkpoint (--resume continues it), 1 a bug."""
     from peftx.display import RunDisplay
     from peftx.recipe import load_recipe
     from peftx.run import run as run_recipe
 
-    overrides = list(set_ or []) + ([f"output.name={name}"] if name else [])
+    if overwrite and resume:
+        raise PeftxError("--overwrite starts the run again and --resume continues it: choose one")
+    if name is not None:
+        from peftx.recipe.schema import check_run_name
+
+        try:
+            check_run_name(name)
+        except ValueError as e:
+            raise PeftxError(f"--name: {e}") from None
+    overrides = list(set_ or []) + ([f"output.name={name}"] if name is not None else [])
     loaded = load_recipe(recipe, overrides)
-    run_recipe(loaded, overwrite=overwrite, display=RunDisplay(err, enabled=not quiet))
+    run_recipe(loaded, overwrite=overwrite, resume=resume, display=RunDisplay(err, enabled=not quiet))
 
 
 @app.command()
@@ -149,14 +176,21 @@ def sweep(
         bool, typer.Option(help="Print the grid and each point's trainable budget; run nothing.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo finished points too.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the grid (one GPU each where there are enough).")
+    ] = 1,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped on rerun."""
+    """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped and unfinished
+    ones resume from their checkpoints. Several `peftx sweep` processes may share one grid.
+
+    Exit codes: 0 every point finished (diverged points are listed), 1 a point failed, 2 a mistake in
+    the input, 130 / 143 stopped by SIGINT / SIGTERM."""
     from rich.table import Table
 
     from peftx.budget import fmt_count
     from peftx.display import RunDisplay
-    from peftx.sweep import load_sweep, plan, run_sweep
+    from peftx.sweep import load_sweep, plan, run_sweep, run_workers
 
     points = load_sweep(recipe, list(set_ or []))
     if dry_run:
@@ -167,9 +201,15 @@ def sweep(
             table.add_row(p.name, p.state, fmt_count(p.trainable), fmt_count(p.total), f"{p.trainable_pct:.3f}")
         Console().print(table)
         return
-    failed = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
-    if failed:
-        err.print(f"[red]{len(failed)} run(s) failed:[/] {', '.join(failed)} (see their result.json)")
+    if workers > 1:
+        if overwrite:
+            raise PeftxError("--overwrite with --workers: each worker would redo every point; run one worker")
+        raise typer.Exit(run_workers(recipe, list(set_ or []), workers))
+    out = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
+    if out.diverged:
+        err.print(f"[yellow]{len(out.diverged)} run(s) diverged:[/] {', '.join(out.diverged)}")
+    if out.failed:
+        err.print(f"[red]{len(out.failed)} run(s) failed:[/] {', '.join(out.failed)} (see their result.json)")
         raise typer.Exit(1)
 
 

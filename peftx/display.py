@@ -44,7 +44,12 @@ class RunDisplay:
         for note in notes:
             self.console.print(f"[dim]{escape(note)}[/]")
 
-    def start(self, total_steps: int) -> None:
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(escape(text), highlight=False)
+
+    def start(self, total_steps: int, completed: int = 0) -> None:
+        """A progress bar over the run's steps (`completed`: where a resumed run starts)."""
         if not self.enabled:
             return
         self.progress = Progress(
@@ -59,16 +64,18 @@ class RunDisplay:
         )
         if self.console.is_terminal:  # a log file gets plain lines (step), not the bar's last frame
             self.progress.start()
-        self.task = self.progress.add_task("train", total=total_steps, loss="-", acc="-", speed="-")
+        self.task = self.progress.add_task(
+            "train", total=total_steps, completed=completed, loss="-", acc="-", speed="-"
+        )
 
     def step(self, step: int, info: dict) -> None:
         if self.progress is None:
             return
         if not self.console.is_terminal:  # logs get one plain line per evaluation instead of a live bar
             if "val_accuracy" in info:
-                loss, speed = self.last.get("loss", float("nan")), self.last.get("examples_per_s", float("nan"))
+                loss, speed = _num(self.last.get("loss"), ".3f"), _num(self.last.get("examples_per_s"), ".1f")
                 self.console.print(
-                    f"step {step}: train loss {loss:.3f}, val acc {100 * info['val_accuracy']:.2f}%, {speed:.1f} ex/s"
+                    f"step {step}: train loss {loss}, val acc {100 * info['val_accuracy']:.2f}%, {speed} ex/s"
                 )
             else:
                 self.last = info
@@ -77,7 +84,7 @@ class RunDisplay:
             self.progress.update(self.task, acc=f"{100 * info['val_accuracy']:.1f}%")
         else:
             self.progress.update(
-                self.task, completed=step, loss=f"{info['loss']:.3f}", speed=f"{info['examples_per_s']:.0f}"
+                self.task, completed=step, loss=_num(info["loss"], ".3f"), speed=_num(info["examples_per_s"], ".0f")
             )
 
     def stop(self) -> None:
@@ -105,3 +112,8 @@ class RunDisplay:
             f"{t.train_examples_per_s:.1f} train examples/s{spread}; {t.wall_seconds:.0f} s"
         )
         self.console.print(f"written: {run_dir}/")
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A logged number, or '-' where none was logged yet (or every step of the window was skipped)."""
+    return "-" if value is None else format(value, spec)

@@ -7,3 +7,24 @@ and keeps its traceback.
 
 class PeftxError(Exception):
     """A user-caused error whose message is complete on one line."""
+
+
+class Diverged(PeftxError):
+    """Training stopped being a number (a non-finite loss or gradient norm): the run has no result.
+    The CLI exits with `EXIT_DIVERGED`, apart from crashes (1) and user mistakes (2)."""
+
+
+class Interrupted(Exception):
+    """A run stopped on request (SIGINT, SIGTERM) after writing a checkpoint it can resume from.
+
+    Attributes:
+        signal_name: 'SIGINT' or 'SIGTERM'; the CLI exits with 128 + the signal's number, as a shell would.
+    """
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3

@@ -1,33 +1,55 @@
-"""`run(recipe)`: load the task, build the model, train, test, write the run directory."""
+"""`run(recipe)`: load the task, build the model, train, test, write the run directory.
+
+A run directory is touched only under its lock (`run_lock`), and only once the new run has built its
+model and data: a recipe that fails to build leaves an old run of the same name as it was. A run that
+stops early (killed, pre-empted, interrupted) continues from its last checkpoint with `resume=True`.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from peftx.artifacts import (
     RECIPE,
     BudgetRecord,
     EvalPoint,
     Metrics,
+    MetricsLog,
     Processes,
     RunRecord,
     Timing,
     TrainPoint,
-    check_run_dir,
-    prepare_run_dir,
+    fresh_run_dir,
+    plan_run_dir,
+    run_lock,
     save_weights,
 )
 from peftx.budget import model_budget
+from peftx.checkpoint import (
+    CHECKPOINTS,
+    Checkpoints,
+    checkpoint_step,
+    latest_checkpoint,
+    read_progress,
+    terminate_as_interrupt,
+)
 from peftx.display import RunDisplay
 from peftx.env import peak_memory, reset_peak_memory, versions
+from peftx.errors import Diverged, Interrupted, PeftxError
 from peftx.memory import model_memory
-from peftx.recipe import dump_recipe
+from peftx.recipe import dump_recipe, result_defining
 from peftx.session import open_session
-from peftx.train import Diverged, evaluate, total_steps, train
+from peftx.trackers import hyperparameters, make_trackers
+from peftx.train import evaluate, total_steps, train
 
 if TYPE_CHECKING:
     from peftx.recipe import RecipeBase
@@ -46,72 +68,169 @@ class RunResult:
         return json.loads(self.record.model_dump_json())
 
 
-def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None = None) -> RunResult:
+def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two recipes (as plain data), or None."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = first_difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key} ({json.dumps(va)} in the run, {json.dumps(vb)} now)"
+    return None
+
+
+def _decide(run_dir: Path, recipe: RecipeBase, overwrite: bool, resume: bool) -> tuple[str, str | None, int | None]:
+    """The main process's reading of the run directory: (plan, checkpoint to resume from, its step)."""
+    plan, old = plan_run_dir(run_dir, overwrite, resume)
+    if plan == "resume":
+        differs = first_difference(result_defining(old.recipe), result_defining(recipe.to_dict()))
+        if differs:
+            raise PeftxError(f"{run_dir}: cannot resume with another recipe: {differs}; use --overwrite to start again")
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:  # stopped before its first checkpoint: nothing to keep
+            return "replace", None, None
+        return plan, str(ckpt), checkpoint_step(ckpt)
+    return plan, None, None
+
+
+def run(
+    recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None = None, resume: bool = False
+) -> RunResult:
     """Train and evaluate one recipe; write `<output.dir>/<run name>/` (from the main process only).
 
     Args:
         recipe: a validated recipe.
-        overwrite: replace an existing run directory of the same name.
+        overwrite: replace an existing run of the same name (once this one has built its model and data).
         display: terminal output (None: quiet; other processes than the main one never print).
+        resume: continue an unfinished run of the same name from its last checkpoint (a run with none
+            starts again; a completed run is returned as it is; no run: a new one).
 
     Returns:
         The run directory and the record written to its result.json.
 
     Raises:
-        PeftxError: the run directory exists (without `overwrite`) or the recipe cannot be built.
+        PeftxError: the run directory may not be written (exists, locked, not a run directory), or the
+            recipe cannot be built.
+        Diverged: the loss or gradient norm became non-finite (recorded as status 'diverged').
+        Interrupted: SIGINT or SIGTERM; a checkpoint was written (status 'interrupted').
     """
     display = display or RunDisplay(enabled=False)
     run_dir = Path(recipe.output.dir) / recipe.run_name
-    check_run_dir(run_dir, overwrite)  # before minutes of loading
-    t_start = time.perf_counter()
-    reset_peak_memory()
-    session = open_session(recipe, load_task=False)  # the model first: a recipe that cannot build fails early
-    accelerator = session.accelerator
-    main = accelerator.is_main_process
+    launch = PartialState()
+    main = launch.is_main_process
     if not main:
         display = RunDisplay(enabled=False)
+    with ExitStack() as stack:
+        decision: list = [None, None, None, None]  # plan, checkpoint, its step, the main process's error
+        if main:
+            try:
+                stack.enter_context(run_lock(run_dir))
+                decision[:3] = _decide(run_dir, recipe, overwrite, resume)
+            except PeftxError as e:
+                decision[3] = str(e)
+                if launch.num_processes == 1:
+                    raise
+        if launch.num_processes > 1:  # the others must not wait for a run that will not start
+            broadcast_object_list(decision)
+        plan, ckpt, ckpt_step, error = decision
+        if error:
+            raise PeftxError(error)
+        if plan == "completed":
+            record = RunRecord.read(run_dir)
+            display.message(f"{run_dir}: already completed; nothing to resume")
+            return RunResult(run_dir=run_dir, record=record)
+        stack.enter_context(terminate_as_interrupt())
+        return _run(recipe, run_dir, plan, Path(ckpt) if ckpt else None, ckpt_step, display)
+
+
+def _run(
+    recipe: RecipeBase, run_dir: Path, plan: str, ckpt: Path | None, ckpt_step: int | None, display: RunDisplay
+) -> RunResult:
+    t_start = time.perf_counter()
+    reset_peak_memory()
+    try:
+        trackers = make_trackers(recipe.output.trackers, run_dir, ckpt_step)
+        session = open_session(recipe, load_task=False, log_with=trackers)  # the model first: fails early
+        task = session.load_task()
+        load_peak = {f"load_{k}": v for k, v in peak_memory().items()}  # task data and model loading alone
+        splits = session.splits(SPLITS)
+    except BaseException as e:
+        if plan == "new" and PartialState().is_main_process:  # a record of the failure, blocking no rerun
+            _record_failure(recipe, run_dir, e, time.perf_counter() - t_start)
+        raise
+    accelerator = session.accelerator
+    main = accelerator.is_main_process
+    model = session.model
+    budget = model_budget(model)
+    # everything is built: only now may the run directory change
+    if plan == "resume":
+        record = RunRecord.read(run_dir)
+        record.status, record.error = "running", None
+        history, train_log = read_progress(ckpt)  # result.json may have gone further, or not as far
+        record.history = [EvalPoint.model_validate(h) for h in history]
+        record.train_log = [TrainPoint.model_validate(t) for t in train_log]
+        record.resumed.append({"from_step": ckpt_step, "at": RunRecord.now()})
+        record.recipe = recipe.to_dict()  # equal up to result-neutral fields (threads, trackers ...)
+    else:
+        record = RunRecord(
+            name=recipe.run_name,
+            recipe=recipe.to_dict(),
+            seed=recipe.seed,
+            precision=session.precision,
+            versions=versions(),
+            started=RunRecord.now(),
+        )
+    record.backbone = session.provenance
+    record.budget = BudgetRecord.model_validate(budget.to_dict())
+    record.baselines = task.baselines
+    record.data_notes = task.notes
+    truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}
+    if truncated:
+        task.notes.append(f"truncated to {model.max_length} positions (first tokens kept): {truncated}")
+        record.truncated = truncated
+    metrics_log = MetricsLog(run_dir)
     if main:
-        prepare_run_dir(run_dir, overwrite)
-        (run_dir / RECIPE).write_text(dump_recipe(recipe))
+        if plan == "resume":
+            metrics_log.rewrite(
+                [("train", t.model_dump()) for t in record.train_log]
+                + [("eval", h.model_dump()) for h in record.history]
+            )
+            record.write(run_dir)
+            (run_dir / RECIPE).write_text(dump_recipe(recipe))
+        else:
+            with fresh_run_dir(run_dir):  # an old run is replaced only now, and put back if this fails
+                record.write(run_dir)
+                (run_dir / RECIPE).write_text(dump_recipe(recipe))
     accelerator.wait_for_everyone()  # other processes start once the directory is theirs to read
-    record = RunRecord(
-        name=recipe.run_name,
-        recipe=recipe.to_dict(),
-        seed=recipe.seed,
-        precision=session.precision,
-        versions=versions(),
-        started=RunRecord.now(),
-    )
 
     def save() -> None:
         if main:
             record.write(run_dir)
 
     try:
-        task = session.load_task()
-        model = session.model
-        load_peak = {f"load_{k}": v for k, v in peak_memory().items()}  # task data and model loading alone
-        budget = model_budget(model)
-        record.backbone = session.provenance
-        record.budget = BudgetRecord.model_validate(budget.to_dict())
-        record.baselines = task.baselines
-        record.data_notes = task.notes
-        splits = session.splits(SPLITS)
-        truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}
-        if truncated:
-            task.notes.append(f"truncated to {model.max_length} positions (first tokens kept): {truncated}")
-            record.truncated = truncated
+        if recipe.output.trackers:
+            accelerator.init_trackers(
+                recipe.name or recipe.run_name,
+                config=hyperparameters(recipe.to_dict()),
+                init_kwargs={"wandb": {"name": recipe.run_name}, "mlflow": {"run_name": recipe.run_name}},
+            )
         display.header(recipe.run_name, session.provenance, recipe.method.name, budget, task.notes, session.precision)
-        save()
-        display.start(total_steps(recipe.train, len(splits["train"]), accelerator.num_processes))
+        if ckpt is not None:
+            display.message(f"resuming from {ckpt}")
+        display.start(total_steps(recipe.train, len(splits["train"]), accelerator.num_processes), ckpt_step or 0)
 
         def on_step(step: int, info: dict) -> None:
             display.step(step, info)
             if "val_accuracy" in info:  # result.json follows the run, for anyone watching it
                 record.history.append(EvalPoint.model_validate(info))
+                metrics_log.append("eval", info)
                 save()
-            elif "loss" in info:
-                record.train_log.append(TrainPoint.model_validate({**info, "step": step}))
+            else:
+                record.train_log.append(TrainPoint.model_validate(info))
+                metrics_log.append("train", info)
+            accelerator.log({k: v for k, v in info.items() if k != "step" and v is not None}, step=step)
 
         try:
             outcome = train(
@@ -122,6 +241,8 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
                 recipe.seed,
                 accelerator,
                 on_step=on_step if main else None,
+                checkpoints=Checkpoints(run_dir, accelerator, recipe.train.checkpoint_every),
+                resume=ckpt,
             )
         finally:
             display.stop()
@@ -129,6 +250,8 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         unwrapped = accelerator.unwrap_model(model)
         record.status = "completed"
         record.history = [EvalPoint.model_validate(h) for h in outcome.history]
+        record.train_log = [TrainPoint.model_validate(t) for t in outcome.train_log]
+        record.skipped_steps = outcome.skipped_steps
         record.metrics = Metrics(
             test_accuracy=test["accuracy"],
             test_loss=test["loss"],
@@ -159,17 +282,41 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
         if main:
             save_weights(unwrapped, run_dir, whole_backbone=not recipe.model.pretrained)
             save()
+            # the weights are written: the checkpoints (optimizer state too) have served their purpose
+            shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
             display.summary(record, run_dir)
         accelerator.wait_for_everyone()
         return RunResult(run_dir=run_dir, record=record)
     except BaseException as e:
-        if main and run_dir.exists():
+        if main:
             if isinstance(e, Diverged):
-                record.status, record.error = "diverged", str(e)
+                record.status, record.error = "diverged", f"{e} (non-finite numbers are written as null)"
+            elif isinstance(e, Interrupted | KeyboardInterrupt):
+                record.status = "interrupted"
+                record.error = str(e) or "KeyboardInterrupt"
             else:
-                record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-                record.error = f"{type(e).__name__}: {e}"
+                record.status, record.error = "failed", f"{type(e).__name__}: {e}"
             record.memory = peak_memory()
             record.timing = Timing(wall_seconds=time.perf_counter() - t_start)
             save()
         raise
+    finally:
+        accelerator.end_training()
+
+
+def _record_failure(recipe: RecipeBase, run_dir: Path, error: BaseException, seconds: float) -> None:
+    """A new run that failed before training: a directory whose record says why (it blocks no rerun)."""
+    record = RunRecord(
+        name=recipe.run_name,
+        recipe=recipe.to_dict(),
+        seed=recipe.seed,
+        precision=recipe.train.precision,
+        versions=versions(),
+        started=RunRecord.now(),
+        status="interrupted" if isinstance(error, Interrupted | KeyboardInterrupt) else "failed",
+        error=str(error) if isinstance(error, PeftxError) else f"{type(error).__name__}: {error}",
+        timing=Timing(wall_seconds=seconds),
+    )
+    with fresh_run_dir(run_dir):
+        record.write(run_dir)
+        (run_dir / RECIPE).write_text(dump_recipe(recipe))

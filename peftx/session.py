@@ -81,17 +81,18 @@ def check_launch(accelerator: Accelerator) -> None:
         )
 
 
-def open_session(recipe: RecipeBase, load_task: bool = True) -> Session:
+def open_session(recipe: RecipeBase, load_task: bool = True, log_with: list | None = None) -> Session:
     """Resolve precision, make the accelerator, seed, load the task and build the model.
 
     Args:
         load_task: load the task's data (training, evaluation); False: only its description (predict).
+        log_with: the accelerator's trackers (`peftx.trackers.make_trackers`).
 
     Raises:
         PeftxError: the recipe cannot be built here (missing weights or data, a bad launch).
     """
     precision = resolve_precision(recipe.train.precision)
-    accelerator = make_accelerator(precision, recipe.train.grad_accum)
+    accelerator = make_accelerator(precision, recipe.train.grad_accum, log_with)
     check_launch(accelerator)
     set_seed(recipe.seed)
     task = recipe.task.load() if load_task else None

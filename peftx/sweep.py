@@ -6,8 +6,9 @@ A list is a grid axis wherever the schema expects a single value: `seed: [0, 1, 
 lists by nature (`method.targets`) stay as they are; sweep over them with an explicit `grid:` section of
 dotted keys (`grid: {method.targets: [[attention], [attention, feed_forward]]}`).
 
-Every point runs into `<output.dir>/<sweep name>/<point name>/`. Finished points are skipped, so an
-interrupted sweep resumes where it stopped.
+Every point runs into `<output.dir>/<sweep name>/<point name>/`. Finished points are skipped and an
+unfinished one resumes from its checkpoint, so an interrupted sweep goes on where it stopped; several
+workers (processes, machines on one file system) share a grid through the run directories' locks.
 """
 
 from __future__ import annotations
@@ -15,17 +16,23 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import re
-from dataclasses import dataclass
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftx.artifacts import RunRecord
+import torch
+
+from peftx.artifacts import RunLocked, RunRecord
 from peftx.budget import recipe_budget
-from peftx.errors import PeftxError
+from peftx.errors import Diverged, PeftxError
 from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defining, validate_recipe
 from peftx.recipe.grid import SECTIONS
 from peftx.run import run
-from peftx.train import Diverged
 
 
 @dataclass
@@ -126,12 +133,15 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Poi
 
 
 def point_state(point: Point) -> str:
-    """'done' (finished with this very recipe, up to result-neutral fields such as threads), 'todo',
-    or 'stale' (finished with another recipe)."""
+    """'done' (finished with this very recipe, up to result-neutral fields such as threads), 'stale'
+    (finished with another recipe), 'diverged' (its settings train to NaN: rerunning repeats that),
+    'todo' (never run, or unfinished: a run resumes from its checkpoint)."""
     try:
         record = RunRecord.read(Path(point.recipe.output.dir) / point.name)
     except PeftxError:  # never written, or cut short while writing
         return "todo"
+    if record.status == "diverged":
+        return "diverged"
     if not record.completed:
         return "todo"
     same = result_defining(record.recipe) == result_defining(point.recipe.to_dict())
@@ -158,38 +168,111 @@ def plan(points: list[Point]) -> list[PlannedPoint]:
     return out
 
 
-def run_sweep(points: list[Point], overwrite: bool = False, display_factory=None, log=print) -> list[str]:
-    """Run every point not yet finished, in order. Returns the names of points that failed.
+@dataclass
+class SweepOutcome:
+    """What one worker of a sweep did: points it ran to the end, and those that failed or diverged."""
+
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+
+
+POLL_SECONDS = 2.0  # how often a worker looks again at a point another worker holds
+
+
+def run_sweep(
+    points: list[Point], overwrite: bool = False, display_factory=None, log=print, poll: float = POLL_SECONDS
+) -> SweepOutcome:
+    """Run every point not yet finished, in order; any number of workers may run the same grid at once.
+
+    Each point runs under its run directory's lock, so a point another worker holds is passed over and
+    looked at again once this worker has nothing else to do: if that worker finished it, it is done;
+    if it died, its point is free again, and resumes here from its last checkpoint. A worker returns
+    when every point is finished (completed, failed or diverged).
 
     Args:
-        overwrite: redo finished points too (and points finished with a different recipe).
+        overwrite: redo finished points too (and points finished with a different recipe); meant for
+            one worker.
         display_factory: () -> RunDisplay for each run (None: quiet).
         log: one-line progress messages.
 
     Raises:
         PeftxError: a point finished with a different recipe (without `overwrite`), or a user error
             in a point (which would repeat in every point).
+        Interrupted: SIGINT or SIGTERM: the current point wrote its checkpoint; the sweep stops.
     """
-    states = {p.name: point_state(p) for p in points}
-    stale = [p for p in points if states[p.name] == "stale"]
+    stale = [p for p in points if point_state(p) == "stale"]
     if stale and not overwrite:
         where = Path(stale[0].recipe.output.dir) / stale[0].name
         raise PeftxError(f"{where}: finished with a different recipe; pass --overwrite to redo it, or rename the sweep")
-    failed = []
-    for i, point in enumerate(points, start=1):
-        if states[point.name] == "done" and not overwrite:
-            log(f"[{i}/{len(points)}] {point.name}: done, skipped")
-            continue
-        log(f"[{i}/{len(points)}] {point.name}")
-        display = display_factory() if display_factory else None
-        try:
-            run(point.recipe, overwrite=True, display=display)
-        except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
-            log(f"[{i}/{len(points)}] {point.name}: {e}")
-            failed.append(point.name)
-        except PeftxError:
-            raise
-        except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on
-            log(f"[{i}/{len(points)}] {point.name}: failed: {type(e).__name__}: {e}")
-            failed.append(point.name)
-    return failed
+    out = SweepOutcome()
+    finished: set[str] = set()  # by this worker, in this call
+    index = {p.name: i for i, p in enumerate(points, start=1)}
+    pending = list(points)
+    while pending:
+        held = []
+        for point in pending:
+            tag = f"[{index[point.name]}/{len(points)}] {point.name}"
+            state = point_state(point)
+            if state in ("done", "diverged") and not (overwrite and point.name not in finished):
+                if point.name not in finished:
+                    log(f"{tag}: {state}, skipped")
+                continue
+            log(tag)
+            display = display_factory() if display_factory else None
+            try:
+                result = run(point.recipe, overwrite=overwrite, resume=not overwrite, display=display)
+            except RunLocked:
+                held.append(point)
+                continue
+            except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
+                log(f"{tag}: {e}")
+                out.diverged.append(point.name)
+            except PeftxError:
+                raise
+            except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on
+                log(f"{tag}: failed: {type(e).__name__}: {e}")
+                out.failed.append(point.name)
+            else:
+                if result.record.completed:
+                    out.completed.append(point.name)
+            finished.add(point.name)
+        if held:
+            log(f"{len(held)} point(s) held by other workers: {', '.join(p.name for p in held)}; waiting for them")
+            time.sleep(poll)
+        pending = held
+    return out
+
+
+def run_workers(recipe: Path, overrides: list[str], workers: int) -> int:
+    """`peftx sweep R --workers N`: N worker processes on one grid (each a plain `peftx sweep R`).
+
+    On a machine with at least N GPUs each worker sees one (`CUDA_VISIBLE_DEVICES`); on CPUs each gets
+    an equal share of the cores. SIGINT and SIGTERM are passed on to every worker (each checkpoints its
+    point). Returns the largest exit code of the workers.
+    """
+    command = [sys.executable, "-m", "peftx", "sweep", str(recipe), "--quiet"]
+    for item in overrides:
+        command += ["--set", item]
+    gpus = torch.cuda.device_count()
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if gpus >= workers:
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        elif gpus == 0:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        procs.append(subprocess.Popen(command, env=env))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return max(codes)

@@ -84,13 +84,18 @@ def test_a_diverged_run_is_recorded_as_diverged_never_as_a_result(tmp_path):
     from tests.conftest import tiny_recipe
 
     raw = tiny_recipe("bert", tmp_path)
-    raw["train"] = {**raw["train"], "lr": 1e6, "steps": 8, "log_every": 1, "eval_every": 4}
+    raw["train"] = {**raw["train"], "lr": 1e6, "steps": 14, "log_every": 1, "eval_every": 4}
     path = tmp_path / "r.yaml"
     import yaml
 
     path.write_text(yaml.safe_dump(raw))
     out = CliRunner().invoke(app, ["run", str(path)])
-    assert out.exit_code == 2 and "training diverged by step" in out.stderr, out.output
+    assert out.exit_code == 3 and "training diverged at step 2: gradient norm nan" in out.stderr, out.output
     record = RunRecord.read(tmp_path / "runs" / "tiny_bert")
     assert record.status == "diverged" and record.metrics is None
     json.loads((tmp_path / "runs" / "tiny_bert" / RESULT).read_text(), parse_constant=pytest.fail)
+    assert not (tmp_path / "runs" / "tiny_bert" / "weights.safetensors").exists()
+
+    # train.nonfinite: skip passes over the bad updates, counts them, and still stops a hopeless run
+    out = CliRunner().invoke(app, ["run", str(path), "--overwrite", "--set", "train.nonfinite=skip"])
+    assert out.exit_code == 3 and "10 steps in a row had a non-finite gradient norm" in out.stderr, out.output

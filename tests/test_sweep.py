@@ -69,7 +69,7 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     points = load_sweep(path)
     assert len(points) == 8
     log = []
-    assert run_sweep(points, log=log.append) == []
+    assert run_sweep(points, log=log.append).failed == []
     root = tmp_path / "runs" / "grid"
     assert len(list(root.glob("*/result.json"))) == 8
 
@@ -80,7 +80,7 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     res["status"] = "interrupted"
     (half / "result.json").write_text(json.dumps(res))
     log.clear()
-    assert run_sweep(load_sweep(path), log=log.append) == []
+    assert run_sweep(load_sweep(path), log=log.append).failed == []
     ran = [line for line in log if "skipped" not in line]
     assert len(ran) == 2 and points[3].name in ran[0] and points[5].name in ran[1]
 

@@ -8,6 +8,7 @@ computes, are marked `RESULT_NEUTRAL` here; the sweep's staleness check and the 
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -143,6 +144,20 @@ class TrainSection(Section):
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
     front, so it pays only on long runs (see README, Speed)."""
+    checkpoint_every: int | Literal["auto"] | None = Field("auto", json_schema_extra=RESULT_NEUTRAL)
+    """Write a resumable checkpoint (trained weights, optimizer, schedule, data position, random states)
+    into the run directory every this many steps. auto: at every evaluation and at least every 5
+    minutes of training. null: never. The last checkpoint and the best evaluation's are kept."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A step whose gradient norm is not finite (inf, nan): stop the run as diverged, naming the step, or
+    skip that update and count it (10 skipped in a row still stop the run)."""
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _checkpoint_every(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError(f"expected a number of steps (1 or more), 'auto' or null, got {v!r}")
+        return v
 
     @field_validator("threads")
     @classmethod
@@ -162,11 +177,44 @@ class TrainSection(Section):
         return self
 
 
+# A run name is one directory under output.dir: no separators, no '.' or '..', nothing hidden.
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+,@-]*")
+
+
+def check_run_name(v: str | None) -> str | None:
+    """A plain name (letters, digits and `._=+,@-`, not starting with a dot), or ValueError."""
+    if v is not None and (not isinstance(v, str) or not RUN_NAME.fullmatch(v) or len(v) > 200):
+        raise ValueError(
+            f"{v!r} is not a plain run name (letters, digits and ._=+,@- only, not starting with '.', "
+            "at most 200 characters)"
+        )
+    return v
+
+
+Tracker = Literal["csv", "tensorboard", "wandb", "mlflow"]
+
+
 class OutputSection(Section):
     dir: Path = Field(Path("runs"), json_schema_extra=RESULT_NEUTRAL)
     """Runs are written to <dir>/<name>/."""
     name: str | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
     """Run name; default: the recipe's `name`, else the recipe file's stem."""
+    trackers: list[Tracker] = Field(default_factory=list, json_schema_extra=RESULT_NEUTRAL)
+    """Experiment trackers fed at every log step and evaluation, through accelerate: csv (metrics.csv in
+    the run directory), tensorboard (event files in the run directory), wandb, mlflow (each needs its
+    package; their offline modes work without a network). metrics.jsonl is written whatever this says."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        return check_run_name(v)
+
+    @field_validator("trackers")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"trackers listed twice: {v}")
+        return v
 
 
 class RecipeBase(Section):
@@ -177,6 +225,11 @@ class RecipeBase(Section):
     model: ModelSection = ModelSection()
     train: TrainSection
     output: OutputSection = OutputSection()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        return check_run_name(v)
 
     @model_validator(mode="after")
     def _quantized_body_stays_frozen(self) -> RecipeBase:
