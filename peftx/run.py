@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
 from peftx.artifacts import (
     RECIPE,
@@ -118,7 +118,7 @@ def run(
     """
     display = display or RunDisplay(enabled=False)
     run_dir = Path(recipe.output.dir) / recipe.run_name
-    launch = PartialState()
+    launch = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as the Accelerator will see it
     main = launch.is_main_process
     if not main:
         display = RunDisplay(enabled=False)

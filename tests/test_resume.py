@@ -274,3 +274,40 @@ def test_two_workers_share_a_grid_and_take_over_a_dead_ones_point(tmp_path):
     for name in taken_over:
         ref = run(load_recipe(long_recipe(tmp_path, steps=60), [f"seed={name[5:]}", "output.name=ref"]))
         assert comparable(records[name]) == comparable(ref.record)
+
+
+def torchrun(path: Path, *args: str) -> subprocess.Popen:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={port}", "-m", "peftx", "run", str(path), "--quiet", *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_stop_on_sigterm_and_resume_to_the_same_result(tmp_path):
+    """torchrun passes SIGTERM to both ranks; they agree on the step, checkpoint (each its own random
+    states), stop; a two-process resume ends as the uninterrupted two-process run, bit for bit."""
+    path = long_recipe(tmp_path, steps=60, batch_size=8)
+    ref = torchrun(path, "--name", "ref")
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-3000:]
+    proc = torchrun(path, "--name", "stopped")
+    run_dir = tmp_path / "runs" / "stopped"
+    wait_for_checkpoint(proc, run_dir, 9)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and RunRecord.read(run_dir).status == "interrupted", err[-3000:]
+    ckpt = list_checkpoints(run_dir)[-1]
+    assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    again = torchrun(path, "--name", "stopped", "--resume")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    record = RunRecord.read(run_dir)
+    assert record.resumed and record.processes.world_size == 2
+    assert comparable(record) == comparable(RunRecord.read(tmp_path / "runs" / "ref"))
+    same_weights(run_dir, tmp_path / "runs" / "ref")
