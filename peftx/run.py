@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,11 @@ def _decide(run_dir: Path, recipe: RecipeBase, overwrite: bool, resume: bool) ->
 
 
 def run(
-    recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None = None, resume: bool = False
+    recipe: RecipeBase,
+    overwrite: bool = False,
+    display: RunDisplay | None = None,
+    resume: bool = False,
+    on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train and evaluate one recipe; write `<output.dir>/<run name>/` (from the main process only).
 
@@ -106,6 +111,7 @@ def run(
         display: terminal output (None: quiet; other processes than the main one never print).
         resume: continue an unfinished run of the same name from its last checkpoint (a run with none
             starts again; a completed run is returned as it is; no run: a new one).
+        on_start: called with 'new', 'replace' or 'resume' once the run holds its directory's lock.
 
     Returns:
         The run directory and the record written to its result.json.
@@ -141,6 +147,8 @@ def run(
             record = RunRecord.read(run_dir)
             display.message(f"{run_dir}: already completed; nothing to resume")
             return RunResult(run_dir=run_dir, record=record)
+        if on_start is not None:
+            on_start(plan)
         stack.enter_context(terminate_as_interrupt())
         return _run(recipe, run_dir, plan, Path(ckpt) if ckpt else None, ckpt_step, display)
 

@@ -218,10 +218,13 @@ def run_sweep(
                 if point.name not in finished:
                     log(f"{tag}: {state}, skipped")
                 continue
-            log(tag)
             display = display_factory() if display_factory else None
+
+            def started(plan: str, tag: str = tag) -> None:
+                log(f"{tag} (resumed)" if plan == "resume" else tag)
+
             try:
-                result = run(point.recipe, overwrite=overwrite, resume=not overwrite, display=display)
+                result = run(point.recipe, overwrite=overwrite, resume=not overwrite, display=display, on_start=started)
             except RunLocked:
                 held.append(point)
                 continue

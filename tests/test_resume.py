@@ -268,9 +268,10 @@ def test_two_workers_share_a_grid_and_take_over_a_dead_ones_point(tmp_path):
     taken_over = [n for n, r in records.items() if r.resumed]
     assert len(taken_over) <= 1
     for name in records:
-        count = sum(line.endswith(f" {name}") for line in started)
+        count = sum(line.split()[1] == name for line in started)
         assert count == (2 if name in taken_over else 1), (name, started)
     # and resuming changed nothing: the taken-over point equals a seed's uninterrupted run
+    assert all(any(line.split()[1] == n and line.endswith("(resumed)") for line in started) for n in taken_over)
     for name in taken_over:
         ref = run(load_recipe(long_recipe(tmp_path, steps=60), [f"seed={name[5:]}", "output.name=ref"]))
         assert comparable(records[name]) == comparable(ref.record)
@@ -311,3 +312,29 @@ def test_two_processes_stop_on_sigterm_and_resume_to_the_same_result(tmp_path):
     assert record.resumed and record.processes.world_size == 2
     assert comparable(record) == comparable(RunRecord.read(tmp_path / "runs" / "ref"))
     same_weights(run_dir, tmp_path / "runs" / "ref")
+
+
+def test_sweep_workers_option_runs_the_grid_once(tmp_path):
+    path = grid(tmp_path, seeds=3)
+    subprocess.run(  # short points: the grid, not the training, is under test
+        [
+            sys.executable,
+            "-c",
+            "import yaml,sys; p=sys.argv[1]; r=yaml.safe_load(open(p)); "
+            "r['train']['steps']=6; yaml.safe_dump(r, open(p,'w'))",
+            str(path),
+        ],
+        check=True,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "peftx", "sweep", str(path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = [line for line in done.stderr.splitlines() if "] seed=" in line and ":" not in line]
+    assert sorted(line.split()[1] for line in started) == ["seed=0", "seed=1", "seed=2"]
+    assert all(RunRecord.read(p).completed for p in (tmp_path / "runs" / "grid").iterdir() if p.is_dir())
+    bad = runner.invoke(app, ["sweep", str(path), "--workers", "2", "--overwrite"])
+    assert bad.exit_code == 2 and "--overwrite with --workers" in bad.stderr
