@@ -59,6 +59,11 @@ def budget_command(
             that does not validate.
     """
     check_format(fmt)
+    if recipe is not None:  # a sweep recipe counts as many models as it has points: refuse it up front
+        from peftx.recipe import read_raw, reject_grid  # lazy: the schema imports torch; cached tables need none
+
+        instead = f"count its points with `peftx sweep {recipe} --dry-run`, or pass a plain recipe"
+        reject_grid(read_raw(recipe, list(overrides or [])), str(recipe), instead)
     req = BudgetRequest(
         models=models,
         methods=methods,
