@@ -28,6 +28,7 @@ from peftx.loading import (
     build_backbone,
     is_local,
     load_config,
+    load_tokenizer,
     offline_model_dir,
     resolve_family,
 )
@@ -78,6 +79,10 @@ def _check_source(recipe: RecipeBase) -> None:
         check_local_dir(path, m.trust_remote_code)
         if m.pretrained:
             weights_files(path, m.allow_pickle)
+        load_tokenizer(m.source, m.pretrained, m.trust_remote_code)  # its files, if it has any
+    data_dir = getattr(recipe.task, "data_dir", None)
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise PeftxError(f"task.data_dir: {data_dir}: no such folder")
 
 
 def _memory(model: torch.nn.Module, recipe: RecipeBase) -> int:
@@ -116,6 +121,13 @@ def check_recipe(recipe: RecipeBase) -> Checked:
         backbone = build_backbone(fam, copy.deepcopy(config), m.source)
         model = assemble(recipe, info, Backbone(fam, backbone, tokenizer=None))
         apply_method(model, recipe.method, recipe.input)
+    limit = model.max_length
+    framing = (model.specials.bos is not None) + (model.specials.eos is not None)
+    if limit is not None and limit < framing + 1:
+        raise PeftxError(
+            f"model: {limit} input positions (the backbone's, less what method {recipe.method.name} adds in front) "
+            f"leave no room for a task token after {framing} framing token(s)"
+        )
     precision = resolve_precision(recipe.train.precision)
     frozen_bf16 = m.dtype == "auto" and m.quantization == "none" and precision == "bf16"
     store_dtypes(model, storage_plan(model, m.dtype, frozen_bf16))

@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -189,7 +190,15 @@ def apply_overrides(config: PretrainedConfig, overrides: dict) -> None:
             raise PeftxError(f"{where}: expected {type(current).__name__} like its default {current!r}, got {value!r}")
         if _SIZE_FIELD.fullmatch(key) and isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise PeftxError(f"{where}: {value}; sizes and layer counts are 1 or more")
-        setattr(config, key, value)
+        try:
+            setattr(config, key, value)
+        except StrictDataclassError as e:  # transformers 5 configs check their fields' types on assignment
+            raise PeftxError(f"{where}: {_first_line(e).strip()}") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def _same_kind(current: object, value: object) -> bool:
@@ -219,6 +228,8 @@ def load_config(source: str, overrides: dict | None = None, trust_remote_code: b
         check_local_dir(path, trust_remote_code)
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except StrictDataclassError as e:  # a field of the wrong type
+            raise PeftxError(f"{path / 'config.json'}: {_first_line(e).strip()}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise PeftxError(f"{path / 'config.json'}: not a config transformers can read ({first})") from None
@@ -249,8 +260,12 @@ def resolve_family(source: str, config: PretrainedConfig, family: str | None) ->
     return found
 
 
-def _tokenizer(source: str, pretrained: bool, trust_remote_code: bool = False):
-    """The model's tokenizer where it can be had without a download (or from the hub when pretrained)."""
+def load_tokenizer(source: str, pretrained: bool, trust_remote_code: bool = False):
+    """The model's tokenizer where it can be had without a download (or from the hub when pretrained).
+
+    Raises:
+        PeftxError: a local directory's tokenizer files cannot be read.
+    """
     if source == OFFLINE:
         return AutoTokenizer.from_pretrained(offline_model_dir())
     if is_local(source):
@@ -365,7 +380,7 @@ def load_backbone(
     if quant is not None:
         own_unquantized_tensors(model)
         prepare_quantized(model)
-    tokenizer = _tokenizer(source, pretrained, trust_remote_code)
+    tokenizer = load_tokenizer(source, pretrained, trust_remote_code)
     return Backbone(family=fam, model=model, tokenizer=tokenizer, provenance=provenance)
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from peftx.errors import PeftxError
 from peftx.inputs import INPUTS
-from peftx.recipe.grid import reject_grid
+from peftx.recipe.grid import find_axes, reject_grid
 from peftx.recipe.schema import PLUGINS, RecipeBase, recipe_class
 from peftx.text_files import read_text
 
@@ -184,7 +184,12 @@ def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
     if not isinstance(raw, dict):
         raise PeftxError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
-    return apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        find_axes(raw)  # a malformed grid is named with its file here, before any reader expands it
+    except PeftxError as e:
+        raise PeftxError(f"{path}: {e}") from None
+    return raw
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:
