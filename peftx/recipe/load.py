@@ -60,12 +60,14 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def _yaml_error(where: str, e: Exception) -> PeftxError:
+def _yaml_error(where: str, e: Exception, text: str) -> PeftxError:
     """One line for a YAML error: the file, the line, and what is wrong."""
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     line = f":{mark.line + 1}" if mark is not None else ""
     if isinstance(e, yaml.reader.ReaderError):
-        return PeftxError(f"{where}: invalid YAML: unacceptable character #x{ord(e.character):04x}")
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        line = f":{text.count(chr(10), 0, e.position) + 1}"
+        return PeftxError(f"{where}{line}: invalid YAML: unacceptable character #x{char:04x}")
     if isinstance(e, RecursionError):
         return PeftxError(f"{where}: invalid YAML: nested too deeply")
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -178,7 +180,7 @@ def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
     try:
         raw = parse_yaml(text)
     except (yaml.YAMLError, RecursionError) as e:
-        raise _yaml_error(str(path), e) from None
+        raise _yaml_error(str(path), e, text) from None
     if raw is None:
         raise PeftxError(f"{path}: empty recipe (expected a mapping of sections: model, task, method, train ...)")
     if not isinstance(raw, dict):

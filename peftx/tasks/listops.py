@@ -235,7 +235,7 @@ def read_lra_file(path: Path) -> tuple[list[list[int]], list[int]]:
         try:
             exprs.append(parse_expression(source))
         except PeftxError as e:
-            raise PeftxError(f"{where}: Source: {e}") from None
+            raise PeftxError(f"{where}: {e}") from None
         if target.strip() not in LABELS:
             raise PeftxError(f"{where}: Target: {target!r} is not a label (0-9)")
         labels.append(int(target))

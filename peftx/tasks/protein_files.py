@@ -45,7 +45,7 @@ def read_tape_json(path: Path, label_key: str = "fold_label") -> Records:
     try:
         items = json.loads(read_text(path, "TAPE JSON file"))
     except json.JSONDecodeError as e:
-        raise PeftxError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise PeftxError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(items, list):
         raise PeftxError(f"{path}: expected a JSON list of records")
     return _records(path, items, label_key)
