@@ -157,8 +157,8 @@ WOULD_FAIL = [
     ("sha256_from_scratch", lambda r: r["model"].update(sha256="a" * 64), "model: sha256 pins pretrained weights"),
     (
         "override_key_not_a_name",
-        lambda r: r["model"].update(config_overrides={1: 2}),
-        "model.config_overrides: 1 is not a config field name",
+        lambda r: r["model"].update(config_overrides={"num-layers": 2}),
+        "model.config_overrides: 'num-layers' is not a config field name",
     ),  # fmt: skip
     (
         "missing_data_dir",
