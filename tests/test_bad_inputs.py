@@ -117,7 +117,7 @@ WOULD_FAIL = [
         "override_typo",
         _overrides(num_hidden_layer=3),
         "model.config_overrides.num_hidden_layer: not a field of BertConfig (did you mean 'num_hidden_layers'?)",
-    ),  # fmt: skip
+    ),
     ("override_type", _overrides(num_hidden_layers="two"), "model.config_overrides.num_hidden_layers: expected int"),
     ("override_list", _overrides(hidden_size=[1]), "model.config_overrides.hidden_size: expected int"),
     (
@@ -125,7 +125,7 @@ WOULD_FAIL = [
         _overrides(num_attention_heads=5),
         "model.config_overrides: 'bert-base-uncased' cannot be "
         "built as configured (The hidden size (32) is not a multiple",
-    ),  # fmt: skip
+    ),
     ("zero_layers", _overrides(num_hidden_layers=0), "model.config_overrides.num_hidden_layers: 0; sizes and layer"),
     ("negative_width", _overrides(intermediate_size=-4), "model.config_overrides.intermediate_size: -4"),
     ("two_positions", _overrides(max_position_embeddings=2), "model: 2 input positions"),
@@ -137,29 +137,29 @@ WOULD_FAIL = [
         "min_above_max",
         lambda r: r["task"].update(min_length=50, max_length=10),
         "task: min_length 50 and max_length 10 leave no length between them",
-    ),  # fmt: skip
+    ),
     (
         "min_beyond_longest",
         lambda r: r["task"].update(min_length=300, max_length=400),
         "task: min_length 300: no expression is longer (max_depth 4 and max_args 4 allow at most 106)",
-    ),  # fmt: skip
+    ),
     (
         "warmup_1e30_epochs",
         lambda r: r["train"].update(warmup=1e30, steps=None, epochs=1),
         "train: warmup: 1e+30 steps is more than any run takes",
-    ),  # fmt: skip
+    ),
     (
         "warmup_longer_than_epochs",
         lambda r: r["train"].update(warmup=500, steps=None, epochs=1),
         "train.warmup: 500 steps is longer than the run (16 steps: 1 epoch(s) of 256 examples in batches of 16)",
-    ),  # fmt: skip
+    ),
     ("sha256_not_hex", lambda r: r["model"].update(sha256="ab"), "model.sha256: expected a sha256 digest"),
     ("sha256_from_scratch", lambda r: r["model"].update(sha256="a" * 64), "model: sha256 pins pretrained weights"),
     (
         "override_key_not_a_name",
         lambda r: r["model"].update(config_overrides={"num-layers": 2}),
         "model.config_overrides: 'num-layers' is not a config field name",
-    ),  # fmt: skip
+    ),
     (
         "missing_data_dir",
         lambda r: r["task"].update(data_dir="/nonexistent/lra"),
