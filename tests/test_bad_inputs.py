@@ -236,3 +236,17 @@ def test_budget_on_a_sweep_recipe_says_what_to_do(tmp_path):
 
 def test_budget_on_the_paper_grid_is_one_line():
     assert_one_line(invoke("budget", "--recipe", "recipes/paper/listops.yaml"), "holds grid axes (model,")
+
+
+def test_safety_fields_never_make_a_finished_run_stale():
+    from peftx.recipe import result_defining, validate_recipe
+
+    new = validate_recipe(tiny_recipe("bert")).to_dict()
+    old = {
+        **new,
+        "model": {k: v for k, v in new["model"].items() if k not in ("trust_remote_code", "allow_pickle", "sha256")},
+    }
+    allowed = validate_recipe(
+        tiny_recipe("bert", model={**tiny_recipe("bert")["model"], "allow_pickle": True})
+    ).to_dict()
+    assert result_defining(old) == result_defining(new) == result_defining(allowed)

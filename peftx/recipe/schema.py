@@ -61,13 +61,14 @@ class ModelSection(Section):
     """4-bit only: also quantize the per-block scales (default true; ~0.4 bits per weight less)."""
     compute_dtype: Literal["float32", "bfloat16"] | None = None
     """4-bit only: dtype the dequantized weights are multiplied in (default: `dtype`)."""
-    trust_remote_code: bool = False
+    # whether loading is allowed, never what is computed: result-neutral (older runs are not stale)
+    trust_remote_code: bool = Field(False, json_schema_extra=RESULT_NEUTRAL)
     """Let a model directory or hub repository that ships its own Python code (an `auto_map` in its
     config) run that code. Off: such a source is refused."""
-    allow_pickle: bool = False
+    allow_pickle: bool = Field(False, json_schema_extra=RESULT_NEUTRAL)
     """Load pickle checkpoints (`*.bin`, `*.pt`): unpickling can run any code the file holds. Off: only
     safetensors weights are loaded."""
-    sha256: str | dict[str, str] | None = None
+    sha256: str | dict[str, str] | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
     """Pin the pretrained weights: the sha256 of the one weights file, or {file name: sha256} for
     several (sharded) files. The digests of what was loaded are recorded in result.json either way."""
 
