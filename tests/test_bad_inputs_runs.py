@@ -109,3 +109,13 @@ def test_report_skips_or_names_broken_result_files(trained, tmp_path):
     assert "Traceback" not in out.output and out.exit_code in (0, 2), out.output
     if out.exit_code == 2:
         assert_one_line(out, "broken")
+
+
+def test_predict_from_stdin_names_stdin_and_line(trained):
+    from peftx.cli import app
+    from tests.bad_inputs_helpers import runner
+
+    out = runner.invoke(app, ["predict", str(trained), "-"], input="[MAX 2 9 ]\n[MIN 1\n")
+    assert_one_line(out, "<stdin>:2: not a ListOps expression")
+    out = runner.invoke(app, ["predict", str(trained), "-"], input=b"[MAX 2 \xff ]\n")
+    assert_one_line(out, "<stdin>:1: not UTF-8 text")
