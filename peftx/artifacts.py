@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from peftx.errors import PeftxError
@@ -169,13 +170,15 @@ class RunRecord(Record):
         if not isinstance(data, dict):
             raise PeftxError(f"{path}: not a run record (a JSON object)")
         data.setdefault("schema_version", 1)
+        if not isinstance(data["schema_version"], int) or isinstance(data["schema_version"], bool):
+            raise PeftxError(f"{path}: schema_version: expected an integer, got {data['schema_version']!r}")
         if data["schema_version"] > SCHEMA_VERSION:
             raise PeftxError(f"{path}: schema_version {data['schema_version']} is newer than this peftx reads")
         try:
             return cls.model_validate(data)
         except ValidationError as e:
             first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
+            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
             raise PeftxError(f"{path}: {key}: {first['msg']}") from None
 
     @property
@@ -369,11 +372,23 @@ def save_weights(model: torch.nn.Module, run_dir: Path, whole_backbone: bool) ->
 
 def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
     """Load a run's saved tensors into a freshly built model: every saved name must exist in it, and
-    every trainable parameter of it must be saved."""
+    every trainable parameter of it must be saved.
+
+    Raises:
+        PeftxError: a missing, truncated or corrupt file, tensors with non-finite values, or tensors
+            that do not fit the model (one line naming the file and the tensor).
+    """
     path = run_dir / WEIGHTS
     if not path.is_file():
         raise PeftxError(f"{path}: missing; the run did not finish")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:  # empty, truncated or garbage: safetensors names the problem
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PeftxError(f"{path}: not a readable safetensors file ({first})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PeftxError(f"{path}: {name} holds non-finite values (inf or nan); these weights cannot predict")
     own = dict(model.named_parameters()) | dict(model.named_buffers())
     unknown = sorted(set(state) - set(own))
     if unknown:

@@ -124,7 +124,17 @@ def build_model(recipe: RecipeBase, info: TaskInfo, precision: str | None = None
     """
     m = recipe.model
     quant = QuantSpec.from_section(m)
-    bb = load_backbone(m.source, m.pretrained, m.family, storage_dtype(m.dtype), m.config_overrides, quant)
+    bb = load_backbone(
+        m.source,
+        m.pretrained,
+        m.family,
+        storage_dtype(m.dtype),
+        m.config_overrides,
+        quant,
+        trust_remote_code=m.trust_remote_code,
+        allow_pickle=m.allow_pickle,
+        sha256=m.sha256,
+    )
     model = assemble(recipe, info, bb)
     apply_method(model, recipe.method, recipe.input)
     # `auto` loaded float32, so that trained weights start exact

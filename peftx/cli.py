@@ -114,13 +114,17 @@ def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
     set_: SetOption = None,
 ) -> None:
-    """Check recipes (and sweep recipes, every point) without running them (exit 2 if any is invalid)."""
+    """Check recipes (and sweep recipes, every point) without running them: the schema, the model built
+    without weights (config overrides, layers, method, memory), the task's settings (exit 2 if any is
+    invalid; every file is checked)."""
+    from peftx.check import check_recipes
     from peftx.sweep import load_sweep
 
     failed = 0
     for path in recipes:
         try:
             points = load_sweep(path, list(set_ or []))
+            check_recipes([p.recipe for p in points], str(path))
             print(f"ok: {path}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
         except PeftxError as e:
             failed += 1

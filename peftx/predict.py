@@ -3,7 +3,6 @@ of its task with `Predictor(run_dir).evaluate(["test"])`."""
 
 from __future__ import annotations
 
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +10,13 @@ from pathlib import Path
 import datasets
 import torch
 
+from peftx import text_files
 from peftx.artifacts import RECIPE, RunRecord, load_weights
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
 from peftx.session import open_session
 from peftx.speed import prepare_model
+from peftx.text_files import decode_text
 from peftx.train import evaluate, infer
 
 SPLITS = ("train", "validation", "test")
@@ -57,28 +58,31 @@ class Predictor:
     def precision(self) -> str:
         return self.session.precision
 
-    def logits(self, texts: list[str]) -> torch.Tensor:
+    def logits(self, texts: list[str], where: list[str] | None = None) -> torch.Tensor:
         """Logits (n, classes) for inputs written as the task's `parse` reads them (a ListOps expression,
         a protein sequence, an image file's path).
 
+        Args:
+            where: each input's place for messages (e.g. "inputs.tsv:3"); None: "input 1", "input 2" ...
+
         Raises:
-            PeftxError: an input the task cannot parse (naming its position, from 1).
+            PeftxError: an input the task cannot parse (naming its place).
         """
         if not texts:
             return torch.empty(0, len(self.info.labels))
         ids = []
-        for lineno, text in enumerate(texts, start=1):
+        for i, text in enumerate(texts):
             try:
                 ids.append(self.info.parse(text))
             except PeftxError as e:
-                raise PeftxError(f"input {lineno}: {e}") from None
+                raise PeftxError(f"{where[i] if where else f'input {i + 1}'}: {e}") from None
         split = self.session.split(datasets.Dataset.from_dict({self.info.input_spec.column: ids}))
         train = self.recipe.train
         return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
 
-    def predict(self, texts: list[str]) -> list[str]:
-        """Predicted label of each input."""
-        return [self.info.labels[i] for i in self.logits(texts).argmax(-1).tolist()]
+    def predict(self, texts: list[str], where: list[str] | None = None) -> list[str]:
+        """Predicted label of each input (`where`: as for `logits`)."""
+        return [self.info.labels[i] for i in self.logits(texts, where).argmax(-1).tolist()]
 
     def evaluate(self, splits: list[str] | tuple[str, ...] = ("test",)) -> dict[str, dict]:
         """Accuracy, mean cross-entropy and size of each named split of the run's task, loaded as
@@ -100,23 +104,32 @@ class Inputs:
 
     texts: list[str]
     targets: list[str] | None = None
+    where: list[str] | None = None  # each input's file:line
 
 
 def read_inputs(text: str, where: str) -> Inputs:
     """Parse `peftx predict`'s input text (non-empty lines; a TSV whose header starts with `Source`).
 
     Raises:
-        PeftxError: a TSV row whose Source is empty (naming its line).
+        PeftxError: a TSV row whose Source is empty, or whose fields do not match the header (naming
+            its line).
     """
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines or lines[0].split("\t")[0] != "Source":
-        return Inputs(lines)
-    rows = list(csv.DictReader(lines, delimiter="\t"))
-    for lineno, row in enumerate(rows, start=2):
-        if not row.get("Source"):
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not numbered or numbered[0][1].split("\t")[0] != "Source":
+        return Inputs([line for _, line in numbered], where=[f"{where}:{n}" for n, _ in numbered])
+    header = numbered[0][1].split("\t")
+    texts, targets, places = [], [], []
+    for lineno, line in numbered[1:]:
+        # one row per line (csv without quoting: an expression or a path is never quoted)
+        row = dict(zip(header, line.split("\t")))
+        if len(line.split("\t")) > len(header):
+            raise PeftxError(f"{where}:{lineno}: more fields than the header's {len(header)}")
+        if not row.get("Source", "").strip():
             raise PeftxError(f"{where}:{lineno}: Source: empty")
-    targets = [r.get("Target") or "" for r in rows] if "Target" in lines[0].split("\t") else None
-    return Inputs([r["Source"] for r in rows], targets)
+        texts.append(row["Source"])
+        targets.append(row.get("Target") or "")
+        places.append(f"{where}:{lineno}")
+    return Inputs(texts, targets if "Target" in header else None, places)
 
 
 @dataclass
@@ -159,23 +172,16 @@ def score_lines(scores: dict[str, dict], record: RunRecord) -> list[str]:
 def predict_file(run_dir: str | Path, text: str, where: str) -> Predictions:
     """Reload a run and predict every input of `peftx predict`'s input text."""
     inputs = read_inputs(text, where)
-    return Predictions(inputs, Predictor(run_dir).predict(inputs.texts))
+    return Predictions(inputs, Predictor(run_dir).predict(inputs.texts, inputs.where))
 
 
 def read_text(path: Path) -> str:
-    """A text file's content ('-': stdin) as UTF-8 (a UTF-16 file with its byte-order mark too).
+    """A text file's content ('-': stdin), as `peftx.text_files` reads text (UTF-8, or UTF-16/32 with
+    a byte-order mark).
 
     Raises:
-        PeftxError: no such file, or not text.
+        PeftxError: no such file, or not text (naming the line).
     """
     if str(path) == "-":
-        return sys.stdin.read()
-    if not path.is_file():
-        raise PeftxError(f"{path}: no such file")
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PeftxError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        return decode_text(sys.stdin.buffer.read(), "<stdin>")
+    return text_files.read_text(path, "input file")

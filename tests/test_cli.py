@@ -80,7 +80,7 @@ def test_run_writes_run_dir_refuses_to_overwrite_and_predicts(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("[MAX 2 x ]\n")
     out = runner.invoke(app, ["predict", str(run_dir), str(bad)])
-    assert out.exit_code == 2 and "input 1: unknown ListOps symbol 'x'" in out.stderr
+    assert out.exit_code == 2 and "bad.txt:1: unknown ListOps symbol 'x'" in out.stderr
 
     named = runner.invoke(app, ["run", str(path), "--quiet", "--name", "second", "--set", "train.steps=2"])
     assert named.exit_code == 0 and (tmp_path / "runs" / "second" / "result.json").exists()

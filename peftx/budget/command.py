@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from peftx.budget.format import check_format, emit_recipes, render
 from peftx.budget.table import BudgetRequest, budget_table
 from peftx.budget.target import parse_target
+from peftx.errors import PeftxError
+
+SECTIONS = ("model", "task", "input", "method", "train", "output", "seed")
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,6 +26,24 @@ class BudgetOutput:
 
     text: str  # the table in the requested format
     written: list[Path] = field(default_factory=list)  # recipes written (--emit-recipes)
+
+
+def _refuse_sweep(recipe: Path) -> None:
+    """Refuse a sweep recipe (a whole section as a list, or a `grid:`): it counts as many models as it
+    has points. Read without the schema (which imports torch: a cached table needs none); fields that
+    are lists are refused where the recipe is validated."""
+    try:
+        raw = yaml.safe_load(Path(recipe).read_bytes())
+    except Exception:  # unreadable or not YAML: reading the recipe for the table reports it in one line
+        return
+    if not isinstance(raw, dict):
+        return
+    axes = [k for k in SECTIONS if isinstance(raw.get(k), list)] + (["grid"] if "grid" in raw else [])
+    if axes:
+        raise PeftxError(
+            f"{recipe}: holds grid axes ({', '.join(axes)}); count its points with `peftx sweep {recipe} --dry-run`, "
+            "or pass a plain recipe"
+        )
 
 
 def budget_command(
@@ -59,6 +82,8 @@ def budget_command(
             that does not validate.
     """
     check_format(fmt)
+    if recipe is not None:
+        _refuse_sweep(recipe)
     req = BudgetRequest(
         models=models,
         methods=methods,

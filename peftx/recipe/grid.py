@@ -38,6 +38,11 @@ def find_axes(raw: dict) -> list[tuple[str, list]]:
         PeftxError: a malformed `grid:` section or an empty axis.
     """
     axes: list[tuple[str, list]] = []
+    for key in ("name", "output"):  # one sweep writes under one name and one output.dir
+        if isinstance(raw.get(key), list):
+            raise PeftxError(f"{key}: a list here is no grid axis (a sweep has one {key}; each point is named for you)")
+    if isinstance(raw.get("output"), dict) and isinstance(raw["output"].get("dir"), list):
+        raise PeftxError("output.dir: a list here is no grid axis (every point of a sweep runs under one output.dir)")
     for key, value in raw.items():
         if key == "grid":
             if not isinstance(value, dict) or not all(isinstance(v, list) and v for v in value.values()):

@@ -1,13 +1,18 @@
 """Reading recipes: YAML files, `--set` overrides, validation into the schema, one-line errors.
 
 `--set a.b=value` overrides are parsed as YAML values and validated like the file. Every user mistake
-becomes a `PeftxError` whose one line names the file and the key path.
+becomes a `PeftxError` whose one line names the file and the key path (and the line, for YAML).
+
+One YAML loader reads files and `--set` values alike (`RecipeLoader`): PyYAML's safe loader, refusing
+duplicate keys (PyYAML keeps the last one silently) and reading numbers as YAML 1.2 does (`1e-5` is a
+float; YAML 1.1, which PyYAML follows, wants `1.0e-5` and reads `1e-5` as a string).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,57 @@ from pydantic import ValidationError
 
 from peftx.errors import PeftxError
 from peftx.inputs import INPUTS
-from peftx.recipe.grid import reject_grid
+from peftx.recipe.grid import find_axes, reject_grid
 from peftx.recipe.schema import PLUGINS, RecipeBase, recipe_class
+from peftx.text_files import read_text
+
+# YAML 1.2's core-schema float: a dot or an exponent, either optional sign (`1e-5`, `3E4`, `.5`, `2.`).
+_FLOAT_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first[key] + 1})", key_node.start_mark
+                    )
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+# Appended after PyYAML's own resolvers, so only what they leave a string (`1e-5`) becomes a float.
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as data, read by `RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _yaml_error(where: str, e: Exception, text: str) -> PeftxError:
+    """One line for a YAML error: the file, the line, and what is wrong."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    if isinstance(e, yaml.reader.ReaderError):
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        line = f":{text.count(chr(10), 0, e.position) + 1}"
+        return PeftxError(f"{where}{line}: invalid YAML: unacceptable character #x{char:04x}")
+    if isinstance(e, RecursionError):
+        return PeftxError(f"{where}: invalid YAML: nested too deeply")
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return PeftxError(f"{where}{line}: invalid YAML: {problem}")
 
 
 def _format_error(err: dict, where: str, raw: dict) -> str:
@@ -59,14 +113,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `a.b=value` overrides (values parsed as YAML) to a raw recipe dict, in place."""
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or not all(parts):
             raise PeftxError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+            value = parse_yaml(text)
+        except yaml.constructor.ConstructorError as e:  # valid YAML syntax, refused content (a duplicate key)
+            raise PeftxError(f"--set {item!r}: {e.problem}") from None
+        except (yaml.YAMLError, RecursionError):
+            value = text  # not YAML: the text itself (the schema says whether a string fits)
         node = raw
-        parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
@@ -116,20 +173,26 @@ def validate_recipe(raw: Any, where: str = "<recipe>") -> RecipeBase:
 
 def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
     """A recipe file as a raw mapping, with `--set` overrides applied and `name` defaulting to the
-    file's stem. Raises PeftxError on a missing file, a YAML syntax error or a non-mapping."""
+    file's stem. Raises PeftxError on a missing, binary or non-UTF-8 file, a YAML error (naming the
+    line; a duplicate key is one), an empty file or a non-mapping."""
     path = Path(path)
-    if not path.is_file():
-        raise PeftxError(f"{path}: no such recipe file")
+    text = read_text(path, "recipe file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f":{mark.line + 1}" if mark else ""
-        raise PeftxError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        raw = parse_yaml(text)
+    except (yaml.YAMLError, RecursionError) as e:
+        raise _yaml_error(str(path), e, text) from None
+    if raw is None:
+        raise PeftxError(f"{path}: empty recipe (expected a mapping of sections: model, task, method, train ...)")
     if not isinstance(raw, dict):
         raise PeftxError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
-    raw.setdefault("name", path.stem)
-    return apply_overrides(raw, overrides or [])
+    # the stem as a plain run name: `my recipe (v2).yaml` runs as `my-recipe-v2`
+    raw.setdefault("name", re.sub(r"[^A-Za-z0-9._=+,@-]+", "-", path.stem).strip("-.") or "run")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        find_axes(raw)  # a malformed grid is named with its file here, before any reader expands it
+    except PeftxError as e:
+        raise PeftxError(f"{path}: {e}") from None
+    return raw
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeBase:

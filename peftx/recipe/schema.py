@@ -20,6 +20,8 @@ from peftx.inputs import INPUTS
 from peftx.methods import METHODS
 from peftx.tasks import TASKS
 
+# More optimizer steps than any run takes (a year at 30 steps a second); a warm-up longer is a mistake.
+MAX_STEPS = 1_000_000_000
 # Marks a field whose value changes speed or location, not results (see `result_neutral_keys`).
 RESULT_NEUTRAL = {"result_neutral": True}
 
@@ -60,9 +62,40 @@ class ModelSection(Section):
     """4-bit only: also quantize the per-block scales (default true; ~0.4 bits per weight less)."""
     compute_dtype: Literal["float32", "bfloat16"] | None = None
     """4-bit only: dtype the dequantized weights are multiplied in (default: `dtype`)."""
+    # whether loading is allowed, never what is computed: result-neutral (older runs are not stale)
+    trust_remote_code: bool = Field(False, json_schema_extra=RESULT_NEUTRAL)
+    """Let a model directory or hub repository that ships its own Python code (an `auto_map` in its
+    config) run that code. Off: such a source is refused."""
+    allow_pickle: bool = Field(False, json_schema_extra=RESULT_NEUTRAL)
+    """Load pickle checkpoints (`*.bin`, `*.pt`): unpickling can run any code the file holds. Off: only
+    safetensors weights are loaded."""
+    sha256: str | dict[str, str] | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
+    """Pin the pretrained weights: the sha256 of the one weights file, or {file name: sha256} for
+    several (sharded) files. The digests of what was loaded are recorded in result.json either way."""
+
+    @field_validator("config_overrides")
+    @classmethod
+    def _override_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ValueError(f"{key!r} is not a config field name")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, v: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        digests = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        for d in digests:
+            if not (isinstance(d, str) and len(d) == 64 and all(c in "0123456789abcdefABCDEF" for c in d)):
+                raise ValueError(f"expected a sha256 digest (64 hexadecimal digits), got {d!r}")
+        if isinstance(v, dict):
+            return {k: d.lower() for k, d in v.items()}
+        return v.lower() if v is not None else None
 
     @model_validator(mode="after")
     def _check(self) -> ModelSection:
+        if self.sha256 is not None and not self.pretrained:
+            raise ValueError("sha256 pins pretrained weights, and pretrained is false (nothing is loaded)")
         if self.quantization != "4bit":
             for key in ("quant_type", "double_quant", "compute_dtype"):
                 if getattr(self, key) is not None:
@@ -174,6 +207,8 @@ class TrainSection(Section):
             raise ValueError(f"warmup: {self.warmup} is neither a fraction (< 1) nor a whole number of steps")
         if self.warmup >= 1 and self.steps is not None and self.warmup > self.steps:
             raise ValueError(f"warmup: {int(self.warmup)} steps is longer than the run (steps: {self.steps})")
+        if self.warmup > MAX_STEPS:  # e.g. 1e30 with epochs: the learning rate would stay near 0 all run
+            raise ValueError(f"warmup: {self.warmup:g} steps is more than any run takes (at most {MAX_STEPS:,})")
         return self
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from peftx.errors import PeftxError
 from peftx.input_spec import InputSpec
 
 SPLITS = ("train", "validation", "test")
@@ -57,6 +59,38 @@ class TaskConfig(BaseModel):
     def load(self) -> TaskData:
         """The task's train/validation/test splits, baselines and notes."""
         raise NotImplementedError
+
+    def train_size(self) -> int | None:
+        """Training examples, where the section alone tells (None: known only once loaded)."""
+        return None
+
+
+def check_splits(splits: datasets.DatasetDict, task: str, where: str | Path, num_classes: int | None = None) -> None:
+    """Refuse task data that would fail only once training runs: a missing or empty split, or labels
+    outside 0..num_classes-1.
+
+    Args:
+        task: the task's name, for messages.
+        where: the data's source (a folder or "task"), for messages.
+        num_classes: check labels against it (None: the split's ClassLabel feature).
+
+    Raises:
+        PeftxError: one line naming the split.
+    """
+    for split in SPLITS:
+        if split not in splits:
+            raise PeftxError(f"{where}: {task} data lacks its {split} split")
+        ds = splits[split]
+        if len(ds) == 0:
+            raise PeftxError(f"{where}: {task} {split} split is empty")
+        n = num_classes
+        if n is None and isinstance(ds.features.get("label"), datasets.ClassLabel):
+            n = ds.features["label"].num_classes
+        labels = np.asarray(ds["label"])
+        if n is not None and len(labels) and (labels.min() < 0 or labels.max() >= n):
+            bad = int(labels[(labels < 0) | (labels >= n)][0])
+            row = int(np.argmax((labels < 0) | (labels >= n)))
+            raise PeftxError(f"{where}: {task} {split} example {row}: label {bad} outside 0..{n - 1}")
 
 
 def majority_accuracy(train_labels: list[int], test_labels: list[int]) -> float:

@@ -13,24 +13,31 @@ sign of where an argument list ends (the Frozen Pretrained Transformer's loader 
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 import datasets
+from pydantic import Field, model_validator
 
 from peftx.cache import cached_dataset_dict
 from peftx.errors import PeftxError
 from peftx.input_spec import SymbolVocab
-from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo, majority_accuracy
+from peftx.tasks.base import TaskConfig, TaskData, TaskInfo, check_splits, majority_accuracy
 from peftx.tasks.registry import TASKS
+from peftx.text_files import read_text
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
 DIGITS = tuple(str(d) for d in range(10))
 VALUE_P = 0.25
 GENERATOR_VERSION = 1
+# Draws in a row that may bring no new expression before generation gives up. Every preset accepts at
+# least 3% of its draws (measured: cpu 3.1%, lra 8.2%, tiny 20%), so 100,000 failures in a row never
+# happen by chance; when they do, the settings allow too few distinct expressions (seconds, not a hang).
+MAX_DRAWS_WITHOUT_NEW = 100_000
 
 VOCAB = SymbolVocab(
     symbols=OPERATORS + (END,) + DIGITS,
@@ -134,6 +141,29 @@ def encode(text: str) -> list[int]:
     return ids
 
 
+def parse_expression(text: str) -> list[int]:
+    """Symbol ids of one well-formed ListOps expression (what `peftx predict` reads).
+
+    Raises:
+        PeftxError: an unknown symbol, or brackets that do not balance (an operator without its `]`).
+    """
+    ids = encode(text)
+    try:
+        evaluate(tokenize(text))
+    except ValueError as e:
+        raise PeftxError(f"not a ListOps expression: {e}") from None
+    return ids
+
+
+def longest_expression(max_depth: int, max_args: int) -> int:
+    """The length of the largest tree the generator can draw (every node an operator with `max_args`
+    arguments down to `max_depth`), capped where it no longer matters."""
+    length = 1
+    for _ in range(max_depth - 1):
+        length = min(2 + max_args * length, 1 << 40)
+    return length
+
+
 def generate_splits(
     seed: int, min_length: int, max_length: int, max_depth: int, max_args: int, n_train: int, n_val: int, n_test: int
 ) -> datasets.DatasetDict:
@@ -141,10 +171,19 @@ def generate_splits(
     rng = random.Random(seed)
     seen: dict[str, None] = {}
     total = n_train + n_val + n_test
+    misses = 0
     while len(seen) < total:
         toks = generate_expression(rng, max_depth, max_args, max_length)
+        before = len(seen)
         if toks is not None and min_length < len(toks) < max_length:
             seen.setdefault(" ".join(toks))
+        misses = 0 if len(seen) > before else misses + 1
+        if misses >= MAX_DRAWS_WITHOUT_NEW:
+            raise PeftxError(
+                f"task: after {misses:,} draws without a new expression, only {len(seen):,} of the {total:,} asked for "
+                f"(n_train + n_val + n_test) exist with lengths in ({min_length}, {max_length}), max_depth {max_depth} "
+                f"and max_args {max_args}; widen min_length..max_length, raise max_depth / max_args, or ask for fewer"
+            )
     exprs = list(seen)
     bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, total)}
     return datasets.DatasetDict({split: _to_dataset(exprs[a:b]) for split, (a, b) in bounds.items()})
@@ -162,27 +201,66 @@ def _to_dataset(exprs: list[str]) -> datasets.Dataset:
 LRA_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
 
 
+def read_lra_file(path: Path) -> tuple[list[list[int]], list[int]]:
+    """One of LRA's ListOps TSV files: (symbol ids, label) per row.
+
+    Raises:
+        PeftxError: a missing, binary or non-UTF-8 file, a missing column, or a bad row (an empty or
+            malformed expression, unbalanced brackets, a Target that is not a digit 0-9), naming file:line.
+    """
+    text = read_text(path, "ListOps file")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    try:
+        fields = reader.fieldnames
+    except csv.Error as e:
+        raise PeftxError(f"{path}:1: not a TSV header ({e})") from None
+    if not fields or {"Source", "Target"} - set(fields):
+        raise PeftxError(f"{path}: expected columns Source and Target, found {fields}")
+    exprs, labels = [], []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise PeftxError(f"{path}:{reader.line_num}: not a TSV row ({e})") from None
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            raise PeftxError(f"{where}: more fields than the header's {len(fields)}")
+        source, target = row["Source"], row["Target"]
+        if source is None or target is None:
+            raise PeftxError(f"{where}: fewer fields than the header's {len(fields)}")
+        if not source.strip():
+            raise PeftxError(f"{where}: Source: empty")
+        try:
+            exprs.append(parse_expression(source))
+        except PeftxError as e:
+            raise PeftxError(f"{where}: {e}") from None
+        if target.strip() not in LABELS:
+            raise PeftxError(f"{where}: Target: {target!r} is not a label (0-9)")
+        labels.append(int(target))
+    return exprs, labels
+
+
 def load_lra_tsv(data_dir: Path) -> datasets.DatasetDict:
-    """Read LRA's `basic_{train,val,test}.tsv` (columns Source, Target) from `data_dir`."""
+    """Read LRA's `basic_{train,val,test}.tsv` (columns Source, Target) from `data_dir`.
+
+    Raises:
+        PeftxError: a missing folder or file, a bad row (naming file:line), or a file without rows.
+    """
+    if not data_dir.is_dir():
+        raise PeftxError(f"task.data_dir: {data_dir}: no such folder (expected {', '.join(LRA_FILES.values())})")
     out = {}
+    features = datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("int8")), "label": datasets.ClassLabel(names=list(LABELS))}
+    )
     for split, fname in LRA_FILES.items():
         path = data_dir / fname
         if not path.is_file():
             raise PeftxError(f"{path}: missing ListOps file (expected {', '.join(LRA_FILES.values())})")
-        exprs, labels = [], []
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            if not reader.fieldnames or {"Source", "Target"} - set(reader.fieldnames):
-                raise PeftxError(f"{path}: expected columns Source and Target, found {reader.fieldnames}")
-            for lineno, row in enumerate(reader, start=2):
-                try:
-                    exprs.append(encode(row["Source"]))
-                    labels.append(int(row["Target"]))
-                except (PeftxError, ValueError, TypeError) as e:
-                    raise PeftxError(f"{path}:{lineno}: {e}") from None
-        features = datasets.Features(
-            {"tokens": datasets.Sequence(datasets.Value("int8")), "label": datasets.ClassLabel(names=list(LABELS))}
-        )
+        exprs, labels = read_lra_file(path)
+        if not exprs:
+            raise PeftxError(f"{path}: no examples (a header and no rows)")
         out[split] = datasets.Dataset.from_dict({"tokens": exprs, "label": labels}, features=features)
     return datasets.DatasetDict(out)
 
@@ -205,24 +283,40 @@ class ListOpsConfig(TaskConfig):
     name: Literal["listops"] = "listops"
     preset: Literal["cpu", "lra", "tiny"] = "cpu"
     """Named sizes: `cpu` (lengths 21-159, 20k/1k/1k), `lra` (501-1999, 96k/2k/2k), `tiny` (tests)."""
-    min_length: int | None = None
+    min_length: int | None = Field(None, ge=0)
     """Keep expressions longer than this (digits count one, operators two); null: the preset's."""
-    max_length: int | None = None
+    max_length: int | None = Field(None, ge=2)
     """Keep expressions shorter than this; null: the preset's."""
-    max_depth: int | None = None
+    max_depth: int | None = Field(None, ge=1)
     """Deepest nesting of operators; null: the preset's."""
-    max_args: int | None = None
+    max_args: int | None = Field(None, ge=2)
     """Most arguments of one operator (each takes 2 to max_args); null: the preset's."""
-    n_train: int | None = None
+    n_train: int | None = Field(None, ge=1)
     """Training expressions to generate; null: the preset's."""
-    n_val: int | None = None
+    n_val: int | None = Field(None, ge=1)
     """Validation expressions to generate; null: the preset's."""
-    n_test: int | None = None
+    n_test: int | None = Field(None, ge=1)
     """Test expressions to generate; null: the preset's."""
-    data_seed: int = 0
+    data_seed: int = Field(0, ge=0)
     """Seed of the generator; fixed apart from the training seed so that all runs share one dataset."""
     data_dir: Path | None = None
     """Read LRA's basic_{train,val,test}.tsv from here instead of generating."""
+
+    @model_validator(mode="after")
+    def _lengths_possible(self) -> ListOpsConfig:
+        a = self.generator_args()
+        if a["min_length"] + 1 >= a["max_length"]:
+            raise ValueError(
+                f"min_length {a['min_length']} and max_length {a['max_length']} leave no length between them "
+                "(expressions are kept when min_length < length < max_length)"
+            )
+        longest = longest_expression(a["max_depth"], a["max_args"])
+        if a["min_length"] >= longest:
+            raise ValueError(
+                f"min_length {a['min_length']}: no expression is longer (max_depth {a['max_depth']} and max_args "
+                f"{a['max_args']} allow at most {longest})"
+            )
+        return self
 
     def generator_args(self) -> dict[str, int]:
         args = dict(PRESETS[self.preset])
@@ -231,8 +325,11 @@ class ListOpsConfig(TaskConfig):
                 args[k] = getattr(self, k)
         return args
 
+    def train_size(self) -> int | None:
+        return None if self.data_dir is not None else self.generator_args()["n_train"]
+
     def describe(self) -> TaskInfo:
-        return TaskInfo(input_spec=VOCAB, labels=LABELS, parse=encode)
+        return TaskInfo(input_spec=VOCAB, labels=LABELS, parse=parse_expression)
 
     def load(self) -> TaskData:
         if self.data_dir is not None:
@@ -243,9 +340,7 @@ class ListOpsConfig(TaskConfig):
             key = {"generator": GENERATOR_VERSION, "seed": self.data_seed, **args}
             splits = cached_dataset_dict("listops", key, lambda: generate_splits(self.data_seed, **args))
             notes = [f"ListOps generated: {args}, data_seed={self.data_seed}"]
-        missing = [s for s in SPLITS if s not in splits]
-        if missing:
-            raise PeftxError(f"ListOps data lacks split(s) {missing}")
+        check_splits(splits, "ListOps", self.data_dir or "task")
         train, test = splits["train"], splits["test"]
         baselines = {
             "majority_class": majority_accuracy(train["label"], test["label"]),

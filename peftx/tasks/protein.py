@@ -33,6 +33,7 @@ from peftx.tasks.base import (
     TaskConfig,
     TaskData,
     TaskInfo,
+    check_splits,
     majority_accuracy,
     nearest_centroid_accuracy,
 )
@@ -119,6 +120,8 @@ class ProteinConfig(TaskConfig):
             ids = encode("".join(line.split()))
         except ValueError as e:
             raise PeftxError(str(e)) from None
+        if not len(ids):
+            raise PeftxError("empty sequence")
         return crop(ids, self.max_residues, self.crop).tolist()
 
     def _read(self) -> tuple[dict[str, protein_files.Records], list[str]]:
@@ -175,6 +178,7 @@ class ProteinConfig(TaskConfig):
                 {"tokens": tokens, "label": [labels[i] for i in keep]}, features=features
             )
         splits = datasets.DatasetDict(out)
+        check_splits(splits, f"protein {self.dataset}", self.data_dir or "task", len(self.labels()))
         notes.append(
             f"protein: splits { ({s: len(out[s]) for s in SPLITS}) }; cropped to {self.max_residues} residues "
             f"({self.crop}): {cropped}"

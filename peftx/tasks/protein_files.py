@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pickle
 from pathlib import Path
 
 from peftx.errors import PeftxError
+from peftx.text_files import read_text
 
 Records = tuple[list[str], list[int]]  # (sequences, labels)
 TAPE_PREFIX = "remote_homology_"
@@ -41,9 +43,9 @@ def read_tape_json(path: Path, label_key: str = "fold_label") -> Records:
     if not path.is_file():
         raise PeftxError(f"{path}: missing TAPE JSON file")
     try:
-        items = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PeftxError(f"{path}: not valid JSON ({e})") from None
+        items = json.loads(read_text(path, "TAPE JSON file"))
+    except json.JSONDecodeError as e:
+        raise PeftxError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(items, list):
         raise PeftxError(f"{path}: expected a JSON list of records")
     return _records(path, items, label_key)
@@ -88,7 +90,7 @@ def read_fasta(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     current = None
     parts: list[str] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "FASTA file").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
@@ -117,7 +119,7 @@ def read_labels(path: Path) -> dict[str, int]:
     if not path.is_file():
         raise PeftxError(f"{path}: missing labels file")
     out = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "labels file").splitlines(), start=1):
         words = line.split()
         if not words:
             continue
@@ -175,11 +177,11 @@ def read_scl2205(data_dir: Path) -> tuple[dict[str, Records], dict[int, str]]:
         if not path.is_file():
             raise PeftxError(f"{path}: missing SCL2205 file (expected {', '.join(paths)})")
     try:
-        names = {int(k): v for k, v in json.loads(paths["labels.json"].read_text())["index_to_label"].items()}
-        splits = json.loads(paths["splits.json"].read_text())
-        entries = json.loads(paths["entries.json"].read_text())
-        with paths["scl2205.csv"].open(newline="") as f:
-            rows = {r["entry"]: (r["seq"], int(r["scl"])) for r in csv.DictReader(f)}
+        names = {int(k): v for k, v in json.loads(read_text(paths["labels.json"]))["index_to_label"].items()}
+        splits = json.loads(read_text(paths["splits.json"]))
+        entries = json.loads(read_text(paths["entries.json"]))
+        text = read_text(paths["scl2205.csv"])
+        rows = {r["entry"]: (r["seq"], int(r["scl"])) for r in csv.DictReader(io.StringIO(text, newline=""))}
         out = {
             ours: (
                 [rows[entries[str(i)]][0] for i in splits[theirs]],
@@ -187,6 +189,6 @@ def read_scl2205(data_dir: Path) -> tuple[dict[str, Records], dict[int, str]]:
             )
             for ours, theirs in (("train", "trn"), ("validation", "evl"), ("test", "tst"))
         }
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (json.JSONDecodeError, csv.Error, KeyError, TypeError, ValueError, AttributeError) as e:
         raise PeftxError(f"{data_dir}: malformed SCL2205 files ({type(e).__name__}: {e})") from None
     return out, names

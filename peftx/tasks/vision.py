@@ -33,6 +33,7 @@ from peftx.tasks.base import (
     TaskConfig,
     TaskData,
     TaskInfo,
+    check_splits,
     majority_accuracy,
     nearest_centroid_accuracy,
 )
@@ -108,6 +109,11 @@ class VisionConfig(TaskConfig):
 
     def default_input(self) -> str:
         return "linear"
+
+    def train_size(self) -> int | None:
+        total = {"fashion_mnist": 60_000, "cifar10": 50_000, "digits": 1_797 - 300}[self.dataset]
+        rest = total - (self.n_val or DEFAULT_N_VAL[self.dataset])
+        return min(self.n_train, rest) if self.n_train is not None else rest
 
     def sequence_shape(self) -> tuple[int, int]:
         """(tokens, values per token) of every image; raises PeftxError when the sizes do not divide."""
@@ -217,9 +223,7 @@ class VisionConfig(TaskConfig):
         seq, dim = self.sequence_shape()
         key = {"format": FORMAT_VERSION, **self.model_dump(mode="json", exclude={"name"}), **self._source_key()}
         splits = cached_dataset_dict("vision", key, self._build)
-        missing = [s for s in SPLITS if s not in splits]
-        if missing:
-            raise PeftxError(f"vision data lacks split(s) {missing}")
+        check_splits(splits, f"vision {self.dataset}", self._describe_source(), len(LABELS[self.dataset]))
         flat = {s: _flat_values(splits[s]) for s in ("train", "test")}
         y = {s: np.asarray(splits[s]["label"]) for s in ("train", "test")}
         baselines = {
