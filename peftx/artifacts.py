@@ -97,6 +97,7 @@ class Metrics(Record):
 
 class Timing(Record):
     wall_seconds: float
+    align_seconds: float | None = None  # the input.align stage
     train_seconds: float | None = None
     eval_seconds: float | None = None
     steps: int | None = None
@@ -139,6 +140,7 @@ class RunRecord(Record):
     history: list[EvalPoint] = []
     train_log: list[TrainPoint] = []
     metrics: Metrics | None = None
+    align: dict | None = None  # the input.align stage: objective, before/after, loss log, reference, seconds
     skipped_steps: int = 0  # updates skipped for a non-finite gradient norm (train.nonfinite: skip)
     resumed: list[dict] = []  # one entry per resumption: {from_step, at}
     timing: Timing | None = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
+from peftx.align import align_input, reference
 from peftx.artifacts import (
     RECIPE,
     BudgetRecord,
@@ -46,6 +47,7 @@ from peftx.checkpoint import (
 from peftx.display import RunDisplay
 from peftx.env import peak_memory, reset_peak_memory, versions
 from peftx.errors import Diverged, Interrupted, PeftxError
+from peftx.loading import load_tokenizer
 from peftx.memory import model_memory
 from peftx.recipe import dump_recipe, result_defining
 from peftx.session import open_session
@@ -227,6 +229,9 @@ def _run(
         display.header(recipe.run_name, session.provenance, recipe.method.name, budget, task.notes, session.precision)
         if ckpt is not None:
             display.message(f"resuming from {ckpt}")
+        elif recipe.input is not None and recipe.input.align is not None:
+            record.align = _align(recipe, session, splits["train"], display)
+            save()
         display.start(total_steps(recipe.train, len(splits["train"]), accelerator.num_processes), ckpt_step or 0)
 
         def on_step(step: int, info: dict) -> None:
@@ -269,6 +274,7 @@ def _run(
         )
         record.timing = Timing(
             wall_seconds=time.perf_counter() - t_start,
+            align_seconds=record.align["seconds"] if record.align else None,
             train_seconds=outcome.train_seconds,
             eval_seconds=outcome.eval_seconds,
             steps=outcome.steps,
@@ -328,3 +334,18 @@ def _record_failure(recipe: RecipeBase, run_dir: Path, error: BaseException, sec
     with fresh_run_dir(run_dir):
         record.write(run_dir)
         (run_dir / RECIPE).write_text(dump_recipe(recipe))
+
+
+def _align(recipe: RecipeBase, session, train_split, display: RunDisplay) -> dict:
+    """The input.align stage (before training proper; a resumed run's checkpoint already holds it)."""
+    cfg = recipe.input.align
+    tokenizer = None
+    if cfg.reference == "text":
+        tokenizer = load_tokenizer(recipe.model.source, recipe.model.pretrained, recipe.model.trust_remote_code)
+    ref = reference(cfg, session.model, tokenizer, recipe.seed)
+    outcome = align_input(session.model, train_split, cfg, ref, recipe.seed, session.accelerator)
+    display.message(
+        f"input.align ({cfg.objective}, {cfg.reference}): {outcome.before:.4g} -> {outcome.after:.4g} "
+        f"in {outcome.steps} steps, {outcome.seconds:.1f} s"
+    )
+    return outcome.to_dict()
