@@ -27,6 +27,7 @@ from peftx.env import peak_memory, reset_peak_memory, versions
 from peftx.memory import model_memory
 from peftx.recipe import dump_recipe
 from peftx.session import open_session
+from peftx.task_file import write_task_description
 from peftx.train import Diverged, evaluate, total_steps, train
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def run(recipe: RecipeBase, overwrite: bool = False, display: RunDisplay | None 
     if main:
         prepare_run_dir(run_dir, overwrite)
         (run_dir / RECIPE).write_text(dump_recipe(recipe))
+        write_task_description(run_dir, session.info, session.model)  # task.json: vocabulary, labels
     accelerator.wait_for_everyone()  # other processes start once the directory is theirs to read
     record = RunRecord(
         name=recipe.run_name,
