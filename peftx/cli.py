@@ -271,7 +271,8 @@ def report(
     runs: Annotated[Path, typer.Argument(help="Directory searched for result.json files.")],
     out: Annotated[Path | None, typer.Option(help="Where to write report.md and plots (default: RUNS).")] = None,
 ) -> None:
-    """Markdown table (mean ± SEM over seeds, lr chosen on validation) and PNG plots from result files."""
+    """Markdown tables (mean ± SEM over distinct seeds, lr chosen on validation, one per task and data
+    source) and PNG plots from result files; runs that did not complete are listed apart."""
     from peftx.report import write_report
 
     for path in write_report(runs, out):
