@@ -50,7 +50,12 @@ LAYERS_FILE = plain_model.LAYERS_FILE
 SNIPPET = "task_model.py"
 BODY_DIR = "body"
 # The run is rebuilt as plain float32, whatever it trained in, and with a full-precision body.
-EXPORT_OVERRIDES = ["train.precision=fp32", "model.dtype=float32", "model.quantization=none"]
+EXPORT_OVERRIDES = [
+    "train.precision=fp32",
+    "model.dtype=float32",
+    "model.quantization=none",
+    *(f"model.{k}=null" for k in ("quant_type", "double_quant", "compute_dtype")),  # 4-bit settings
+]
 
 
 @dataclass

@@ -112,6 +112,19 @@ def test_prompt_offsets_of_other_families(tmp_path, family):
     assert_same_logits(run_dir, export_run(run_dir, tmp_path / "export").out_dir)
 
 
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_run_exports_its_adapter_for_the_full_precision_body(tmp_path, bits):
+    pytest.importorskip("bitsandbytes")
+    model = {**tiny_recipe("bert")["model"], "quantization": bits}
+    if bits == "4bit":
+        model["quant_type"] = "fp4"
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"], model=model)
+    out = export_run(run_dir, tmp_path / "export")
+    plain, _ = plain_load(out.out_dir)
+    full = Predictor(run_dir, ["model.quantization=none", "model.quant_type=null", "train.precision=fp32"])
+    assert (plain.logits([e.split() for e in EXPRS]) - full.logits(EXPRS)).abs().max().item() <= 1e-5
+
+
 def test_prefix_exports_its_tensors_and_says_it_needs_peftx(tmp_path):
     run_dir = trained_run(tmp_path, "bert", {"name": "prefix", "length": 2})
     out = export_run(run_dir, tmp_path / "export")
