@@ -132,7 +132,8 @@ class Row:
     def short_label(self) -> str:
         """The legend's label: the id and the configuration's values, cut short."""
         values = ", ".join(_short(v, 12) for k, v in self.config.items() if k != "model.pretrained")
-        return _short(f"{self.key} {values}".strip(), 30)
+        twin = "" if self.pretrained is None else (" pre" if self.pretrained else " scratch")
+        return _short(f"{self.key} {values}".strip(), 28) + twin
 
 
 def _key_label(key: str) -> str:
@@ -349,7 +350,7 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
                 mfc=colors[r.key] if r.pretrained is not False else "white",
                 color=colors[r.key],
                 capsize=3,
-                label=r.short_label + ("" if r.pretrained is None else (" pre" if r.pretrained else " scratch")),
+                label=r.short_label,
             )
         _baselines(ax, next(r for r in rows if r.task == task).baselines)
         ax.set_xscale("log")
@@ -400,7 +401,8 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
             steps = sorted({s for c in r.curves for s, _ in c})
             if steps:
                 per_step = [[100 * a for c in r.curves for s2, a in c if s2 == s] for s in steps]
-                acc_ax.plot(steps, [mean(v) for v in per_step], marker=".", color=color, label=r.short_label)
+                style = "--" if r.pretrained is False else "-"  # from-scratch twins dashed
+                acc_ax.plot(steps, [mean(v) for v in per_step], style, marker=".", color=color, label=r.short_label)
                 if len(r.curves) > 1:  # the spread over seeds: lowest to highest
                     acc_ax.fill_between(
                         steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
@@ -410,7 +412,9 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
             loss_steps = sorted({s for c in r.train_curves for s, _ in c})
             if loss_steps:
                 per_step = [[v for c in r.train_curves for s2, v in c if s2 == s] for s in loss_steps]
-                loss_ax.plot(loss_steps, [mean(v) for v in per_step], color=color)
+                loss_ax.plot(
+                    loss_steps, [mean(v) for v in per_step], "--" if r.pretrained is False else "-", color=color
+                )
                 if len(r.train_curves) > 1:
                     loss_ax.fill_between(
                         loss_steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
