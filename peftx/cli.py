@@ -173,6 +173,31 @@ def evaluate(
 
 @app.command()
 @user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write (must not exist, or be empty).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty OUT_DIR.")] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", metavar="REPO", help="Also upload to this hub repository.")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repository private.")] = False,
+) -> None:
+    """Write a run as plain peft / transformers files (adapter or body, input layer and head, task.json,
+    a loading snippet, a model card)."""
+    from peftx.export import check_hub, export_run
+    from peftx.export import push_to_hub as push
+
+    if push_to_hub:
+        check_hub(push_to_hub)  # before minutes of exporting
+    done = export_run(run_dir, out_dir, overwrite=overwrite)
+    for name in done.files:
+        print(f"written: {out_dir / name}")
+    if push_to_hub:
+        print(f"pushed: {push(done.out_dir, push_to_hub, private)}")
+
+
+@app.command()
+@user_errors
 def sweep(
     recipe: Annotated[Path, typer.Argument(help="Recipe whose values may be lists (grid axes).")],
     set_: SetOption = None,
@@ -290,7 +315,8 @@ def report(
     runs: Annotated[Path, typer.Argument(help="Directory searched for result.json files.")],
     out: Annotated[Path | None, typer.Option(help="Where to write report.md and plots (default: RUNS).")] = None,
 ) -> None:
-    """Markdown table (mean ± SEM over seeds, lr chosen on validation) and PNG plots from result files."""
+    """Markdown tables (mean ± SEM over distinct seeds, lr chosen on validation, one per task and data
+    source) and PNG plots from result files; runs that did not complete are listed apart."""
     from peftx.report import write_report
 
     for path in write_report(runs, out):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,6 +84,7 @@ class QuantSpec:
 
 
 def _bnb():
+    """bitsandbytes, imported here on first use: only quantized backbones need it."""
     try:
         import bitsandbytes
     except ImportError:  # quantization is optional; without the package nothing is quantized
@@ -90,15 +92,23 @@ def _bnb():
     return bitsandbytes
 
 
+def _loaded_bnb():
+    """bitsandbytes where something has imported it already, else None. A quantized weight cannot
+    exist before that, so the checks below answer without importing it (a model with no quantized
+    layer never pays for the import, nor prints its warnings)."""
+    bnb = sys.modules.get("bitsandbytes")
+    return bnb if getattr(bnb, "nn", None) is not None else None
+
+
 def is_quantized(p: torch.Tensor) -> bool:
     """Whether a parameter is a bitsandbytes 8-bit or 4-bit weight."""
-    bnb = _bnb()
+    bnb = _loaded_bnb()
     return bnb is not None and isinstance(p, bnb.nn.Int8Params | bnb.nn.Params4bit)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Name -> module of every bitsandbytes 8-bit or 4-bit linear layer in `model`."""
-    bnb = _bnb()
+    bnb = _loaded_bnb()
     if bnb is None:
         return {}
     kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)

@@ -47,30 +47,66 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def load_results(root: str | Path) -> list[RunRecord]:
-    """Every completed run record under `root` (unreadable result files are skipped)."""
+def load_runs(root: str | Path) -> list[tuple[Path, RunRecord]]:
+    """Every readable run record under `root`, whatever its status, with its directory.
+
+    Raises:
+        PeftxError: `root` does not exist.
+    """
     root = Path(root)
     if not root.exists():
         raise PeftxError(f"{root}: no such directory")
-    results = []
+    runs = []
     for path in sorted(root.rglob(RESULT)):
         try:
-            record = RunRecord.read(path.parent)
+            runs.append((path.parent, RunRecord.read(path.parent)))
         except PeftxError:
             continue
-        if record.completed:
-            results.append(record)
+    return runs
+
+
+def load_results(root: str | Path) -> list[RunRecord]:
+    """Every completed run record under `root` (unreadable result files are skipped).
+
+    Raises:
+        PeftxError: no completed run under `root`.
+    """
+    results = [record for _, record in load_runs(root) if record.completed]
     if not results:
         raise PeftxError(f"{root}: no completed runs (no result.json with status 'completed')")
     return results
 
 
+def task_identity(record: RunRecord) -> str:
+    """What makes two runs' tasks the same task: its name and its whole recipe section (data source
+    and sizes included: LRA files and the generated preset are different tasks)."""
+    return json.dumps(record.recipe.get("task", {}), sort_keys=True, default=str)
+
+
+def task_labels(records: list[RunRecord]) -> dict[str, str]:
+    """Task identity -> a short label: the task's name, with the fields that tell apart identities
+    of the same name (e.g. `listops (data_dir=lra)`)."""
+    sections = {task_identity(r): r.recipe.get("task", {}) for r in records}
+    labels = {}
+    for ident, section in sections.items():
+        name = str(section.get("name"))
+        same = [s for s in sections.values() if s.get("name") == section.get("name")]
+        keys = sorted({k for s in same for k in s if k != "name"})
+        # here an unset field (None: generated data) does differ from a set one (data files)
+        differing = [
+            k for k in keys if len({json.dumps(s.get(k), default=str) for s in same}) > 1 and section.get(k) is not None
+        ]
+        detail = ", ".join(f"{k}={_short(Path(str(section[k])).name or section[k], 20)}" for k in differing)
+        labels[ident] = f"{name} ({detail})" if detail else name
+    return labels
+
+
 @dataclass
 class Row:
-    """One configuration at its chosen learning rate."""
+    """One configuration at its chosen learning rate (each seed counted once)."""
 
     config: dict[str, object]  # the keys that vary across the report -> value
-    task: str
+    task: str  # the task identity's label
     lr: float
     seeds: list[int]
     test: list[float]
@@ -80,12 +116,24 @@ class Row:
     baselines: dict[str, float]
     lrs_tried: dict[float, float] = field(default_factory=dict)  # lr -> mean validation accuracy
     curves: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, val acc)
+    train_curves: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, train loss)
+    selected: list[tuple[int, float]] = field(default_factory=list)  # per seed: (selected step, its val acc)
+    duplicates: list[tuple[int, list[str]]] = field(default_factory=list)  # (seed, names of its runs) if > 1
+    pretrained: bool | None = None
+    key: str = ""  # short id in plots and tables: c1, c2, ...
 
     @property
     def label(self) -> str:
         return (
             ", ".join(f"{_key_label(k)}={_short(v)}" for k, v in self.config.items() if k != "task.name") or self.task
         )
+
+    @property
+    def short_label(self) -> str:
+        """The legend's label: the id and the configuration's values, cut short."""
+        values = ", ".join(_short(v, 12) for k, v in self.config.items() if k != "model.pretrained")
+        twin = "" if self.pretrained is None else (" pre" if self.pretrained else " scratch")
+        return _short(f"{self.key} {values}".strip(), 28) + twin
 
 
 def _key_label(key: str) -> str:
@@ -99,9 +147,20 @@ def _short(value: object, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _one_per_seed(records: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[int, list[str]]]]:
+    """The first run (by name) of each seed, and the seeds that more than one run has: a repeated seed
+    is the same experiment again, not another sample, so it is reported and not averaged."""
+    by_seed: dict[int, list[RunRecord]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.seed, r.name)):
+        by_seed[r.seed].append(r)
+    kept = [rs[0] for _, rs in sorted(by_seed.items())]
+    return kept, [(seed, [r.name for r in rs]) for seed, rs in sorted(by_seed.items()) if len(rs) > 1]
+
+
 def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
     """Rows (one per configuration) and the recipe keys that distinguish them."""
     flats = [flatten(r.recipe) for r in results]
+    labels = task_labels(results)
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if k not in IGNORED and _differs([f.get(k) for f in flats])]
     groups: dict[str, list[tuple[RunRecord, dict]]] = defaultdict(list)
@@ -113,14 +172,15 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
         by_lr: dict[float, list[RunRecord]] = defaultdict(list)
         for res, flat in members:
             by_lr[float(flat["train.lr"])].append(res)
-        lrs = {lr: mean([r.metrics.val_accuracy for r in rs]) for lr, rs in by_lr.items()}
+        distinct = {lr: _one_per_seed(rs) for lr, rs in by_lr.items()}
+        lrs = {lr: mean([r.metrics.val_accuracy for r in kept]) for lr, (kept, _) in distinct.items()}
         best_lr = max(lrs, key=lambda lr: (lrs[lr], -lr))
-        chosen = sorted(by_lr[best_lr], key=lambda r: r.seed)
+        chosen, duplicates = distinct[best_lr]
         flat = members[0][1]
         rows.append(
             Row(
                 config={k: flat.get(k) for k in varying},
-                task=str(flat.get("task.name")),
+                task=labels[task_identity(chosen[0])],
                 lr=best_lr,
                 seeds=[r.seed for r in chosen],
                 test=[r.metrics.test_accuracy for r in chosen],
@@ -130,14 +190,20 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
                 baselines=chosen[0].baselines,
                 lrs_tried=dict(sorted(lrs.items())),
                 curves=[[(h.step, h.val_accuracy) for h in r.history] for r in chosen],
+                train_curves=[[(t.step, t.loss) for t in r.train_log if t.loss is not None] for r in chosen],
+                selected=[(r.metrics.selected_step, r.metrics.val_accuracy) for r in chosen],
+                duplicates=duplicates,
+                pretrained=flat.get("model.pretrained"),
             )
         )
     for task in {r.task for r in rows}:  # each task's rows show only what varies among them
         same_task = [r for r in rows if r.task == task]
-        keep = [k for k in varying if k != "task.name" and _differs([r.config.get(k) for r in same_task])]
+        keep = [k for k in varying if not k.startswith("task.") and _differs([r.config.get(k) for r in same_task])]
         for r in same_task:
             r.config = {k: r.config.get(k) for k in keep}
     rows.sort(key=lambda r: (r.task, [str(v) for v in r.config.values()]))
+    for i, r in enumerate(rows, start=1):
+        r.key = f"c{i}"
     return rows, varying
 
 
@@ -152,8 +218,8 @@ def pct(x: float) -> str:
 
 
 def markdown_table(rows: list[Row], varying: list[str]) -> str:
-    """The report's tables: one per task (headed by its name when there are several), one line per
-    configuration, the task's baselines underneath."""
+    """The report's tables: one per task identity (headed by its label when there are several), one
+    line per configuration, that task's baselines underneath."""
     tasks = list(dict.fromkeys(r.task for r in rows))
     parts = []
     for task in tasks:
@@ -164,71 +230,140 @@ def markdown_table(rows: list[Row], varying: list[str]) -> str:
 
 
 def _task_table(rows: list[Row], cols: list[str]) -> str:
-    head = ["task", *cols, "lr (chosen)", "seeds", "test acc % (mean ± SEM)", "val acc %", "trainable", "trainable %"]
+    head = [
+        "task",
+        *cols,
+        "lr (chosen)",
+        "seeds",
+        "test acc % (mean ± SEM)",
+        "val acc %",
+        "trainable",
+        "trainable %",
+        "plot",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
             r.task,
             *["" if r.config.get(k) is None else str(r.config.get(k)) for k in cols],
             f"{r.lr:g}",
-            str(len(r.seeds)),
+            str(len(r.seeds)) + (" (+ duplicates)" if r.duplicates else ""),
             f"{pct(mean(r.test))} ± {pct(sem(r.test))}",
             pct(mean(r.val)),
             f"{r.trainable:,}",
             f"{100 * r.trainable / max(r.total, 1):.2f}",
+            r.key,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    baselines: dict[str, dict[str, float]] = {}
-    for r in rows:
-        baselines.setdefault(r.task, r.baselines)
     lines.append("")
-    for task, b in baselines.items():
-        if b:
-            lines.append(
-                f"Baselines on {task} (test accuracy): "
-                + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in b.items())
-            )
+    baselines = rows[0].baselines  # one task identity: one data set, one set of baselines
+    if baselines:
+        lines.append(
+            f"Baselines on {rows[0].task} (test accuracy): "
+            + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in baselines.items())
+        )
+    dups = [(r, seed, names) for r in rows for seed, names in r.duplicates]
+    if dups:
+        lines += ["", "Repeated seeds (the same seed run again: counted once, the first run by name):", ""]
+        lines += [f"- {r.key} seed {seed}: {', '.join(names)}" for r, seed, names in dups]
     return "\n".join(lines) + "\n"
 
 
+def tasks_section(records: list[RunRecord]) -> str:
+    """Each task identity: its label, its recipe section and what the task said it loaded."""
+    labels = task_labels(records)
+    lines = ["## Tasks", "", "| task | recipe section | data |", "|---|---|---|"]
+    for ident, label in labels.items():
+        notes = next((r.data_notes for r in records if task_identity(r) == ident), [])
+        data = "; ".join(n for n in notes if not n.startswith("truncated")) or "—"
+        lines.append(f"| {label} | `{ident}` | {data} |")
+    return "\n".join(lines) + "\n"
+
+
+def not_reported_section(runs: list[tuple[Path, RunRecord]], root: Path) -> str:
+    """Runs that did not complete (failed, interrupted, diverged, still running): listed, never
+    averaged into a configuration."""
+    others = [(p, r) for p, r in runs if not r.completed]
+    if not others:
+        return ""
+    lines = [
+        "## Runs not reported",
+        "",
+        "These did not complete; no number of theirs enters the tables above.",
+        "",
+        "| run | status | steps evaluated | error |",
+        "|---|---|---:|---|",
+    ]
+    for path, r in others:
+        where = path.relative_to(root) if path.is_relative_to(root) else path
+        error = (r.error or "").replace("|", "\\|").splitlines()[0] if r.error else ""
+        lines.append(f"| {where} | {r.status} | {len(r.history)} | {_short(error, 80)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _count_label(x: float, _pos: object = None) -> str:
+    """Tick text for parameter counts: 1k, 30k, 1.2M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _baselines(ax, baselines: dict[str, float]) -> None:
+    for name, value in (baselines or {}).items():
+        ax.axhline(100 * value, ls="--", lw=1, color="grey")
+        ax.annotate(
+            name.replace("_", " "),
+            (0.01, 100 * value),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            fontsize=7,
+            color="grey",
+        )
+
+
 def plot(rows: list[Row], out_dir: Path) -> list[Path]:
-    """PNG plots: accuracy vs trainable parameters per task, pretrained vs scratch, training curves."""
+    """PNG plots: accuracy vs trainable parameters per task, pretrained vs scratch, training curves
+    (validation accuracy with its spread over seeds and the selected steps; training loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     written = []
-    tasks = sorted({r.task for r in rows})
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    colors = {r.key: f"C{i % 10}" for i, r in enumerate(rows)}
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 4.5), squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r.task == task):
             err = sem(r.test)
+            # pretrained and from-scratch twins have the same count: set them apart by a few percent
+            jitter = {True: 0.94, False: 1.06}.get(r.pretrained, 1.0)
             ax.errorbar(
-                r.trainable,
+                r.trainable * jitter,
                 100 * mean(r.test),
                 yerr=None if math.isnan(err) else 100 * err,
-                fmt="o",
+                fmt="o" if r.pretrained is not False else "s",
+                mfc=colors[r.key] if r.pretrained is not False else "white",
+                color=colors[r.key],
                 capsize=3,
-                label=r.label,
+                label=r.short_label,
             )
-        for name, value in (next(r for r in rows if r.task == task).baselines or {}).items():
-            ax.axhline(100 * value, ls="--", lw=1, color="grey")
-            ax.annotate(
-                name.replace("_", " "),
-                (0.01, 100 * value),
-                xycoords=("axes fraction", "data"),
-                xytext=(0, 2),
-                textcoords="offset points",
-                fontsize=7,
-                color="grey",
-            )
+        _baselines(ax, next(r for r in rows if r.task == task).baselines)
         ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters")
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels are what collide
+        ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+        lo, hi = ax.get_xlim()
+        if hi / lo < 10:  # less than a decade: give the axis room for a labelled tick
+            ax.set_xlim(lo / 3, hi * 3)
+        ax.set_xlabel("trainable parameters (log)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(task)
-        _legend_below(ax)
+        _legend_right(ax)
     written.append(out_dir / "accuracy_vs_trainable.png")
     fig.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -249,34 +384,56 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
                 color=color,
                 label="pretrained" if which == 0 else "from scratch",
             )
-        ax.set_xticks(list(xs), list(pairs), rotation=20, ha="right", fontsize=7)
+        ax.set_xticks(list(xs), [_short(k, 24) for k in pairs], rotation=20, ha="right", fontsize=7)
         ax.set_ylabel("test accuracy (%)")
         ax.legend()
         written.append(out_dir / "pretrained_vs_scratch.png")
         fig.savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(
+        2, len(tasks), figsize=(7.5 * len(tasks), 7), squeeze=False, sharex="col", layout="constrained"
+    )
+    for col, task in enumerate(tasks):
+        acc_ax, loss_ax = axes[0][col], axes[1][col]
         for r in (r for r in rows if r.task == task):
+            color = colors[r.key]
             steps = sorted({s for c in r.curves for s, _ in c})
-            if not steps:
-                continue
-            ys = [mean([a for c in r.curves for s2, a in c if s2 == s]) * 100 for s in steps]
-            ax.plot(steps, ys, marker=".", label=r.label)
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(task)
-        _legend_below(ax)
+            if steps:
+                per_step = [[100 * a for c in r.curves for s2, a in c if s2 == s] for s in steps]
+                style = "--" if r.pretrained is False else "-"  # from-scratch twins dashed
+                acc_ax.plot(steps, [mean(v) for v in per_step], style, marker=".", color=color, label=r.short_label)
+                if len(r.curves) > 1:  # the spread over seeds: lowest to highest
+                    acc_ax.fill_between(
+                        steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
+                    )
+                sel = [(s, 100 * a) for s, a in r.selected]
+                acc_ax.scatter([s for s, _ in sel], [a for _, a in sel], marker="*", s=90, color=color, zorder=3)
+            loss_steps = sorted({s for c in r.train_curves for s, _ in c})
+            if loss_steps:
+                per_step = [[v for c in r.train_curves for s2, v in c if s2 == s] for s in loss_steps]
+                loss_ax.plot(
+                    loss_steps, [mean(v) for v in per_step], "--" if r.pretrained is False else "-", color=color
+                )
+                if len(r.train_curves) > 1:
+                    loss_ax.fill_between(
+                        loss_steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
+                    )
+        _baselines(acc_ax, next(r for r in rows if r.task == task).baselines)
+        acc_ax.set_ylabel("validation accuracy (%)")
+        acc_ax.set_title(f"{task}  (* selected step; band: seed range)", fontsize=9)
+        loss_ax.set_xlabel("step")
+        loss_ax.set_ylabel("training loss")
+        _legend_right(acc_ax)
     written.append(out_dir / "training_curves.png")
     fig.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
     return written
 
 
-def _legend_below(ax) -> None:
+def _legend_right(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
@@ -291,8 +448,12 @@ def _pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
     return {k: (v[True], v[False]) for k, v in by_rest.items() if True in v and False in v}
 
 
-def write_report(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write report.md and the PNG plots for every completed run under `root`.
+def write_report(root: str | Path, out_dir: str | Path | None = None, command: str | None = None) -> list[Path]:
+    """Write report.md and the PNG plots for the runs under `root`: completed runs in the tables and
+    plots, the others listed apart.
+
+    Args:
+        command: the command to name in report.md (default: the `peftx report` that does this).
 
     Returns:
         The files written.
@@ -300,9 +461,26 @@ def write_report(root: str | Path, out_dir: str | Path | None = None) -> list[Pa
     Raises:
         PeftxError: `root` holds no completed runs.
     """
-    rows, varying = summarize(load_results(root))
-    out = Path(out_dir) if out_dir is not None else Path(root)
+    root = Path(root)
+    runs = load_runs(root)
+    completed = [r for _, r in runs if r.completed]
+    if not completed:
+        raise PeftxError(f"{root}: no completed runs (no result.json with status 'completed')")
+    rows, varying = summarize(completed)
+    out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
+    command = command or f"peftx report {root}" + (f" --out {out_dir}" if out_dir is not None else "")
     md = out / "report.md"
-    md.write_text(f"# Report: {root}\n\n" + markdown_table(rows, varying))
+    body = [
+        f"# Report: {root}",
+        "",
+        f"Made by `{command}` from {len(runs)} result file(s): {len(completed)} completed run(s) in "
+        f"{len(rows)} configuration(s). Test accuracy at the learning rate chosen on mean validation "
+        "accuracy; mean ± standard error over distinct seeds.",
+        "",
+        markdown_table(rows, varying),
+        tasks_section(completed),
+        not_reported_section(runs, root),
+    ]
+    md.write_text("\n".join(body))
     return [md, *plot(rows, out)]

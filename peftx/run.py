@@ -51,6 +51,7 @@ from peftx.loading import load_tokenizer
 from peftx.memory import model_memory
 from peftx.recipe import dump_recipe, result_defining
 from peftx.session import open_session
+from peftx.task_file import write_task_description
 from peftx.trackers import hyperparameters, make_trackers
 from peftx.train import evaluate, total_steps, train
 
@@ -213,6 +214,7 @@ def _run(
             with fresh_run_dir(run_dir):  # an old run is replaced only now, and put back if this fails
                 record.write(run_dir)
                 (run_dir / RECIPE).write_text(dump_recipe(recipe))
+                write_task_description(run_dir, session.info, session.model)  # task.json: vocabulary, labels
     accelerator.wait_for_everyone()  # other processes start once the directory is theirs to read
 
     def save() -> None:

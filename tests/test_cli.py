@@ -55,7 +55,13 @@ def test_run_writes_run_dir_refuses_to_overwrite_and_predicts(tmp_path):
     result = runner.invoke(app, ["run", str(path), "--quiet"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny_bert"
-    assert {p.name for p in run_dir.iterdir()} == {"recipe.yaml", "result.json", "weights.safetensors", "metrics.jsonl"}
+    assert {p.name for p in run_dir.iterdir()} == {
+        "recipe.yaml",
+        "result.json",
+        "task.json",
+        "weights.safetensors",
+        "metrics.jsonl",
+    }
     res = json.loads((run_dir / "result.json").read_text())
     assert res["status"] == "completed"
     assert 0 <= res["metrics"]["test_accuracy"] <= 1
