@@ -72,7 +72,9 @@ def read_file(path: Path) -> tuple[datasets.Dataset, Where]:
             builder, data_files={"rows": str(path)}, cache_dir=str(cache_root() / "datasets"), **options
         )
     except Exception as e:  # pyarrow / pandas / json errors of many types: the file is bad, not peftx
-        raise PeftxError(f"{path}: cannot read as {path.suffix[1:]} ({_first_line(e)})") from None
+        if "corresponds to no data" not in str(e):
+            raise PeftxError(f"{path}: cannot read as {path.suffix[1:]} ({_first_line(e)})") from None
+        dd = {"rows": datasets.Dataset.from_dict({c: [] for c in options.get("features", {})})}  # no rows
     text = builder in ("csv", "json")
     return dd["rows"], Where(str(path), (1 if builder == "csv" else 0) if text else None)
 

@@ -113,9 +113,9 @@ class SequencesConfig(TaskConfig):
     def _raw(self) -> dict[str, Table]:
         tables = self._tables()
         for split, (ds, where) in tables.items():
-            require_columns(ds, where, [self.input_column, self.label_column])
             if len(ds) == 0:
                 raise PeftxError(f"{where.name}: split {split!r} has no rows")
+            require_columns(ds, where, [self.input_column, self.label_column])
         return tables
 
     @cached_property
