@@ -179,9 +179,9 @@ class PeftTunerMethod(MethodConfig):
         targets = self.resolve_targets(model)
         config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[self.kind]
         extra = own_defaults(self.kind, settings)
-        if "fan_in_fan_out" in config_fields(config_cls) and "fan_in_fan_out" not in settings:
+        if "fan_in_fan_out" in config_fields(config_cls) and "fan_in_fan_out" not in settings and targets:
             modules = dict(model.backbone.named_modules())
-            extra["fan_in_fan_out"] = any(isinstance(modules[n], Conv1D) for n in targets or [])
+            extra["fan_in_fan_out"] = any(isinstance(modules[n], Conv1D) for n in targets)
         try:
             return make_config(self.kind, settings, targets, **extra)
         except ValueError as e:
