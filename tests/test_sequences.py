@@ -231,3 +231,26 @@ def test_recipe_mistakes_are_caught_when_read(tmp_path):
 def test_offline_hub_data_set_is_a_one_line_error(tmp_path):
     with pytest.raises(PeftxError, match=r"^task.path: cannot load 'someone/no-such-set' split 'train' \("):
         task_config(path="someone/no-such-set").load()
+
+
+def test_the_example_recipe_and_files_run(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from peftx.predict import predict_path
+    from peftx.recipe import load_recipe, validate_recipe
+    from peftx.run import run
+    from tests.conftest import tiny_model
+
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root)  # the recipe's paths are relative to the project root
+    recipe = load_recipe(
+        root / "examples" / "sequences" / "parity.yaml",
+        [f"output.dir={tmp_path}", "train.steps=2", "train.eval_every=2", "train.precision=fp32"],
+    )
+    raw = recipe.to_dict() | {"model": tiny_model("bert")}
+    out = run(validate_recipe(raw))
+    assert out.record.status == "completed"
+    assert any("(2 symbols, sorted, train counts)" in n for n in out.record.data_notes)
+    preds = predict_path(out.run_dir, root / "examples" / "sequences" / "parity_predict.csv")
+    assert preds.inputs.texts == ["0110", "1110001", "1"] and preds.inputs.targets is None
+    assert set(preds.labels) <= {"even", "odd"}
