@@ -244,13 +244,13 @@ def test_the_example_recipe_and_files_run(tmp_path, monkeypatch):
     root = Path(__file__).parents[1]
     monkeypatch.chdir(root)  # the recipe's paths are relative to the project root
     recipe = load_recipe(
-        root / "examples" / "sequences" / "parity.yaml",
+        root / "examples" / "sequences" / "majority.yaml",
         [f"output.dir={tmp_path}", "train.steps=2", "train.eval_every=2", "train.precision=fp32"],
     )
     raw = recipe.to_dict() | {"model": tiny_model("bert")}
     out = run(validate_recipe(raw))
     assert out.record.status == "completed"
     assert any("(2 symbols, sorted, train counts)" in n for n in out.record.data_notes)
-    preds = predict_path(out.run_dir, root / "examples" / "sequences" / "parity_predict.csv")
-    assert preds.inputs.texts == ["0110", "1110001", "1"] and preds.inputs.targets is None
-    assert set(preds.labels) <= {"even", "odd"}
+    preds = predict_path(out.run_dir, root / "examples" / "sequences" / "majority_predict.csv")
+    assert preds.inputs.texts == ["01101", "1110001", "0"] and preds.inputs.targets is None
+    assert set(preds.labels) <= {"ones", "zeros"}
