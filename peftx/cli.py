@@ -140,10 +140,9 @@ def predict(
     inputs: Annotated[Path, typer.Argument(help="One input per line, or a TSV with a Source column ('-': stdin).")],
 ) -> None:
     """Reload a trained run and print one prediction per input (TSV: input, prediction[, target])."""
-    from peftx.predict import predict_file, read_text
+    from peftx.predict import predict_path
 
-    where = "<stdin>" if str(inputs) == "-" else str(inputs)
-    preds = predict_file(run_dir, read_text(inputs), where)
+    preds = predict_path(run_dir, inputs)
     csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(preds.rows())
     if preds.accuracy is not None:
         err.print(f"accuracy against Target: {100 * preds.accuracy:.2f}% ({len(preds.labels)} inputs)")

@@ -72,9 +72,13 @@ class PeftxModel(nn.Module):
         adapter_params = set()
         for mod_name, module in self.backbone.named_modules():
             if isinstance(module, BaseTunerLayer):
-                for attr in module.adapter_layer_names:
-                    for pn, _ in getattr(module, attr).named_parameters():
-                        adapter_params.add(f"{mod_name}.{attr}.{pn}")
+                # trained adapter weights, and adapter state some tuners keep as frozen parameters
+                # (AdaLoRA's `ranknum`)
+                for attr in (*module.adapter_layer_names, *module.other_param_names):
+                    holder = getattr(module, attr, None)
+                    if isinstance(holder, nn.Module):
+                        for pn, _ in holder.named_parameters():
+                            adapter_params.add(f"{mod_name}.{attr}.{pn}")
         infos = {}
         for name, _ in self.named_parameters():
             top, _, rest = name.partition(".")

@@ -175,6 +175,20 @@ def predict_file(run_dir: str | Path, text: str, where: str) -> Predictions:
     return Predictions(inputs, Predictor(run_dir).predict(inputs.texts, inputs.where))
 
 
+def predict_path(run_dir: str | Path, path: Path) -> Predictions:
+    """Reload a run and predict every input of `peftx predict`'s input file ('-': stdin): read by the
+    run's task where it reads that file's format (`TaskInfo.read_inputs`, e.g. the `sequences` task's
+    CSV or Parquet files), else as lines or a Source/Target TSV."""
+    predictor = Predictor(run_dir)
+    read = predictor.info.read_inputs
+    own = read(path) if read is not None and str(path) != "-" else None
+    if own is not None:
+        inputs = Inputs(*own)
+    else:
+        inputs = read_inputs(read_text(path), "<stdin>" if str(path) == "-" else str(path))
+    return Predictions(inputs, predictor.predict(inputs.texts))
+
+
 def read_text(path: Path) -> str:
     """A text file's content ('-': stdin), as `peftx.text_files` reads text (UTF-8, or UTF-16/32 with
     a byte-order mark).

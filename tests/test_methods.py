@@ -278,6 +278,7 @@ def test_methods_that_update_body_weights_refuse_a_quantized_body():
         "ia3": True,
         "layers": False,
         "lora": True,
+        "peft": True,
         "prefix": True,
         "prompt": True,
     }

@@ -37,6 +37,7 @@ METHOD_CASES = {
     "ia3": {"name": "ia3"},
     "layers": {"name": "layers", "top": 1},
     "lora": {"name": "lora", "r": 2},
+    "peft": {"name": "peft", "tuner": "vera", "config": {"r": 4}},  # VeRA: one tuner peft has for every family
     "prefix": {"name": "prefix", "length": 2},
     "prompt": {"name": "prompt", "length": 2},
 }

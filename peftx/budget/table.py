@@ -118,19 +118,27 @@ class BudgetRow:
         return cls(**(d | {"budget": Budget.from_dict(d["budget"])}))
 
 
-def parse_method(spec: str) -> dict:
-    """`lora:r=16:alpha=32` -> {"name": "lora", "r": 16, "alpha": 32.0} (values read as YAML).
+def parse_method(spec: str, variant: str | None = None) -> dict:
+    """`lora:r=16:alpha=32` -> {"name": "lora", "r": 16, "alpha": 32.0} (values read as YAML). A method
+    that names a `variant` field takes its value bare first (`peft:loha:config.r=4`: variant "loha",
+    and a dotted key sets a nested field).
 
     Raises:
-        PeftxError: a setting that is not key=value.
+        PeftxError: a setting that is not key=value (but the variant).
     """
     name, *settings = spec.strip().split(":")
     out: dict = {"name": name.strip()}
+    if variant is not None and settings and "=" not in settings[0]:
+        out[variant] = settings.pop(0).strip()
     for s in settings:
         key, sep, text = s.partition("=")
         if not sep or not key.strip():
             raise PeftxError(f"--methods {spec!r}: expected name:key=value, e.g. lora:r=16")
-        out[key.strip()] = yaml.safe_load(text)
+        *outer, last = key.strip().split(".")  # a dotted key sets a nested field: peft:loha:config.r=4
+        node = out
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(text)
     return out
 
 
@@ -186,7 +194,10 @@ class _Template:
     def method_spec(self, method: str) -> dict:
         if method == FROM_RECIPE:
             return dict(self.raw["method"]) if isinstance(self.raw["method"], dict) else {"name": self.raw["method"]}
-        spec = parse_method(method)
+        from peftx.methods import METHODS  # lazy, as in `recipe`
+
+        name = method.split(":")[0].strip()
+        spec = parse_method(method, getattr(METHODS.get(name), "budget_variant", None) if name in METHODS else None)
         own = self.raw.get("method")
         own = {"name": own} if isinstance(own, str) else own
         if own and own.get("name") == spec["name"]:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
-from peftx.methods import bitfit, frozen, full, ia3, layers, lora, prefix, prompt  # noqa: F401  (registration)
+from peftx.methods import (  # noqa: F401  (registration)
+    bitfit,
+    frozen,
+    full,
+    ia3,
+    layers,
+    lora,
+    peft_tuner,
+    prefix,
+    prompt,
+)
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
 from peftx.quantization import is_quantized

@@ -25,6 +25,10 @@ class TaskInfo:
     labels: tuple[str, ...]
     parse: Callable[[str], list[int] | np.ndarray]
     """One line of user input -> symbol ids, or a (seq, dim) array of stored values (`peftx predict`)."""
+    read_inputs: Callable[[Path], tuple[list[str], list[str] | None] | None] | None = None
+    """A `peftx predict` file in the task's own data format -> (each input as `parse` reads it, the
+    file's labels or None), or None for a file not in such a format; None: predict files are lines or
+    a Source/Target TSV."""
 
     @property
     def num_classes(self) -> int:

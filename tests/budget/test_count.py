@@ -24,6 +24,7 @@ METHOD_CASES = {
     "bitfit": {"name": "bitfit"},
     "frozen": {"name": "frozen"},
     "layers": {"name": "layers", "top": 1},
+    "peft": {"name": "peft", "tuner": "vera", "config": {"r": 4}},  # VeRA: one tuner peft has for every family
 }
 # other settings that change what a method adds or trains, on one family each
 VARIANTS = {
@@ -154,6 +155,7 @@ def test_methods_declare_their_budget_knobs():
         "ia3": None,
         "layers": "top",
         "lora": "r",
+        "peft": None,
         "prefix": "length",
         "prompt": "length",
     }

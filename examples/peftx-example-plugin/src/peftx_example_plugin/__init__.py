@@ -1,0 +1,1 @@
+"""An example peftx plug-in: the `labelled_lines` task and the `onehot` input adapter."""
