@@ -186,7 +186,7 @@ def predict_path(run_dir: str | Path, path: Path) -> Predictions:
         inputs = Inputs(*own)
     else:
         inputs = read_inputs(read_text(path), "<stdin>" if str(path) == "-" else str(path))
-    return Predictions(inputs, predictor.predict(inputs.texts))
+    return Predictions(inputs, predictor.predict(inputs.texts, inputs.where))
 
 
 def read_text(path: Path) -> str:

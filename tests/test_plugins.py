@@ -85,7 +85,7 @@ def test_example_plugin_runs_end_to_end_and_predicts(tmp_path, example_installed
     bad = tmp_path / "bad.txt"
     bad.write_text("4 7 | 0\n")
     unknown = peftx(["predict", str(run_dir), str(bad)])
-    assert unknown.exit_code == 2 and "input 1: unknown symbol(s) ['7']" in unknown.stderr
+    assert unknown.exit_code == 2 and "bad.txt:1: unknown symbol(s) ['7']" in unknown.stderr
 
 
 def test_an_unknown_plugin_name_lists_the_installed_ones(tmp_path, example_installed):
