@@ -15,7 +15,7 @@ PEFTX="${PEFTX:-peftx}"
 OUT="${OUT:-docs/results}"
 # Two lanes of about equal work; each sweep is run in the order written.
 LANE_A=(c2_listops c2_prefix c3_listops c1_vision)
-LANE_B=(c1_protein c1_listops c3_align c3_align_vision)
+LANE_B=(c1_protein c1_listops c3_align c3_align_fpt c3_align_vision)
 if [[ "${EXTRA:-0}" == 1 ]]; then
   LANE_A+=(c1_listops_scratch_lr)  # lane A finishes first
 fi
