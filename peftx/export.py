@@ -95,12 +95,17 @@ def base_reference(recipe) -> str | None:
 
 
 def _adapter_names(backbone: torch.nn.Module) -> set[str]:
-    """Names of the parameters peft added to `backbone` (as `PeftxModel.param_infos` finds them)."""
+    """Names of the tensors peft added to `backbone` (as `PeftxModel.param_infos` finds them)."""
     names = set()
     for mod_name, module in backbone.named_modules():
         if isinstance(module, BaseTunerLayer):
-            for attr in module.adapter_layer_names:
-                names.update(f"{mod_name}.{attr}.{pn}" for pn, _ in getattr(module, attr).named_parameters())
+            # adapter_layer_names: the trained tensors; other_param_names may hold modules too, e.g.
+            # VeRA's shared random projections (vera_A, vera_B), which are no part of the body either
+            for attr in (*module.adapter_layer_names, *module.other_param_names):
+                part = getattr(module, attr, None)
+                if isinstance(part, torch.nn.Module):
+                    names.update(f"{mod_name}.{attr}.{pn}" for pn, _ in part.named_parameters())
+                    names.update(f"{mod_name}.{attr}.{bn}" for bn, _ in part.named_buffers())
     return names
 
 
