@@ -132,6 +132,10 @@ def save_adapter(backbone: torch.nn.Module, out: Path, base: str) -> None:
     config = backbone.peft_config[ADAPTER_NAME]
     config.base_model_name_or_path = base
     config.inference_mode = True
+    if getattr(config, "save_projection", False):
+        # VeRA-like tuners: the shared random projections are drawn again from the config's seed
+        # (projection_prng_key) when peft loads the adapter, so they need not travel (peft's own option)
+        config.save_projection = False
     config.save_pretrained(str(out))
     state = get_peft_model_state_dict(backbone, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
     # PeftModel.save_pretrained writes its keys from the wrapper, whose body sits at base_model.model

@@ -34,6 +34,7 @@ PEFT_METHODS = {
     # any peft tuner through the generic `peft` method
     "loha": {"name": "peft", "tuner": "loha", "config": {"r": 4}},
     "lokr": {"name": "peft", "tuner": "lokr", "config": {"r": 4}},
+    "vera": {"name": "peft", "tuner": "vera", "config": {"r": 4}},
     "ln_tuning": {"name": "peft", "tuner": "ln_tuning"},
 }
 OTHER_METHODS = {
