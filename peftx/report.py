@@ -157,9 +157,22 @@ def _one_per_seed(records: list[RunRecord]) -> tuple[list[RunRecord], list[tuple
     return kept, [(seed, [r.name for r in rs]) for seed, rs in sorted(by_seed.items()) if len(rs) > 1]
 
 
+def _mark_sections(flats: list[dict[str, object]]) -> None:
+    """A section some recipes set and others leave null (`input.align`) differs between them, though
+    neither side's fields are in the other: give each flat recipe the section's key as `on` or `off`."""
+    sections = {k.rsplit(".", 1)[0] for f in flats for k in f if "." in k}
+    for key in {k for f in flats for k, v in f.items() if v is None and k in sections}:
+        for f in flats:
+            if key in f and f[key] is None:
+                f[key] = "off"
+            elif any(k.startswith(key + ".") for k in f):
+                f[key] = "on"
+
+
 def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
     """Rows (one per configuration) and the recipe keys that distinguish them."""
     flats = [flatten(r.recipe) for r in results]
+    _mark_sections(flats)
     labels = task_labels(results)
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if k not in IGNORED and _differs([f.get(k) for f in flats])]

@@ -125,3 +125,15 @@ def test_only_failed_runs_is_an_error(tmp_path):
     record("x", 0, 0.1, 0.1, status="failed").write(tmp_path / "x")
     out = runner.invoke(app, ["report", str(tmp_path)])
     assert out.exit_code == 2 and "no completed runs" in out.stderr
+
+
+def test_a_section_set_in_some_runs_and_null_in_others_is_a_difference():
+    from peftx.report import _mark_sections, flatten
+
+    flats = [
+        flatten({"input": {"name": "linear", "align": None}}),
+        flatten({"input": {"name": "linear", "align": {"objective": "mmd", "steps": 100}}}),
+    ]
+    _mark_sections(flats)
+    assert [f["input.align"] for f in flats] == ["off", "on"]
+    assert flats[1]["input.align.objective"] == "mmd" and "input.align.objective" not in flats[0]
