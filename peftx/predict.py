@@ -13,11 +13,11 @@ import torch
 from peftx import text_files
 from peftx.artifacts import RECIPE, RunRecord, load_weights
 from peftx.errors import PeftxError
+from peftx.evaluation import evaluate, infer
 from peftx.recipe import read_raw, validate_recipe
 from peftx.session import open_session
 from peftx.speed import prepare_model
 from peftx.text_files import decode_text
-from peftx.train import evaluate, infer
 
 SPLITS = ("train", "validation", "test")
 

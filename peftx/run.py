@@ -30,9 +30,6 @@ from peftx.artifacts import (
     RunRecord,
     Timing,
     TrainPoint,
-    fresh_run_dir,
-    plan_run_dir,
-    run_lock,
     save_weights,
 )
 from peftx.budget import model_budget
@@ -47,13 +44,15 @@ from peftx.checkpoint import (
 from peftx.display import RunDisplay
 from peftx.env import peak_memory, reset_peak_memory, versions
 from peftx.errors import Diverged, Interrupted, PeftxError
+from peftx.evaluation import evaluate
 from peftx.loading import load_tokenizer
 from peftx.memory import model_memory
 from peftx.recipe import dump_recipe, result_defining
+from peftx.run_dir import fresh_run_dir, plan_run_dir, run_lock
 from peftx.session import open_session
 from peftx.task_file import write_task_description
 from peftx.trackers import hyperparameters, make_trackers
-from peftx.train import evaluate, total_steps, train
+from peftx.train import total_steps, train
 
 if TYPE_CHECKING:
     from peftx.recipe import RecipeBase

@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from peftx.artifacts import RunLocked, RunRecord
+from peftx.artifacts import RunRecord
 from peftx.budget import recipe_budget
 from peftx.errors import Diverged, PeftxError
 from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defining, validate_recipe
 from peftx.recipe.grid import SECTIONS
 from peftx.run import run
+from peftx.run_dir import RunLocked
 
 
 @dataclass

@@ -28,8 +28,9 @@ from accelerate.utils import gather_object, set_seed
 
 from peftx.build import build_model
 from peftx.data import make_split
+from peftx.evaluation import evaluate, infer_rows
 from peftx.recipe import validate_recipe
-from peftx.train import evaluate, infer_rows, make_accelerator, train
+from peftx.train import make_accelerator, train
 from tests.conftest import tiny_recipe
 
 NO_DROPOUT = {

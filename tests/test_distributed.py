@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from peftx.data import LengthGroupedBatches, eval_batches, eval_shard, shard
+from peftx.evaluation import infer
 from peftx.recipe import validate_recipe
-from peftx.train import _loss, infer, make_accelerator, total_steps
+from peftx.train import _loss, make_accelerator, total_steps
 from tests.conftest import tiny_recipe
 from tests.distributed_worker import SCENARIOS, run_scenario
 from tests.helpers import build

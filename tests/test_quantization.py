@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from peftx.budget import model_budget, recipe_budget
 from peftx.errors import PeftxError
+from peftx.evaluation import infer
 from peftx.families import ParamInfo
 from peftx.methods import METHODS, apply_method
 from peftx.methods.base import MethodConfig
@@ -24,7 +25,7 @@ from peftx.quantization import (
     set_quantized_weight,
 )
 from peftx.recipe import validate_recipe
-from peftx.train import infer, make_accelerator
+from peftx.train import make_accelerator
 from tests.conftest import FAMILY_NAMES, tiny_recipe
 from tests.helpers import build, changed, on_device, snapshot, train_steps
 from tests.test_methods import CASES, intended

@@ -200,7 +200,8 @@ def test_token_budget_eval_batches_cover_every_example_once_within_budget():
 
 
 def test_token_budget_evaluation_gives_the_same_logits():
-    from peftx.train import infer, make_accelerator
+    from peftx.evaluation import infer
+    from peftx.train import make_accelerator
 
     _, _, model, split = build(tiny_recipe("bert"))
     accelerator = make_accelerator("fp32")
