@@ -97,6 +97,8 @@ class Timing(Record):
     train_seconds: float | None = None
     eval_seconds: float | None = None
     steps: int | None = None
+    cap: int | None = None  # the steps the run would have taken without train.early_stop
+    stopped: Literal["flat", "cap"] | None = None  # flat: train.early_stop ended it; cap: it ran every step
     train_examples_per_s: float | None = None  # summed over processes
     train_tokens_per_s: float | None = None
 

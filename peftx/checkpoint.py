@@ -57,6 +57,8 @@ class LoopState:
     best_acc: float = -1.0
     skipped: int = 0  # steps skipped for a non-finite gradient norm (train.nonfinite: skip)
     skipped_in_a_row: int = 0
+    flat_evals: int = 0  # evaluations in a row without a new best (train.early_stop)
+    flat_best: float = -1.0  # the best validation accuracy train.early_stop measures against
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_examples: int = 0  # this process's

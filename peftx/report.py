@@ -2,7 +2,8 @@
 
 Runs are grouped into configurations: everything in the resolved recipe except the seed, the learning
 rate and the run's name/output. Within a configuration the learning rate is chosen on mean validation
-accuracy over seeds; the table reports test accuracy at that learning rate as mean ± standard error
+accuracy over the seeds every rate was run with (`peftx.selection.choose`, the sweep's `tune:` rule);
+the table reports test accuracy at that learning rate as mean ± standard error
 over seeds (sample standard deviation / sqrt(n)).
 """
 
@@ -18,6 +19,7 @@ from peftx.errors import PeftxError
 from peftx.recipe import result_neutral_keys
 from peftx.report_plots import plot
 from peftx.report_rows import Row, mean, sem, short
+from peftx.selection import choose
 
 # Recipe keys that never define a configuration: the schema's result-neutral fields (threads, names,
 # where output goes) and what a configuration is reported over (seeds; the learning rate is chosen).
@@ -128,8 +130,8 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
         for res, flat in members:
             by_lr[float(flat["train.lr"])].append(res)
         distinct = {lr: _one_per_seed(rs) for lr, rs in by_lr.items()}
-        lrs = {lr: mean([r.metrics.val_accuracy for r in kept]) for lr, (kept, _) in distinct.items()}
-        best_lr = max(lrs, key=lambda lr: (lrs[lr], -lr))
+        tried = {lr: [(r.seed, r.metrics.val_accuracy) for r in kept] for lr, (kept, _) in distinct.items()}
+        best_lr, lrs = choose(tried)
         chosen, duplicates = distinct[best_lr]
         flat = members[0][1]
         rows.append(

@@ -279,6 +279,8 @@ def _run(
             train_seconds=outcome.train_seconds,
             eval_seconds=outcome.eval_seconds,
             steps=outcome.steps,
+            cap=outcome.cap,
+            stopped=outcome.stopped,
             train_examples_per_s=outcome.train_examples / max(outcome.train_seconds, 1e-9),
             train_tokens_per_s=outcome.train_tokens / max(outcome.train_seconds, 1e-9),
         )

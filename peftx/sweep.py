@@ -6,6 +6,14 @@ A list is a grid axis wherever the schema expects a single value: `seed: [0, 1, 
 lists by nature (`method.targets`) stay as they are; sweep over them with an explicit `grid:` section of
 dotted keys (`grid: {method.targets: [[attention], [attention, feed_forward]]}`).
 
+A `tune:` section runs the tuning protocol: every value of one axis (`train.lr` by default) on the
+first seed(s), the value chosen on validation accuracy (`peftx.selection.choose`), then the other seeds
+at the chosen value only:
+
+    train: {lr: [1.0e-4, 3.0e-4, 1.0e-3]}
+    seed: [0, 1, 2]
+    tune: {key: train.lr, seeds: 1}
+
 Every point runs into `<output.dir>/<sweep name>/<point name>/`. Finished points are skipped and an
 unfinished one resumes from its checkpoint, so an interrupted sweep goes on where it stopped; several
 workers (processes, machines on one file system) share a grid through the run directories' locks.
@@ -34,6 +42,7 @@ from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defini
 from peftx.recipe.grid import SECTIONS
 from peftx.run import run
 from peftx.run_dir import RunLocked
+from peftx.selection import choose
 
 
 @dataclass
@@ -43,6 +52,40 @@ class Point:
     name: str
     values: dict[str, object]  # axis key -> value
     recipe: RecipeBase
+    stage: int = 0  # under `tune:`: 1 tries a value on a tuning seed, 2 runs the chosen value on another
+    config: str = ""  # under `tune:`: the point's values but the tuned one and the seed
+    tune: Tune | None = None
+
+    def tuned(self, key: str):
+        return self.values[key]
+
+
+@dataclass(frozen=True)
+class Tune:
+    """The `tune:` section: which axis is chosen on validation, and on how many seeds."""
+
+    key: str = "train.lr"
+    seeds: int = 1
+
+
+def _read_tune(raw: dict, axes: list[tuple[str, list]]) -> Tune | None:
+    section = raw.get("tune")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or set(section) - {"key", "seeds"}:
+        raise PeftxError("tune: expected a mapping with `key` (an axis, default train.lr) and `seeds` (default 1)")
+    tune = Tune(**section)
+    found = dict(axes)
+    if not isinstance(tune.key, str) or tune.key not in found or tune.key == "seed":
+        names = ", ".join(k for k in found if k != "seed") or "none"
+        raise PeftxError(f"tune.key: {tune.key!r} is not an axis of this sweep (its axes: {names})")
+    if not isinstance(tune.seeds, int) or isinstance(tune.seeds, bool) or tune.seeds < 1:
+        raise PeftxError(f"tune.seeds: expected a number of seeds (1 or more), got {tune.seeds!r}")
+    if "seed" not in found or len(found["seed"]) <= tune.seeds:
+        raise PeftxError(
+            f"tune: needs a seed axis with more than tune.seeds ({tune.seeds}) seeds to run the chosen value on"
+        )
+    return tune
 
 
 def _label(value, keys: list[str] | None = None) -> str:
@@ -88,8 +131,10 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
     axes = find_axes(raw)
     # seeds vary slowest: an interrupted sweep has every configuration at its first seeds
     axes.sort(key=lambda axis: axis[0] != "seed")
+    tune = _read_tune(raw, axes)
+    tuning_seeds = dict(axes)["seed"][: tune.seeds] if tune else []
     label_keys = {key: _differing_keys(values) for key, values in axes}
-    base = {k: v for k, v in raw.items() if k != "grid"}
+    base = {k: v for k, v in raw.items() if k not in ("grid", "tune")}
     for key, _ in axes:  # remove the axes; each point sets them again
         head, _, tail = key.partition(".")
         if not tail:
@@ -111,8 +156,51 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
         seen.add(unique)
         point["output"] = {**(point.get("output") or {}), "dir": str(out_dir), "name": unique}
         point["name"] = sweep_name
-        points.append(Point(unique, values, validate_recipe(point, f"{where} [{unique}]" if axes else where)))
+        recipe = validate_recipe(point, f"{where} [{unique}]" if axes else where)
+        p = Point(unique, values, recipe)
+        if tune:
+            p.stage = 1 if values["seed"] in tuning_seeds else 2
+            rest = {k: v for k, v in values.items() if k not in (tune.key, "seed")}
+            p.config = json.dumps(rest, sort_keys=True, default=str)
+        points.append(p)
+    if tune:  # the tuning stage first, whatever the order of the axes
+        points.sort(key=lambda p: p.stage)
+        for p in points:
+            p.tune = tune
     return points
+
+
+def tuning_choice(point: Point, points: list[Point]) -> tuple[str, object]:
+    """Where a stage-2 point stands: ('wait', None) while its configuration's tuning points are not all
+    finished, ('chosen', value) once they are, ('none', None) if none of them completed (all diverged or
+    failed)."""
+    tune: Tune = point.tune
+    tried: dict = {}
+    for p in points:
+        if p.stage != 1 or p.config != point.config:
+            continue
+        state = point_state(p)
+        if state == "todo":
+            record = _record(p)
+            if record is None or record.status in ("running", "interrupted"):
+                return "wait", None
+            continue  # failed: it has no result to choose on
+        if state == "done":
+            record = RunRecord.read(Path(p.recipe.output.dir) / p.name)
+            tried.setdefault(json.dumps(p.tuned(tune.key), default=str), []).append(
+                (p.values["seed"], record.metrics.val_accuracy)
+            )
+    if not tried:
+        return "none", None
+    best, _ = choose(tried)
+    return "chosen", json.loads(best)
+
+
+def _record(point: Point) -> RunRecord | None:
+    try:
+        return RunRecord.read(Path(point.recipe.output.dir) / point.name)
+    except PeftxError:
+        return None
 
 
 def _set(raw: dict, key: str, value) -> None:
@@ -165,7 +253,14 @@ def plan(points: list[Point]) -> list[PlannedPoint]:
     out = []
     for p in points:
         b = recipe_budget(p.recipe)
-        out.append(PlannedPoint(p.name, point_state(p), b.trainable, b.total, b.trainable_pct))
+        state = point_state(p)
+        if p.stage == 2 and state == "todo":
+            stand, chosen = tuning_choice(p, points)
+            if stand == "wait":
+                state = "after tuning"
+            elif stand == "none" or json.dumps(chosen, default=str) != json.dumps(p.tuned(p.tune.key), default=str):
+                state = "not chosen"
+        out.append(PlannedPoint(p.name, state, b.trainable, b.total, b.trainable_pct))
     return out
 
 
@@ -219,6 +314,17 @@ def run_sweep(
                 if point.name not in finished:
                     log(f"{tag}: {state}, skipped")
                 continue
+            if point.stage == 2 and point.name not in finished:
+                stand, chosen = tuning_choice(point, points)
+                if stand == "wait":  # its configuration's tuning points are still running elsewhere
+                    held.append(point)
+                    continue
+                key = point.tune.key
+                if stand == "none" or json.dumps(chosen, default=str) != json.dumps(point.tuned(key), default=str):
+                    why = "no tuning point completed" if stand == "none" else f"{key} {chosen} was chosen"
+                    log(f"{tag}: not run ({why})")
+                    finished.add(point.name)
+                    continue
             display = display_factory() if display_factory else None
 
             def started(plan: str, tag: str = tag) -> None:

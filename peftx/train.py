@@ -43,6 +43,8 @@ class TrainOutcome:
     skipped_steps: int = 0  # updates skipped for a non-finite gradient norm (train.nonfinite: skip)
     resumed_from: int | None = None  # the checkpoint's step, for a resumed run
     steps: int = 0
+    cap: int = 0  # the steps the run would take without train.early_stop
+    stopped: str = "cap"  # flat: train.early_stop ended it; cap: it ran all its steps
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_examples: int = 0  # summed over processes
@@ -157,6 +159,18 @@ class _Window:
         self.sums.zero_()
         self.loss = torch.zeros_like(self.loss)
         self.n, self.t0 = 0, now
+
+
+def _flat(state: LoopState, accuracy: float, cfg: TrainSection) -> bool:
+    """Count an evaluation for `train.early_stop`; True once `patience` in a row brought no new best."""
+    rule = cfg.early_stop
+    if rule is None:
+        return False
+    if accuracy > state.flat_best + rule.min_delta:
+        state.flat_best, state.flat_evals = accuracy, 0
+    else:
+        state.flat_evals += 1
+    return state.flat_evals >= rule.patience
 
 
 def _nonfinite(norm: torch.Tensor | float | None) -> bool:
@@ -296,6 +310,8 @@ def train(
                     state.best_acc = metrics["accuracy"]
                     best_state = {n: p.detach().clone() for n, p in trainable.items()}
                     state.best = entry
+                if _flat(state, metrics["accuracy"], cfg) and step < steps:
+                    break  # every process decides alike; a resumed run reaches the same decision
             want = checkpoints is not None and checkpoints.due(step, evaluated)
             stopping = stop.signal_name is not None
             if n_proc > 1:  # every process acts on the same decision (clocks and signals differ)
@@ -307,7 +323,8 @@ def train(
             if stopping:
                 where = f"checkpoint {saved}" if checkpoints is not None else "no checkpoint"
                 raise Interrupted(f"stopped after step {step} of {steps} ({where})", stop.signal_name or "SIGTERM")
-    out.steps = state.step
+    out.steps, out.cap = state.step, steps
+    out.stopped = "flat" if state.step < steps else "cap"
     out.history, out.train_log, out.best, out.skipped_steps = state.history, state.train_log, state.best, state.skipped
     out.train_seconds, out.eval_seconds = state.train_seconds, state.eval_seconds
     totals = accelerator.reduce(torch.stack([torch.tensor(state.train_examples, device=device), tokens]), "sum")

@@ -1,26 +1,23 @@
 #!/usr/bin/env bash
-# The offline reproduction of the paper's claims (docs/RESULTS.md): the sweeps in recipes/offline/,
-# then `peftx report`. About 80 minutes on a 2-core CPU; resumable (rerun it after an interruption and
-# finished runs are skipped). Runs into runs/offline/; report and plots into docs/results/, replacing
-# the committed ones (OUT=DIR writes them elsewhere).
+# The offline study of the paper's claims (docs/RESULTS.md): the sweeps in recipes/offline/, then
+# `peftx report`. Each sweep tunes the learning rate (every rate on seed 0, the best on validation then on
+# seeds 1 and 2) and stops each run when validation accuracy is flat. Resumable: rerun it after an
+# interruption and finished runs are skipped, a half-done run resumes from its checkpoint. Runs into
+# runs/offline/; the report and plots into docs/results/, replacing the committed ones (OUT=DIR writes
+# them elsewhere).
 #
-#   scripts/reproduce_offline.sh                 # two lanes of one thread each
-#   EXTRA=1 scripts/reproduce_offline.sh         # also the from-scratch twin at a second learning rate
-#                                                # (c1_listops_scratch_lr.yaml; about 90 minutes in all)
-#   LANES=1 scripts/reproduce_offline.sh         # one lane, every core per run
+#   scripts/reproduce_offline.sh                 # two workers of one thread each
+#   WORKERS=1 scripts/reproduce_offline.sh       # one worker, every core per run
 #   nohup scripts/reproduce_offline.sh > offline.log 2>&1 &   # in the background
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEFTX="${PEFTX:-peftx}"
 OUT="${OUT:-docs/results}"
-# Two lanes of about equal work; each sweep is run in the order written.
-LANE_A=(c2_listops c2_prefix c3_listops c1_vision)
-LANE_B=(c1_protein c1_listops c3_align c3_align_fpt c3_align_vision)
-if [[ "${EXTRA:-0}" == 1 ]]; then
-  LANE_A+=(c1_listops_scratch_lr)  # lane A finishes first
-fi
+# The C3 alignment study (c3_align*.yaml) is apart: `peftx sweep recipes/offline/c3_align.yaml` etc.
+SWEEPS=(listops_peft listops_scratch listops_full listops_prefix listops_learned listops_aligned
+        vision_full vision_lora protein_full protein_lora)
 
-lane() {  # lane THREADS SWEEP...
+worker() {  # worker THREADS SWEEP...: one worker going through the sweeps in the order given
   local threads=$1; shift
   for sweep in "$@"; do
     "$PEFTX" sweep "recipes/offline/$sweep.yaml" --quiet --set "train.threads=$threads"
@@ -29,18 +26,23 @@ lane() {  # lane THREADS SWEEP...
 
 start=$(date +%s)
 mkdir -p runs/offline
-if [[ "${LANES:-2}" == 1 ]]; then
-  lane null "${LANE_A[@]}" "${LANE_B[@]}"
+if [[ "${WORKERS:-2}" == 1 ]]; then
+  worker null "${SWEEPS[@]}"
 else
-  lane 1 "${LANE_A[@]}" > runs/offline/lane_a.log 2>&1 &
+  # Two workers share the grids through the run directories' locks: one goes through the sweeps from
+  # the first, the other from the last, so that they meet once and each point runs once.
+  reversed=()
+  for (( i=${#SWEEPS[@]}-1; i>=0; i-- )); do reversed+=("${SWEEPS[i]}"); done
+  worker 1 "${SWEEPS[@]}" > runs/offline/worker_a.log 2>&1 &
   a=$!
-  lane 1 "${LANE_B[@]}" > runs/offline/lane_b.log 2>&1 &
+  worker 1 "${reversed[@]}" > runs/offline/worker_b.log 2>&1 &
   b=$!
+  trap 'trap - INT TERM; kill -TERM 0; wait' INT TERM  # each run checkpoints, then stops
   status=0
   wait "$a" || status=$?
   wait "$b" || status=$?
   if (( status )); then
-    echo "a sweep failed: see runs/offline/lane_a.log and lane_b.log" >&2
+    echo "a sweep failed: see runs/offline/worker_a.log and worker_b.log" >&2
     exit "$status"
   fi
 fi

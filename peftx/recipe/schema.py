@@ -114,6 +114,16 @@ class ModelSection(Section):
         return self
 
 
+class EarlyStop(Section):
+    """Stop a run when validation accuracy stops improving (`train.steps` / `epochs` stay the cap)."""
+
+    patience: int = Field(3, ge=1)
+    """Evaluations in a row without a new best (by more than min_delta) that end the run."""
+    min_delta: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
+    """How much (accuracy as a fraction: 0.005 is half a point) an evaluation must beat the best by to
+    count as an improvement."""
+
+
 class TrainSection(Section):
     """The training loop."""
 
@@ -181,6 +191,10 @@ class TrainSection(Section):
     """Write a resumable checkpoint (trained weights, optimizer, schedule, data position, random states)
     into the run directory every this many steps. auto: at every evaluation and at least every 5
     minutes of training. null: never. The last checkpoint and the best evaluation's are kept."""
+    early_stop: EarlyStop | None = None
+    """Stop when validation accuracy is flat for `patience` evaluations; `steps` (or `epochs`) is then the
+    cap, and the learning-rate schedule is laid out over it. result.json records whether the run stopped
+    flat or at its cap. null: always train to the end."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A step whose gradient norm is not finite (inf, nan): stop the run as diverged, naming the step, or
     skip that update and count it (10 skipped in a row still stop the run)."""
