@@ -17,8 +17,8 @@ from pathlib import Path
 from peftx.artifacts import RESULT, RunRecord
 from peftx.errors import PeftxError
 from peftx.recipe import result_neutral_keys
-from peftx.report_plots import plot
-from peftx.report_rows import Row, mean, sem, short
+from peftx.report_plots import plot, pretrained_pairs
+from peftx.report_rows import Row, mean, sem, short, stopped_label, welch_interval
 from peftx.selection import choose
 
 # Recipe keys that never define a configuration: the schema's result-neutral fields (threads, names,
@@ -151,6 +151,7 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
                 selected=[(r.metrics.selected_step, r.metrics.val_accuracy) for r in chosen],
                 duplicates=duplicates,
                 pretrained=flat.get("model.pretrained"),
+                stopped=[(_timing(r, "stopped"), _timing(r, "steps"), _timing(r, "cap")) for r in chosen],
             )
         )
     for task in {r.task for r in rows}:  # each task's rows show only what varies among them
@@ -162,6 +163,10 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
     for i, r in enumerate(rows, start=1):
         r.key = f"c{i}"
     return rows, varying
+
+
+def _timing(record: RunRecord, key: str):
+    return getattr(record.timing, key, None) if record.timing is not None else None
 
 
 def _differs(values: list) -> bool:
@@ -187,15 +192,19 @@ def markdown_table(rows: list[Row], varying: list[str]) -> str:
 
 
 def _task_table(rows: list[Row], cols: list[str]) -> str:
+    by_lr = any(len(r.lrs_tried) > 1 for r in rows)  # columns shown only where some row has them
+    stopped = any(stopped_label(r.stopped) != "—" for r in rows)
     head = [
         "task",
         *cols,
         "lr (chosen)",
+        *(["val acc % by lr"] if by_lr else []),
         "seeds",
         "test acc % (mean ± SEM)",
         "val acc %",
         "trainable",
         "trainable %",
+        *(["stopped"] if stopped else []),
         "plot",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -204,11 +213,13 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
             r.task,
             *["" if r.config.get(k) is None else str(r.config.get(k)) for k in cols],
             f"{r.lr:g}",
+            *([", ".join(f"{lr:g}: {pct(v)}" for lr, v in r.lrs_tried.items())] if by_lr else []),
             str(len(r.seeds)) + (" (+ duplicates)" if r.duplicates else ""),
             f"{pct(mean(r.test))} ± {pct(sem(r.test))}",
             pct(mean(r.val)),
             f"{r.trainable:,}",
             f"{100 * r.trainable / max(r.total, 1):.2f}",
+            *([stopped_label(r.stopped)] if stopped else []),
             r.key,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -223,6 +234,31 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
     if dups:
         lines += ["", "Repeated seeds (the same seed run again: counted once, the first run by name):", ""]
         lines += [f"- {r.key} seed {seed}: {', '.join(names)}" for r, seed, names in dups]
+    return "\n".join(lines) + "\n"
+
+
+def pretrained_section(rows: list[Row]) -> str:
+    """Each pair of configurations that differ only in model.pretrained: the difference of mean test
+    accuracy with its 95% Welch interval over seeds."""
+    pairs = pretrained_pairs(rows)
+    if not pairs:
+        return ""
+    lines = [
+        "## Pretrained − from scratch",
+        "",
+        "Mean test accuracy of the pretrained configuration minus its from-scratch twin's, each at its own "
+        "chosen learning rate; 95% Welch interval over seeds.",
+        "",
+        "| configuration | pretrained % | from scratch % | difference (points) | 95% interval |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for label, (pre, scratch) in pairs.items():
+        diff, lo, hi = welch_interval([100 * a for a in pre.test], [100 * a for a in scratch.test])
+        interval = "—" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]"
+        lines.append(
+            f"| {label} ({pre.key} vs {scratch.key}) | {pct(mean(pre.test))} | {pct(mean(scratch.test))} | "
+            f"{diff:+.1f} | {interval} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -286,9 +322,11 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, command: s
         "",
         f"Made by `{command}` from {len(runs)} result file(s): {len(completed)} completed run(s) in "
         f"{len(rows)} configuration(s). Test accuracy at the learning rate chosen on mean validation "
-        "accuracy; mean ± standard error over distinct seeds.",
+        "accuracy (over the seeds every rate ran); mean ± standard error over distinct seeds. `stopped`: "
+        "flat (train.early_stop ended the run) or cap (it ran every step it was given).",
         "",
         markdown_table(rows, varying),
+        pretrained_section(rows),
         tasks_section(completed),
         not_reported_section(runs, root),
     ]

@@ -77,7 +77,7 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    pairs = _pretrained_pairs(rows)
+    pairs = pretrained_pairs(rows)
     if pairs:
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(pairs)), 4.5))
         xs = range(len(pairs))
@@ -97,6 +97,35 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.legend()
         written.append(out_dir / "pretrained_vs_scratch.png")
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+    tuned = [r for r in rows if len(r.lrs_tried) > 1]
+    if tuned:  # the rate curves: validation accuracy against the learning rate, the chosen rate starred
+        tuned_tasks = list(dict.fromkeys(r.task for r in tuned))
+        fig, axes = plt.subplots(
+            1, len(tuned_tasks), figsize=(7.5 * len(tuned_tasks), 4.5), squeeze=False, layout="constrained"
+        )
+        for ax, task in zip(axes[0], tuned_tasks):
+            for r in (r for r in tuned if r.task == task):
+                lrs = list(r.lrs_tried)
+                style = "--" if r.pretrained is False else "-"
+                ax.plot(
+                    lrs,
+                    [100 * r.lrs_tried[x] for x in lrs],
+                    style,
+                    marker="o",
+                    color=colors[r.key],
+                    label=r.short_label,
+                )
+                ax.scatter([r.lr], [100 * r.lrs_tried[r.lr]], marker="*", s=140, color=colors[r.key], zorder=3)
+            _baselines(ax, next(r for r in rows if r.task == task).baselines)
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate (log)")
+            ax.set_ylabel("validation accuracy (%)")
+            ax.set_title(f"{task}  (* chosen rate; compared on the seeds every rate ran)", fontsize=9)
+            _legend_right(ax)
+        written.append(out_dir / "rate_curves.png")
         fig.savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
 
@@ -145,7 +174,7 @@ def _legend_right(ax) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def _pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
+def pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
     """Configurations that differ only in model.pretrained: label -> (pretrained row, scratch row)."""
     by_rest: dict[str, dict[bool, Row]] = defaultdict(dict)
     for r in rows:

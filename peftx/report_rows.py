@@ -37,6 +37,7 @@ class Row:
     train_curves: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, train loss)
     selected: list[tuple[int, float]] = field(default_factory=list)  # per seed: (selected step, its val acc)
     duplicates: list[tuple[int, list[str]]] = field(default_factory=list)  # (seed, names of its runs) if > 1
+    stopped: list[tuple[str | None, int | None, int | None]] = field(default_factory=list)  # per seed: how, step, cap
     pretrained: bool | None = None
     key: str = ""  # short id in plots and tables: c1, c2, ...
 
@@ -50,6 +51,35 @@ class Row:
         values = ", ".join(short(v, 12) for k, v in self.config.items() if k != "model.pretrained")
         twin = "" if self.pretrained is None else (" pre" if self.pretrained else " scratch")
         return short(f"{self.key} {values}".strip(), 28) + twin
+
+
+def stopped_label(stopped: list[tuple[str | None, int | None, int | None]]) -> str:
+    """How a configuration's runs ended: `flat 3` (train.early_stop ended each), `cap 2, flat 1`, with the
+    steps taken (and the cap); `—` for runs recorded before peftx said."""
+    counts = {how: sum(1 for h, _, _ in stopped if h == how) for how in ("flat", "cap")}
+    if not any(counts.values()):
+        return "—"
+    steps = sorted(s for _, s, _ in stopped if s is not None)
+    caps = {c for _, _, c in stopped if c is not None}
+    span = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+    text = ", ".join(f"{how} {n}" for how, n in counts.items() if n)
+    return f"{text} (steps {span} of {max(caps)})" if caps else text
+
+
+def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its Welch t interval (NaN bounds for fewer than 2 values on a side)."""
+    diff = mean(a) - mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan")
+    va, vb = sem(a) ** 2, sem(b) ** 2
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy import stats  # scikit-learn's dependency, which the report's plots already pull in
+
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return diff, diff - half, diff + half
 
 
 def key_label(key: str) -> str:

@@ -156,7 +156,8 @@ def test_report_builds_from_result_files_only(tmp_path):
     out = runner.invoke(app, ["report", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "pretrained_vs_scratch.png").exists()
-    assert "| listops | True | 0.001 | 2 | 53.0 ± 5.0 |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| listops | True | 0.001 | 0.0001: 30.0, 0.001: 55.0 | 2 | 53.0 ± 5.0 |" in report
 
 
 def test_dry_run_prints_budgets(tmp_path):

@@ -144,3 +144,55 @@ def test_bad_tune_sections_are_one_line(tmp_path, tune, message):
     path.write_text(yaml.safe_dump(raw))
     out = runner.invoke(app, ["sweep", str(path), "--dry-run"])
     assert out.exit_code == 2 and "Traceback" not in out.output
+
+
+def _record(pretrained: bool, lr: float, seed: int, val: float, test: float, stopped: str, steps: int) -> RunRecord:
+    recipe = validate_recipe(tiny_recipe("bert", None, seed=seed)).to_dict()
+    recipe["model"]["pretrained"] = pretrained
+    recipe["train"]["lr"] = lr
+    return RunRecord(
+        name=f"p{pretrained}-lr{lr}-s{seed}",
+        status="completed",
+        seed=seed,
+        precision="fp32",
+        recipe=recipe,
+        metrics={"val_accuracy": val, "test_accuracy": test, "test_loss": 1.0, "selected_step": 2, "selection": "best"},
+        budget={"trainable": 1000, "total": 100000, "trainable_pct": 1.0},
+        history=[{"step": 2, "val_accuracy": val, "val_loss": 1.0, "lr": lr}],
+        timing={"wall_seconds": 1.0, "steps": steps, "cap": 300, "stopped": stopped},
+    )
+
+
+def test_report_shows_rate_curves_how_runs_stopped_and_the_pretrained_interval(tmp_path):
+    from scipy import stats
+
+    root = tmp_path / "runs"
+    records = [
+        # pretrained: 1e-3 wins on seed 0 (0.60 > 0.55) and gets seeds 1 and 2, whose lower validation
+        # accuracy must not make the report pick 1e-4 instead
+        _record(True, 1e-4, 0, 0.55, 0.50, "flat", 150),
+        _record(True, 1e-3, 0, 0.60, 0.58, "cap", 300),
+        _record(True, 1e-3, 1, 0.40, 0.56, "flat", 200),
+        _record(True, 1e-3, 2, 0.40, 0.60, "cap", 300),
+        _record(False, 1e-3, 0, 0.35, 0.30, "flat", 150),
+        _record(False, 1e-3, 1, 0.35, 0.33, "flat", 150),
+        _record(False, 1e-3, 2, 0.35, 0.33, "flat", 200),
+    ]
+    for r in records:
+        (root / r.name).mkdir(parents=True)
+        r.write(root / r.name)
+    out = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert out.exit_code == 0, out.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "rate_curves.png").is_file()
+    pre = next(line for line in md.splitlines() if line.startswith("| listops | True"))
+    assert "| 0.001 | 0.0001: 55.0, 0.001: 60.0 | 3 | 58.0 ± 1.2 |" in pre
+    assert "flat 1, cap 2 (steps 200-300 of 300)" in pre
+    assert "flat 3 (steps 150-200 of 300)" in md
+    # Welch interval of [58, 56, 60] - [30, 33, 33], computed here from its definition
+    a, b = [58.0, 56.0, 60.0], [30.0, 33.0, 33.0]
+    va, vb = stats.tvar(a) / 3, stats.tvar(b) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    half = stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    diff = sum(a) / 3 - sum(b) / 3
+    assert f"| {diff:+.1f} | [{diff - half:+.1f}, {diff + half:+.1f}] |" in md
