@@ -76,7 +76,7 @@ def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple
     if se == 0:
         return diff, diff, diff
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy import stats  # scikit-learn's dependency, which the report's plots already pull in
+    from scipy import stats
 
     half = stats.t.ppf(0.5 + level / 2, df) * se
     return diff, diff - half, diff + half

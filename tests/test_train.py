@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,3 +61,43 @@ def test_best_selection_restores_best_validation_weights(tmp_path):
     best = max(h["val_accuracy"] for h in res["history"])
     assert res["metrics"]["val_accuracy"] == best
     assert res["metrics"]["selected_step"] == next(h["step"] for h in res["history"] if h["val_accuracy"] == best)
+
+
+def test_cpu_bf16_is_fast_only_where_measured_so(monkeypatch, tmp_path):
+    """AVX512-BF16 alone does not make bf16 fast: the products are timed once per machine (the result
+    cached on disk, so every process of a launch agrees); AMX is fast, no flag is not."""
+    monkeypatch.setenv("PEFTX_CACHE", str(tmp_path))
+    timed = []
+
+    def speedup(value):
+        def measure(*a, **k):
+            timed.append(value)
+            return value
+
+        return measure
+
+    for flags, measured, expected in [
+        ({"avx2"}, 3.0, False),
+        ({"avx512_bf16", "amx_bf16"}, 0.5, True),
+        ({"avx512_bf16"}, 0.55, False),
+    ]:
+        env.cpu_has_fast_bf16.cache_clear()
+        monkeypatch.setattr(env, "_cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(env, "bf16_matmul_speedup", speedup(measured))
+        assert env.cpu_has_fast_bf16() is expected
+    assert timed == [0.55]  # only the AVX512-BF16 CPU without AMX was timed
+    # the measurement is kept: another process (here: a cleared cache) reads it instead of timing again
+    env.cpu_has_fast_bf16.cache_clear()
+    monkeypatch.setattr(env, "bf16_matmul_speedup", speedup(9.0))
+    assert env.cpu_has_fast_bf16() is False and timed == [0.55]
+    assert json.loads((tmp_path / "machine.json").read_text()).popitem()[1] == {"bf16_speedup": 0.55}
+    # a CPU measured fast
+    (tmp_path / "machine.json").unlink()
+    env.cpu_has_fast_bf16.cache_clear()
+    assert env.cpu_has_fast_bf16() is True and timed == [0.55, 9.0]
+    env.cpu_has_fast_bf16.cache_clear()
+
+
+def test_bf16_matmul_speedup_is_measured():
+    speedup = env.bf16_matmul_speedup(side=64, repeats=2)
+    assert math.isfinite(speedup) and speedup > 0

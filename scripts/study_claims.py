@@ -1,0 +1,98 @@
+"""The paper's claims as differences between the offline study's configurations (recipes/offline/),
+each with its 95% Welch interval over seeds: the numbers docs/RESULTS.md gives.
+
+    python scripts/study_claims.py [RUNS]      # RUNS: default runs/offline
+
+Each configuration is at the learning rate the sweep's tuning stage chose on validation (the report's
+rule); its seeds are those the chosen rate ran with.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from peftx.report import load_results, summarize
+from peftx.report_rows import Row, mean, sem, stopped_label, welch_interval
+
+# label -> (task, the row's configuration values that identify it)
+CONFIGS = {
+    "ListOps: pretrained, full": ("listops", {"method.name": "full", "model.pretrained": True}),
+    "ListOps: from scratch, full": ("listops", {"method.name": "full", "model.pretrained": False}),
+    "ListOps: pretrained, LoRA 2%": (
+        "listops",
+        {"method.name": "lora", "model.pretrained": True, "input.name": "pretrained_vocab"},
+    ),
+    "ListOps: from scratch, LoRA 2%": ("listops", {"method.name": "lora", "model.pretrained": False}),
+    "ListOps: pretrained, prefix 2%": ("listops", {"method.name": "prefix"}),
+    "ListOps: pretrained, IA3": ("listops", {"method.name": "ia3"}),
+    "ListOps: pretrained, BitFit": ("listops", {"method.name": "bitfit"}),
+    "ListOps: pretrained, fpt": ("listops", {"method.name": "frozen"}),
+    "ListOps: LoRA 2%, learned input": ("listops", {"input.name": "learned", "input.align": "off"}),
+    "ListOps: LoRA 2%, learned input aligned": ("listops", {"input.name": "learned", "input.align": "on"}),
+    "Fashion-MNIST: pretrained, full": ("vision", {"method.name": "full", "model.pretrained": True}),
+    "Fashion-MNIST: from scratch, full": ("vision", {"method.name": "full", "model.pretrained": False}),
+    "Fashion-MNIST: pretrained, LoRA 2%": ("vision", {"method.name": "lora"}),
+    "SCL2205: pretrained, full": ("protein", {"method.name": "full", "model.pretrained": True}),
+    "SCL2205: from scratch, full": ("protein", {"method.name": "full", "model.pretrained": False}),
+    "SCL2205: pretrained, LoRA 2%": ("protein", {"method.name": "lora"}),
+}
+# (claim, a, b): the difference a - b
+CLAIMS = [
+    ("C1", "ListOps: pretrained, full", "ListOps: from scratch, full"),
+    ("C1", "ListOps: pretrained, LoRA 2%", "ListOps: from scratch, LoRA 2%"),
+    ("C1", "Fashion-MNIST: pretrained, full", "Fashion-MNIST: from scratch, full"),
+    ("C1", "SCL2205: pretrained, full", "SCL2205: from scratch, full"),
+    ("C2", "ListOps: pretrained, LoRA 2%", "ListOps: pretrained, full"),
+    ("C2", "ListOps: pretrained, prefix 2%", "ListOps: pretrained, full"),
+    ("C2", "Fashion-MNIST: pretrained, LoRA 2%", "Fashion-MNIST: pretrained, full"),
+    ("C2", "SCL2205: pretrained, LoRA 2%", "SCL2205: pretrained, full"),
+    ("C3", "ListOps: pretrained, LoRA 2%", "ListOps: LoRA 2%, learned input"),
+    ("C3", "ListOps: LoRA 2%, learned input aligned", "ListOps: LoRA 2%, learned input"),
+]
+
+
+def find(rows: list[Row], task: str, want: dict) -> Row | None:
+    """The one row of `task` whose configuration has every value of `want` (a key the task's rows do not
+    vary in matches anything)."""
+    hits = [
+        r
+        for r in rows
+        if r.task == task and all(r.config.get(k, v) == v or str(r.config.get(k)) == str(v) for k, v in want.items())
+    ]
+    if len(hits) > 1:
+        raise SystemExit(f"{task} {want}: {len(hits)} configurations match ({', '.join(h.label for h in hits)})")
+    return hits[0] if hits else None
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/offline")
+    rows, _ = summarize(load_results(root))
+    found = {label: find(rows, task, want) for label, (task, want) in CONFIGS.items()}
+    print("| configuration | trainable % | lr (chosen) | seeds | test accuracy % (mean ± SEM) | stopped |")
+    print("|---|---:|---:|---:|---:|---|")
+    for label, r in found.items():
+        if r is None:
+            print(f"| {label} | | | 0 | not run | |")
+            continue
+        err = "—" if math.isnan(sem(r.test)) else f"{100 * sem(r.test):.1f}"
+        print(
+            f"| {label} | {100 * r.trainable / r.total:.2f} | {r.lr:g} | {len(r.seeds)} | "
+            f"{100 * mean(r.test):.1f} ± {err} | {stopped_label(r.stopped)} |"
+        )
+    print("\n| claim | difference | points | 95% interval | excludes 0 |")
+    print("|---|---|---:|---|---|")
+    for claim, a, b in CLAIMS:
+        if found[a] is None or found[b] is None:
+            print(f"| {claim} | {a} − {b} | not run | | |")
+            continue
+        d, lo, hi = welch_interval([100 * x for x in found[a].test], [100 * x for x in found[b].test])
+        interval, excludes = (
+            ("—", "—") if math.isnan(lo) else (f"[{lo:+.1f}, {hi:+.1f}]", "yes" if lo > 0 or hi < 0 else "no")
+        )
+        print(f"| {claim} | {a} − {b} | {d:+.1f} | {interval} | {excludes} |")
+
+
+if __name__ == "__main__":
+    main()
