@@ -198,7 +198,12 @@ def export(
 @app.command()
 @user_errors
 def sweep(
-    recipe: Annotated[Path, typer.Argument(help="Recipe whose values may be lists (grid axes).")],
+    recipes: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Recipes whose values may be lists (grid axes); several run as one queue.", metavar="RECIPE..."
+        ),
+    ],
     set_: SetOption = None,
     dry_run: Annotated[
         bool, typer.Option(help="Print the grid and each point's trainable budget; run nothing.")
@@ -210,7 +215,8 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped and unfinished
-    ones resume from their checkpoints. Several `peftx sweep` processes may share one grid.
+    ones resume from their checkpoints. Several `peftx sweep` processes may share one grid. Several
+    recipes are one queue: a worker waiting on one sweep's tuning stage runs the next sweep's points.
 
     Exit codes: 0 every point finished (diverged points are listed), 1 a point failed, 2 a mistake in
     the input, 130 / 143 stopped by SIGINT / SIGTERM."""
@@ -218,9 +224,9 @@ def sweep(
 
     from peftx.budget import fmt_count
     from peftx.display import RunDisplay
-    from peftx.sweep import load_sweep, plan, run_sweep, run_workers
+    from peftx.sweep import load_sweeps, plan, run_sweep, run_workers
 
-    points = load_sweep(recipe, list(set_ or []))
+    points = load_sweeps(recipes, list(set_ or []))
     if dry_run:
         table = Table(title=f"{len(points)} runs")
         for col in ("run", "state", "trainable", "total", "trainable %"):
@@ -232,7 +238,7 @@ def sweep(
     if workers > 1:
         if overwrite:
             raise PeftxError("--overwrite with --workers: each worker would redo every point; run one worker")
-        raise typer.Exit(run_workers(recipe, list(set_ or []), workers))
+        raise typer.Exit(run_workers(recipes, list(set_ or []), workers))
     out = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
     if out.diverged:
         err.print(f"[yellow]{len(out.diverged)} run(s) diverged:[/] {', '.join(out.diverged)}")

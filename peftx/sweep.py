@@ -37,7 +37,7 @@ import torch
 
 from peftx.artifacts import RunRecord
 from peftx.budget import recipe_budget
-from peftx.errors import Diverged, PeftxError
+from peftx.errors import Diverged, Interrupted, PeftxError
 from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defining, validate_recipe
 from peftx.recipe.grid import SECTIONS
 from peftx.run import run
@@ -161,7 +161,7 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
         if tune:
             p.stage = 1 if values["seed"] in tuning_seeds else 2
             rest = {k: v for k, v in values.items() if k not in (tune.key, "seed")}
-            p.config = json.dumps(rest, sort_keys=True, default=str)
+            p.config = json.dumps([str(out_dir), rest], sort_keys=True, default=str)  # one sweep's alone
         points.append(p)
     if tune:  # the tuning stage first, whatever the order of the axes
         points.sort(key=lambda p: p.stage)
@@ -221,6 +221,27 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Poi
     return expand(read_raw(path, overrides), str(path))
 
 
+def load_sweeps(paths: list[Path], overrides: list[str] | None = None) -> list[Point]:
+    """The points of several sweep recipes, file after file: one queue that workers go through, so a
+    worker whose current sweep waits (another worker holds its last tuning point) runs the next one's
+    points meanwhile.
+
+    Raises:
+        PeftxError: two files that would write into the same run directories (same name and output.dir).
+    """
+    points, owner = [], {}
+    for path in paths:
+        for point in load_sweep(path, overrides):
+            where = Path(point.recipe.output.dir) / point.name
+            if where in owner and owner[where] != str(path):
+                raise PeftxError(
+                    f"{path}: writes into {where.parent}, as {owner[where]} does; give one of them another `name`"
+                )
+            owner[where] = str(path)
+            points.append(point)
+    return points
+
+
 def point_state(point: Point) -> str:
     """'done' (finished with this very recipe, up to result-neutral fields such as threads), 'stale'
     (finished with another recipe), 'diverged' (its settings train to NaN: rerunning repeats that),
@@ -251,6 +272,7 @@ class PlannedPoint:
 def plan(points: list[Point]) -> list[PlannedPoint]:
     """Each point's state and trainable budget (counted without weights), running nothing."""
     out = []
+    several = len({p.recipe.output.dir for p in points}) > 1
     for p in points:
         b = recipe_budget(p.recipe)
         state = point_state(p)
@@ -260,7 +282,8 @@ def plan(points: list[Point]) -> list[PlannedPoint]:
                 state = "after tuning"
             elif stand == "none" or json.dumps(chosen, default=str) != json.dumps(p.tuned(p.tune.key), default=str):
                 state = "not chosen"
-        out.append(PlannedPoint(p.name, state, b.trainable, b.total, b.trainable_pct))
+        name = f"{Path(p.recipe.output.dir).name}/{p.name}" if several else p.name
+        out.append(PlannedPoint(name, state, b.trainable, b.total, b.trainable_pct))
     return out
 
 
@@ -302,19 +325,21 @@ def run_sweep(
         where = Path(stale[0].recipe.output.dir) / stale[0].name
         raise PeftxError(f"{where}: finished with a different recipe; pass --overwrite to redo it, or rename the sweep")
     out = SweepOutcome()
-    finished: set[str] = set()  # by this worker, in this call
-    index = {p.name: i for i, p in enumerate(points, start=1)}
+    finished: set[int] = set()  # points (by id: names repeat across sweeps) done by this worker, in this call
+    index = {id(p): i for i, p in enumerate(points, start=1)}
+    several = len({p.recipe.output.dir for p in points}) > 1  # several sweeps: name each point's sweep too
     pending = list(points)
     while pending:
         held = []
         for point in pending:
-            tag = f"[{index[point.name]}/{len(points)}] {point.name}"
+            label = f"{Path(point.recipe.output.dir).name}/{point.name}" if several else point.name
+            tag = f"[{index[id(point)]}/{len(points)}] {label}"
             state = point_state(point)
-            if state in ("done", "diverged") and not (overwrite and point.name not in finished):
-                if point.name not in finished:
+            if state in ("done", "diverged") and not (overwrite and id(point) not in finished):
+                if id(point) not in finished:
                     log(f"{tag}: {state}, skipped")
                 continue
-            if point.stage == 2 and point.name not in finished:
+            if point.stage == 2 and id(point) not in finished:
                 stand, chosen = tuning_choice(point, points)
                 if stand == "wait":  # its configuration's tuning points are still running elsewhere
                     held.append(point)
@@ -323,7 +348,7 @@ def run_sweep(
                 if stand == "none" or json.dumps(chosen, default=str) != json.dumps(point.tuned(key), default=str):
                     why = "no tuning point completed" if stand == "none" else f"{key} {chosen} was chosen"
                     log(f"{tag}: not run ({why})")
-                    finished.add(point.name)
+                    finished.add(id(point))
                     continue
             display = display_factory() if display_factory else None
 
@@ -335,6 +360,8 @@ def run_sweep(
             except RunLocked:
                 held.append(point)
                 continue
+            except Interrupted:  # SIGINT / SIGTERM: the point wrote its checkpoint; the whole sweep stops
+                raise
             except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
                 log(f"{tag}: {e}")
                 out.diverged.append(point.name)
@@ -346,7 +373,7 @@ def run_sweep(
             else:
                 if result.record.completed:
                     out.completed.append(point.name)
-            finished.add(point.name)
+            finished.add(id(point))
         if held:
             log(f"{len(held)} point(s) held by other workers: {', '.join(p.name for p in held)}; waiting for them")
             time.sleep(poll)
@@ -354,14 +381,14 @@ def run_sweep(
     return out
 
 
-def run_workers(recipe: Path, overrides: list[str], workers: int) -> int:
-    """`peftx sweep R --workers N`: N worker processes on one grid (each a plain `peftx sweep R`).
+def run_workers(recipes: list[Path], overrides: list[str], workers: int) -> int:
+    """`peftx sweep R... --workers N`: N worker processes on the grids (each a plain `peftx sweep R...`).
 
     On a machine with at least N GPUs each worker sees one (`CUDA_VISIBLE_DEVICES`); on CPUs each gets
     an equal share of the cores. SIGINT and SIGTERM are passed on to every worker (each checkpoints its
     point). Returns the largest exit code of the workers.
     """
-    command = [sys.executable, "-m", "peftx", "sweep", str(recipe), "--quiet"]
+    command = [sys.executable, "-m", "peftx", "sweep", *map(str, recipes), "--quiet"]
     for item in overrides:
         command += ["--set", item]
     gpus = torch.cuda.device_count()

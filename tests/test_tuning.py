@@ -13,7 +13,7 @@ from peftx.recipe import validate_recipe
 from peftx.report import load_results, summarize
 from peftx.run import run
 from peftx.selection import choose
-from peftx.sweep import expand, load_sweep, plan, run_sweep
+from peftx.sweep import expand, load_sweep, load_sweeps, plan, run_sweep
 from tests.conftest import tiny_recipe
 
 runner = CliRunner()
@@ -196,3 +196,48 @@ def test_report_shows_rate_curves_how_runs_stopped_and_the_pretrained_interval(t
     half = stats.t.ppf(0.975, df) * (va + vb) ** 0.5
     diff = sum(a) / 3 - sum(b) / 3
     assert f"| {diff:+.1f} | [{diff - half:+.1f}, {diff + half:+.1f}] |" in md
+
+
+def test_several_sweeps_are_one_queue(tmp_path):
+    """Two tuned sweeps in one call: each keeps its own choice (their points' names are alike)."""
+    a, b = tune_raw(tmp_path), tune_raw(tmp_path)
+    a["name"], b["name"] = "first", "second"
+    for raw in (a, b):
+        raw["method"] = {"name": "lora", "r": 4}
+        raw["train"] = {**raw["train"], "lr": [3e-3, 1e6]}
+        raw["seed"] = [0, 1]
+    b["method"] = {"name": "lora", "r": 2}
+    paths = []
+    for raw in (a, b):
+        paths.append(tmp_path / f"{raw['name']}.yaml")
+        paths[-1].write_text(yaml.safe_dump(raw))
+    log = []
+    out = run_sweep(load_sweeps(paths), log=log.append)
+    assert len(out.completed) == 4 and len(out.diverged) == 2
+    for sweep in ("first", "second"):
+        ran = sorted(p.parent.name for p in (tmp_path / "runs" / sweep).glob("*/result.json"))
+        assert ran == ["seed=0__lr=0.003", "seed=0__lr=1000000.0", "seed=1__lr=0.003"]
+    assert any(line.startswith("[1/8] first/seed=0__lr=0.003") for line in log)
+    # the same sweep twice is refused before anything runs
+    b["name"] = "first"
+    paths[1].write_text(yaml.safe_dump(b))
+    with pytest.raises(PeftxError, match="as .*first.yaml does"):
+        load_sweeps(paths)
+
+
+def test_an_interrupted_point_stops_the_sweep(tmp_path, monkeypatch):
+    from peftx import sweep as sweep_module
+    from peftx.errors import Interrupted
+
+    raw = tune_raw(tmp_path)
+    raw.pop("tune")
+    calls = []
+
+    def interrupted(recipe, **kwargs):
+        calls.append(recipe.output.name)
+        raise Interrupted("stopped after step 2 of 4 (checkpoint ...)", "SIGTERM")
+
+    monkeypatch.setattr(sweep_module, "run", interrupted)
+    with pytest.raises(Interrupted):
+        run_sweep(expand(raw), log=lambda _: None)
+    assert len(calls) == 1
