@@ -78,6 +78,18 @@ def test_tiny_task_has_baselines():
     assert len(data.splits["train"]) == 256
 
 
+def test_lra512_preset_fits_a_512_position_model_whole():
+    """LRA's depth and argument counts at lengths a 512-position model holds with [CLS] and [SEP]."""
+    from peftx.tasks.listops import PRESETS
+
+    p = PRESETS["lra512"]
+    assert (p["max_depth"], p["max_args"]) == (PRESETS["lra"]["max_depth"], PRESETS["lra"]["max_args"])
+    assert (p["n_train"], p["n_val"], p["n_test"]) == (96_000, 2_000, 2_000)  # LRA's sizes
+    data = ListOpsConfig(preset="lra512", n_train=40, n_val=5, n_test=5).load()
+    lengths = [len(t) for s in data.splits.values() for t in s["tokens"]]
+    assert len(lengths) == 50 and all(200 < n < 510 for n in lengths) and max(lengths) + 2 <= 512
+
+
 def test_lra_tsv_loader(tmp_path):
     rows = {
         "basic_train.tsv": [("( ( [MAX 2 ) 9 ] )", 9)],
