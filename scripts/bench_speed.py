@@ -29,8 +29,15 @@ over repeats):
 Windows of at least 50 steps are the fair ones for the grouped Trainer: its sampler sorts megabatches
 of 50 batches longest first, so a shorter window sees longer-than-average batches.
 
-    python scripts/bench_speed.py --contenders peftx,trainer --repeats 2   # a quick look, ~5 minutes
-    python scripts/bench_speed.py --steps 50 --warmup 3 --repeats 5 --eval-examples 1000 --out bench.json
+Repeats disagree (other jobs, clock changes, memory placement): each contender's spread, (max - min) /
+median of its repeats, is printed beside its median, and a ratio is printed only where both sides'
+spreads are within `--max-spread` (default 15%); otherwise the table says so instead of a number.
+
+    python scripts/bench_speed.py --contenders peftx,trainer --repeats 2 --steps 12   # a quick look
+    python scripts/bench_speed.py --contenders peftx,trainer_grouped --out bench.json   # 50 steps x 5 repeats
+    # the 512-token row: LRA's depth at lengths 201-509 (mean 354 tokens), batches of 8
+    python scripts/bench_speed.py --contenders peftx,trainer_grouped --task-set task.preset=lra512 \
+        --task-set task.n_train=4000 --batch-size 8 --steps 20
 """
 
 from __future__ import annotations
@@ -76,8 +83,9 @@ def _peftx_worker(a, overrides: list[str]) -> dict:
     from peftx.train import train
 
     total = a.warmup + a.steps
+    sizes = [f"train.batch_size={a.batch_size}", *a.task_set]
     recipe = load_recipe(
-        a.recipe, [f"train.steps={total}", "train.eval_every=1000000", "train.log_every=1", *overrides]
+        a.recipe, [f"train.steps={total}", "train.eval_every=1000000", "train.log_every=1", *sizes, *overrides]
     )
     session = open_session(recipe)
     model, accelerator, precision, task = session.model, session.accelerator, session.precision, session.task
@@ -120,7 +128,9 @@ def _trainer_worker(a, bf16: bool, grouped: bool) -> dict:
     from hf_trainer_baseline import build_trainer
 
     total = a.warmup + a.steps
-    trainer, times, collator, data = build_trainer(total, bf16=bf16, group_by_length=grouped)
+    trainer, times, collator, data = build_trainer(
+        total, bf16=bf16, group_by_length=grouped, batch_size=a.batch_size, task_overrides=a.task_set
+    )
     trainer.train()
     window = slice(a.warmup, total)
     val = data["validation"].select(range(min(a.eval_examples, len(data["validation"]))))
@@ -173,7 +183,7 @@ def gemm_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> flo
     return best / 1e9
 
 
-def flops_per_length(recipe: str) -> tuple[float, float, float]:
+def flops_per_length(recipe: str, overrides: list[str]) -> tuple[float, float, float]:
     """(a, b, mean) with training FLOPs of one example of length L = a·L + b·L², counted by torch's
     FlopCounterMode over a forward and backward of the recipe's model in training mode (peft's own
     LoRA layers, so the count is the model's, not this project's kernels'), and their mean over the
@@ -184,7 +194,7 @@ def flops_per_length(recipe: str) -> tuple[float, float, float]:
     from peftx.recipe import load_recipe
     from peftx.session import open_session
 
-    session = open_session(load_recipe(recipe, ["train.steps=1", "train.precision=fp32"]))
+    session = open_session(load_recipe(recipe, ["train.steps=1", "train.precision=fp32", *overrides]))
     model = session.model
     lengths = session.splits(["train"])["train"].lengths
     model.train()
@@ -205,7 +215,8 @@ def run_one(name: str, a, repeat: int) -> dict:
         out = f.name
     cmd = [sys.executable, __file__, "--worker", name, "--out", out, "--steps", str(a.steps)]
     cmd += ["--warmup", str(a.warmup), "--eval-examples", str(a.eval_examples), "--recipe", str(a.recipe)]
-    cmd += ["--threads", str(a.threads or 0)] + [f"--set={s}" for s in a.set]
+    cmd += ["--threads", str(a.threads or 0), "--batch-size", str(a.batch_size)] + [f"--set={s}" for s in a.set]
+    cmd += [f"--task-set={s}" for s in a.task_set]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -244,14 +255,30 @@ def summarise(name: str, runs: list[dict], ab: tuple[float, float, float], peaks
         "eval_examples_per_s": statistics.median(r["eval_examples"] / r["eval_seconds"] for r in runs),
         "final_val_loss": statistics.median(r["final_val_loss"] for r in runs),
         "per_repeat_examples_per_s": ex,
+        # (max - min) / median of the per-repeat model FLOPs/s: how far the repeats disagree
+        "spread": (max(flops) - min(flops)) / statistics.median(flops),
+        "examples_per_s_range": (min(flops) / ab[2], max(flops) / ab[2]),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=50, help="timed optimizer steps per measurement")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step, every contender")
+    p.add_argument(
+        "--task-set",
+        action="append",
+        default=[],
+        help="task override for every contender's data (task.preset=lra512, lengths 201-509: the 512-token row)",
+    )
+    p.add_argument(
+        "--max-spread",
+        type=float,
+        default=0.15,
+        help="print no ratio for a contender whose repeats (or peftx's) spread wider than this ((max-min)/median)",
+    )
     p.add_argument("--eval-examples", type=int, default=300)
     p.add_argument("--contenders", default="peftx,peftx_plain,trainer,trainer_grouped,trainer_bf16_grouped")
     p.add_argument("--bf16", choices=("auto", "run", "skip"), default="auto", help="the bf16 Trainer contender")
@@ -277,7 +304,7 @@ def main() -> None:
             f"trainer_bf16_grouped skipped: bf16 matrix products run at {peaks['bf16']:.1f} GFLOPS here against "
             f"{peaks['fp32']:.0f} in fp32 (no AVX512-BF16/AMX); `--bf16 run` forces it"
         )
-    ab = flops_per_length(a.recipe)
+    ab = flops_per_length(a.recipe, [f"train.batch_size={a.batch_size}", *a.task_set])
     print(f"threads {torch.get_num_threads()}; GEMM peak fp32 {peaks['fp32']:.0f} GFLOPS, bf16 {peaks['bf16']:.1f}")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(a.repeats):
@@ -291,6 +318,8 @@ def main() -> None:
         if ref is not None:
             per_repeat = [model_flops_per_s(x, ab) / model_flops_per_s(y, ab) for x, y in zip(ref, rs)]
             table[n]["peftx_speedup"] = statistics.median(per_repeat)
+            table[n]["peftx_speedup_range"] = (min(per_repeat), max(per_repeat))
+            table[n]["steady"] = max(table[n]["spread"], table["peftx"]["spread"]) <= a.max_spread
             table[n]["peftx_eval_speedup"] = table["peftx"]["eval_examples_per_s"] / table[n]["eval_examples_per_s"]
     print_table(table, a, peaks, notes)
     if a.out:
@@ -307,20 +336,31 @@ def main() -> None:
 
 
 def print_table(table: dict, a, peaks: dict, notes: list[str]) -> None:
+    task = ", ".join(a.task_set) or "the recipe's task"
     print(
-        f"\n{a.steps} timed steps after {a.warmup} warm-up, median of {a.repeats} repeats; "
-        f"GEMM peak fp32 {peaks['fp32']:.0f} GFLOPS, bf16 {peaks['bf16']:.1f} GFLOPS\n"
+        f"\n{a.steps} timed steps of {a.batch_size} after {a.warmup} warm-up, {task}; median of {a.repeats} repeats "
+        f"(min-max); GEMM peak fp32 {peaks['fp32']:.0f} GFLOPS, bf16 {peaks['bf16']:.1f} GFLOPS\n"
     )
     print(
-        "| contender | precision | examples/s | tokens/s | padded/real | MFU | peftx ÷ it "
+        "| contender | precision | examples/s (min-max) | spread | tokens/s | padded/real | MFU | peftx ÷ it (min-max) "
         "| eval examples/s | peftx ÷ it (eval) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n, t in table.items():
+        lo, hi = t["examples_per_s_range"]
+        if "peftx_speedup" not in t:
+            ratio = "—"
+        elif n == "peftx":
+            ratio = "1.00x"
+        elif t["steady"]:
+            r_lo, r_hi = t["peftx_speedup_range"]
+            ratio = f"{t['peftx_speedup']:.2f}x ({r_lo:.2f}-{r_hi:.2f})"
+        else:  # a ratio of numbers that move this much says nothing
+            ratio = f"none: spread over {100 * a.max_spread:.0f}%"
         print(
-            f"| {n} | {t['precision']} | {t['examples_per_s']:.1f} | {t['tokens_per_s']:.0f} | {t['padding']:.2f} | "
-            f"{100 * t['mfu']:.0f}% | {t.get('peftx_speedup', float('nan')):.2f}x | {t['eval_examples_per_s']:.0f} | "
-            f"{t.get('peftx_eval_speedup', float('nan')):.2f}x |"
+            f"| {n} | {t['precision']} | {t['examples_per_s']:.1f} ({lo:.1f}-{hi:.1f}) | {100 * t['spread']:.0f}% | "
+            f"{t['tokens_per_s']:.0f} | {t['padding']:.2f} | {100 * t['mfu']:.0f}% | {ratio} | "
+            f"{t['eval_examples_per_s']:.0f} | {t.get('peftx_eval_speedup', float('nan')):.2f}x |"
         )
     for note in notes:
         print(f"\nNote: {note}")

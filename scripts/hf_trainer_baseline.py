@@ -44,9 +44,10 @@ from peftx.tasks.listops import VOCAB
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "listops_lora.yaml")
 
 
-def listops_text() -> datasets.DatasetDict:
-    """The recipe's ListOps splits as text, each symbol spelled as the word peftx feeds the model."""
-    task = load_recipe(RECIPE).task.load()
+def listops_text(overrides: list[str] | None = None) -> datasets.DatasetDict:
+    """The recipe's ListOps splits as text, each symbol spelled as the word peftx feeds the model
+    (`overrides`: `task.key=value` changes, as peftx's --set takes them)."""
+    task = load_recipe(RECIPE, overrides or []).task.load()
     words = [VOCAB.spelling(s) for s in VOCAB.symbols]
 
     def to_text(batch):
@@ -89,11 +90,12 @@ def build_trainer(
     batch_size: int = 32,
     seed: int = 0,
     output_dir: str | None = None,
+    task_overrides: list[str] | None = None,
 ) -> tuple[Trainer, StepTimes, CountingCollator, datasets.DatasetDict]:
     """A `Trainer` for the recipe's LoRA run, plus its step-time recorder and batch recorder."""
     path = str(offline_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(path)
-    text = listops_text()
+    text = listops_text(task_overrides)
     data = text.map(lambda b: tokenizer(b["text"], truncation=True, max_length=512), batched=True)
     data = data.rename_column("label", "labels").remove_columns(["text"])
     hf_logging.set_verbosity_error()  # the new classifier's "newly initialized" notice is expected
