@@ -1,7 +1,8 @@
 """Training and evaluation throughput of peftx against Hugging Face `Trainer` + peft, same recipe.
 
 Contenders (each a fresh process per measurement, run in alternating order, repeated):
-- `peftx`: the recipe as shipped (`peftx run`'s training loop and defaults).
+- `peftx`: the recipe as shipped (`peftx run`'s training loop and defaults; `precision: auto`).
+- `peftx_fp32`, `peftx_bf16`: the same in one precision (bf16: autocast, frozen weights stored in bf16).
 - `peftx_plain`: the same with the speed options off (peft's LoRA forward, torch dropout, padding to
   multiples of 8, evaluation in batches of 128 examples): what the speed options buy.
 - `trainer`: `scripts/hf_trainer_baseline.py`, a `Trainer` script as a user writes it (fp32, random
@@ -71,7 +72,15 @@ PLAIN = [
     "train.eval_batch_size=128",
     "train.eval_batch_tokens=null",
 ]
-CONTENDERS = ("peftx", "peftx_plain", "trainer", "trainer_grouped", "trainer_bf16_grouped")
+CONTENDERS = (
+    "peftx",
+    "peftx_fp32",
+    "peftx_bf16",
+    "peftx_plain",
+    "trainer",
+    "trainer_grouped",
+    "trainer_bf16_grouped",
+)
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -153,6 +162,8 @@ def worker(a) -> None:
         torch.set_num_threads(a.threads)
     jobs = {
         "peftx": lambda: _peftx_worker(a, a.set),
+        "peftx_fp32": lambda: _peftx_worker(a, ["train.precision=fp32", *a.set]),
+        "peftx_bf16": lambda: _peftx_worker(a, ["train.precision=bf16", *a.set]),
         "peftx_plain": lambda: _peftx_worker(a, PLAIN + a.set),
         "trainer": lambda: _trainer_worker(a, bf16=False, grouped=False),
         "trainer_grouped": lambda: _trainer_worker(a, bf16=False, grouped=True),
@@ -313,14 +324,17 @@ def main() -> None:
     peaks_end = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     peaks = {k: max(v, peaks_end[k]) for k, v in peaks.items()}
     table = {n: summarise(n, rs, ab, peaks) for n, rs in runs.items()}
-    ref = runs.get("peftx")
+    # ratios against `peftx`, or the first peftx contender asked for (e.g. peftx_fp32)
+    ref_name = next((n for n in names if n == "peftx"), next((n for n in names if n.startswith("peftx")), None))
+    ref = runs.get(ref_name)
     for n, rs in runs.items():
         if ref is not None:
             per_repeat = [model_flops_per_s(x, ab) / model_flops_per_s(y, ab) for x, y in zip(ref, rs)]
             table[n]["peftx_speedup"] = statistics.median(per_repeat)
             table[n]["peftx_speedup_range"] = (min(per_repeat), max(per_repeat))
-            table[n]["steady"] = max(table[n]["spread"], table["peftx"]["spread"]) <= a.max_spread
-            table[n]["peftx_eval_speedup"] = table["peftx"]["eval_examples_per_s"] / table[n]["eval_examples_per_s"]
+            table[n]["steady"] = max(table[n]["spread"], table[ref_name]["spread"]) <= a.max_spread
+            table[n]["reference"] = ref_name
+            table[n]["peftx_eval_speedup"] = table[ref_name]["eval_examples_per_s"] / table[n]["eval_examples_per_s"]
     print_table(table, a, peaks, notes)
     if a.out:
         meta = {
@@ -336,21 +350,22 @@ def main() -> None:
 
 
 def print_table(table: dict, a, peaks: dict, notes: list[str]) -> None:
+    ref = next((t["reference"] for t in table.values() if "reference" in t), "peftx")
     task = ", ".join(a.task_set) or "the recipe's task"
     print(
         f"\n{a.steps} timed steps of {a.batch_size} after {a.warmup} warm-up, {task}; median of {a.repeats} repeats "
         f"(min-max); GEMM peak fp32 {peaks['fp32']:.0f} GFLOPS, bf16 {peaks['bf16']:.1f} GFLOPS\n"
     )
     print(
-        "| contender | precision | examples/s (min-max) | spread | tokens/s | padded/real | MFU | peftx ÷ it (min-max) "
-        "| eval examples/s | peftx ÷ it (eval) |"
+        "| contender | precision | examples/s (min-max) | spread | tokens/s | padded/real | MFU "
+        f"| {ref} ÷ it (min-max) | eval examples/s | {ref} ÷ it (eval) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n, t in table.items():
         lo, hi = t["examples_per_s_range"]
         if "peftx_speedup" not in t:
             ratio = "—"
-        elif n == "peftx":
+        elif n == t["reference"]:
             ratio = "1.00x"
         elif t["steady"]:
             r_lo, r_hi = t["peftx_speedup_range"]

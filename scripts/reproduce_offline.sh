@@ -3,8 +3,8 @@
 # `peftx report`. Each sweep tunes the learning rate (every rate on seed 0, the best on validation then on
 # seeds 1 and 2) and stops each run when validation accuracy is flat. Resumable: rerun it after an
 # interruption and finished runs are skipped, a half-done run resumes from its checkpoint. Runs into
-# runs/offline/; the report and plots into docs/results/, replacing the committed ones (OUT=DIR writes
-# them elsewhere).
+# runs/offline/; their result files, the report, the claims' intervals (scripts/study_claims.py) and the
+# plots into docs/results/, replacing the committed ones (OUT=DIR writes them elsewhere).
 #
 #   scripts/reproduce_offline.sh                 # two workers of one thread each
 #   WORKERS=1 scripts/reproduce_offline.sh       # one worker, every core per run
@@ -27,4 +27,12 @@ mkdir -p runs/offline
 # share of the cores (one thread each on two cores: faster in all than one run on both)
 "$PEFTX" sweep "${files[@]}" --quiet --workers "${WORKERS:-2}"
 echo "sweeps done in $(( ($(date +%s) - start) / 60 )) min"
-"$PEFTX" report runs/offline --out "$OUT"
+# The result files (not the weights) go beside the report, which is computed from them alone: commit
+# them, and anyone can recompute every table without rerunning (peftx report docs/results/runs).
+mkdir -p "$OUT/runs"
+(cd runs/offline && find . -name result.json -not -path "*/checkpoints/*") | while read -r f; do
+  mkdir -p "$OUT/runs/$(dirname "$f")"
+  cp "runs/offline/$f" "$OUT/runs/$f"
+done
+"$PEFTX" report "$OUT/runs" --out "$OUT"
+"${PYTHON:-python}" scripts/study_claims.py "$OUT/runs" > "$OUT/claims.md"
