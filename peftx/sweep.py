@@ -163,8 +163,14 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
             rest = {k: v for k, v in values.items() if k not in (tune.key, "seed")}
             p.config = json.dumps([str(out_dir), rest], sort_keys=True, default=str)  # one sweep's alone
         points.append(p)
-    if tune:  # the tuning stage first, whatever the order of the axes
-        points.sort(key=lambda p: p.stage)
+    if tune:
+        # configuration after configuration, each one's tuning points before its other seeds: a point
+        # that waits on another worker's tuning run is passed over for the next configuration's, so no
+        # worker idles, and an interrupted sweep leaves whole configurations rather than first seeds
+        first = {}
+        for p in points:
+            first.setdefault(p.config, len(first))
+        points.sort(key=lambda p: (first[p.config], p.stage))
         for p in points:
             p.tune = tune
     return points

@@ -14,9 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PEFTX="${PEFTX:-peftx}"
 OUT="${OUT:-docs/results}"
-# In order of priority: the ListOps claims first. One queue: a worker whose sweep waits on its tuning
+# In order of priority: the ListOps claims first (C1, then C2). One queue: a worker whose sweep waits on its tuning
 # stage (the other worker runs its last rate) takes the next sweep's points meanwhile.
-SWEEPS=(listops_peft listops_full listops_scratch vision_full vision_lora protein_full protein_lora
+SWEEPS=(listops_full listops_scratch listops_peft vision_full vision_lora protein_full protein_lora
         listops_prefix listops_learned listops_aligned)
 files=()
 for sweep in "${SWEEPS[@]}"; do files+=("recipes/offline/$sweep.yaml"); done

@@ -88,7 +88,9 @@ def test_tuning_runs_every_rate_on_one_seed_then_the_chosen_one(tmp_path):
     path = tmp_path / "tuned.yaml"
     path.write_text(yaml.safe_dump(tune_raw(tmp_path)))
     points = load_sweep(path)
-    assert len(points) == 18 and [p.stage for p in points] == [1] * 6 + [2] * 12
+    # configuration after configuration: lora's 3 rates on seed 0, its 6 later points, then bitfit's
+    assert len(points) == 18 and [p.stage for p in points] == ([1] * 3 + [2] * 6) * 2
+    assert [p.values["method"]["name"] for p in points] == ["lora"] * 9 + ["bitfit"] * 9
     assert {p.state for p in plan(points)} == {"todo", "after tuning"}
     log = []
     out = run_sweep(points, log=log.append)
