@@ -14,8 +14,7 @@ one to the plain path's loss.
   cost ~20% of a MiniLM step. The fast path draws 64 random bits per 4 elements and keeps an element
   where its 16 bits clear the threshold (probability quantised to 1/65536). Attention dropout needs the
   attention probabilities, so `scaled_dot_product_attention` with dropout runs as the same math
-  (softmax(q·kᵀ·scale + mask), dropout, ·v), with the fast dropout, up to `FAST_ATTENTION_MAX_SCORES`
-  scores per head; longer sequences keep torch's own dropout attention, faster there.
+  (softmax(q·kᵀ·scale + mask), dropout, ·v), with the fast dropout.
 - `threads: auto` (`ThreadTuner`): one thread or one per core, whichever is faster right now.
 - `pad_to_multiple`, `compile`: see `peftx.recipe.TrainSection`.
 """
@@ -205,11 +204,6 @@ def attention_with_dropout(
 
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-# Past this many attention scores per head (query x key positions) torch's own dropout attention beats
-# `attention_with_dropout`: it makes fewer passes over the scores, which no longer fit in cache. One
-# attention call forward and backward on a 2-core Xeon (README, Speed): 64 and 160 tokens, the fast
-# form 1.15x faster; 354 tokens, torch's 1.35x faster.
-FAST_ATTENTION_MAX_SCORES = 256 * 256
 
 
 class FastDropout(TorchFunctionMode):
@@ -224,9 +218,7 @@ class FastDropout(TorchFunctionMode):
                 return fast_dropout(bound["input"], bound.get("p", 0.5))
         elif func is F.scaled_dot_product_attention:
             bound = dict(zip(_SDPA_ARGS, args), **kwargs)
-            q, k = bound["query"], bound["key"]
-            short = q.shape[-2] * k.shape[-2] <= FAST_ATTENTION_MAX_SCORES
-            if bound.get("dropout_p", 0.0) > 0.0 and not bound.get("enable_gqa", False) and short:
+            if bound.get("dropout_p", 0.0) > 0.0 and not bound.get("enable_gqa", False):
                 return attention_with_dropout(
                     bound["query"],
                     bound["key"],

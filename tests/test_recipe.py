@@ -49,7 +49,7 @@ def write(tmp_path, raw) -> Path:
         (lambda r: r["model"].update(family="llama"), r"model: unknown family 'llama' \(valid: bart, bert, gpt2, t5\)"),
         (lambda r: r["train"].update(epochs=2), r"train: give exactly one of steps or epochs"),
         (lambda r: r.pop("method"), r"method: required key is missing"),
-        (lambda r: r["task"].update(preset="huge"), r"task\.preset: Input should be 'cpu', 'lra' or 'tiny'"),
+        (lambda r: r["task"].update(preset="huge"), r"task\.preset: Input should be 'cpu', 'lra', 'lra512' or 'tiny'"),
         (lambda r: r["model"].update(pooling="max"), r"model: pooling 'max' is not one of bert's: cls, mean"),
     ],
 )

@@ -117,27 +117,6 @@ def test_attention_with_dropout_zero_matches_sdpa():
     torch.testing.assert_close(attention_with_dropout(q, k, v, None, 0.0, is_causal=True), causal)
 
 
-def test_long_attention_keeps_torchs_dropout_attention(monkeypatch):
-    """Past FAST_ATTENTION_MAX_SCORES scores per head, FastDropout leaves attention to torch (the same
-    call, the same random numbers); below it, the fast form runs."""
-    from peftx import speed
-
-    calls = []
-    real = speed.attention_with_dropout
-    monkeypatch.setattr(speed, "attention_with_dropout", lambda *a, **k: calls.append(1) or real(*a, **k))
-    side = int(speed.FAST_ATTENTION_MAX_SCORES**0.5)
-    for length, fast in ((side, True), (side + 1, False)):
-        q, k, v = (torch.randn(1, 2, length, 4) for _ in range(3))
-        calls.clear()
-        torch.manual_seed(1)
-        with speed.FastDropout():
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
-        assert bool(calls) is fast
-        if not fast:
-            torch.manual_seed(1)
-            torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, dropout_p=0.1))
-
-
 def test_fast_dropout_mode_gives_the_same_expected_training_loss():
     """Training-mode loss with dropout is random; its mean over many draws is the same either way."""
     _, _, model, split = build(tiny_recipe("bert"))
