@@ -165,6 +165,11 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
     return rows, varying
 
 
+def _at_edge(row: Row) -> bool:
+    """The chosen rate is the smallest or largest of three or more tried: the best may lie outside."""
+    return len(row.lrs_tried) >= 3 and row.lr in (min(row.lrs_tried), max(row.lrs_tried))
+
+
 def _timing(record: RunRecord, key: str):
     return getattr(record.timing, key, None) if record.timing is not None else None
 
@@ -212,7 +217,7 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
         cells = [
             r.task,
             *["" if r.config.get(k) is None else str(r.config.get(k)) for k in cols],
-            f"{r.lr:g}",
+            f"{r.lr:g}" + (" (edge)" if _at_edge(r) else ""),
             *([", ".join(f"{lr:g}: {pct(v)}" for lr, v in r.lrs_tried.items())] if by_lr else []),
             str(len(r.seeds)) + (" (+ duplicates)" if r.duplicates else ""),
             f"{pct(mean(r.test))} ± {pct(sem(r.test))}",
@@ -323,7 +328,8 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, command: s
         f"Made by `{command}` from {len(runs)} result file(s): {len(completed)} completed run(s) in "
         f"{len(rows)} configuration(s). Test accuracy at the learning rate chosen on mean validation "
         "accuracy (over the seeds every rate ran); mean ± standard error over distinct seeds. `stopped`: "
-        "flat (train.early_stop ended the run) or cap (it ran every step it was given).",
+        "flat (train.early_stop ended the run) or cap (it ran every step it was given); `(edge)`: the chosen "
+        "rate is the smallest or largest of the three or more tried, so a better one may lie beyond it.",
         "",
         markdown_table(rows, varying),
         pretrained_section(rows),

@@ -191,6 +191,7 @@ def test_report_shows_rate_curves_how_runs_stopped_and_the_pretrained_interval(t
     assert "| 0.001 | 0.0001: 55.0, 0.001: 60.0 | 3 | 58.0 ± 1.2 |" in pre
     assert "flat 1, cap 2 (steps 200-300 of 300)" in pre
     assert "flat 3 (steps 150-200 of 300)" in md
+    assert " (edge) |" not in md  # two rates tried: no edge to speak of
     # Welch interval of [58, 56, 60] - [30, 33, 33], computed here from its definition
     a, b = [58.0, 56.0, 60.0], [30.0, 33.0, 33.0]
     va, vb = stats.tvar(a) / 3, stats.tvar(b) / 3
@@ -243,3 +244,14 @@ def test_an_interrupted_point_stops_the_sweep(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         run_sweep(expand(raw), log=lambda _: None)
     assert len(calls) == 1
+
+
+def test_report_marks_a_rate_chosen_at_the_grid_edge(tmp_path):
+    root = tmp_path / "runs"
+    for lr, val in ((1e-4, 0.3), (3e-4, 0.4), (1e-3, 0.5)):  # the largest rate wins: the grid may be too low
+        r = _record(True, lr, 0, val, val, "cap", 300)
+        (root / r.name).mkdir(parents=True)
+        r.write(root / r.name)
+    out = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert out.exit_code == 0, out.output
+    assert "| 0.001 (edge) |" in (tmp_path / "rep" / "report.md").read_text()
