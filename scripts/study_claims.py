@@ -53,14 +53,19 @@ CLAIMS = [
 ]
 
 
+# What a key the task's rows do not vary in (so the report leaves it out) holds in every study recipe
+DEFAULTS = {"input.name": "pretrained_vocab", "input.align": "off", "model.pretrained": True}
+
+
+def _matches(row: Row, key: str, value) -> bool:
+    if key not in row.config:
+        return key in DEFAULTS and DEFAULTS[key] == value
+    return row.config[key] == value or str(row.config[key]) == str(value)
+
+
 def find(rows: list[Row], task: str, want: dict) -> Row | None:
-    """The one row of `task` whose configuration has every value of `want` (a key the task's rows do not
-    vary in matches anything)."""
-    hits = [
-        r
-        for r in rows
-        if r.task == task and all(r.config.get(k, v) == v or str(r.config.get(k)) == str(v) for k, v in want.items())
-    ]
+    """The one row of `task` whose configuration has every value of `want`."""
+    hits = [r for r in rows if r.task == task and all(_matches(r, k, v) for k, v in want.items())]
     if len(hits) > 1:
         raise SystemExit(f"{task} {want}: {len(hits)} configurations match ({', '.join(h.label for h in hits)})")
     return hits[0] if hits else None
@@ -70,15 +75,17 @@ def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/offline")
     rows, _ = summarize(load_results(root))
     found = {label: find(rows, task, want) for label, (task, want) in CONFIGS.items()}
-    print("| configuration | trainable % | lr (chosen) | seeds | test accuracy % (mean ± SEM) | stopped |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(
+        "| configuration | trainable % | lr (chosen) | rates tried | seeds | test accuracy % (mean ± SEM) | stopped |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
     for label, r in found.items():
         if r is None:
-            print(f"| {label} | | | 0 | not run | |")
+            print(f"| {label} | | | 0 | 0 | not run | |")
             continue
         err = "—" if math.isnan(sem(r.test)) else f"{100 * sem(r.test):.1f}"
         print(
-            f"| {label} | {100 * r.trainable / r.total:.2f} | {r.lr:g} | {len(r.seeds)} | "
+            f"| {label} | {100 * r.trainable / r.total:.2f} | {r.lr:g} | {len(r.lrs_tried)} | {len(r.seeds)} | "
             f"{100 * mean(r.test):.1f} ± {err} | {stopped_label(r.stopped)} |"
         )
     print("\n| claim | difference | points | 95% interval | excludes 0 |")
