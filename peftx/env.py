@@ -63,6 +63,7 @@ def cpu_has_fast_bf16() -> bool:
 
     from filelock import FileLock
 
+    from peftx.artifacts import write_text_atomic
     from peftx.cache import cache_root
 
     key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|torch {torch.__version__}"
@@ -79,9 +80,7 @@ def cpu_has_fast_bf16() -> bool:
         if not isinstance(entry, dict) or not isinstance(entry.get("bf16_speedup"), int | float):
             entry = {"bf16_speedup": round(bf16_matmul_speedup(), 3)}
             known[key] = entry
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(known, indent=1))
-            tmp.replace(path)
+            write_text_atomic(path, json.dumps(known, indent=1))
     return entry["bf16_speedup"] >= BF16_MIN_SPEEDUP
 
 

@@ -3,8 +3,8 @@
 Runs are grouped into configurations: everything in the resolved recipe except the seed, the learning
 rate and the run's name/output. Within a configuration the learning rate is chosen on mean validation
 accuracy over the seeds every rate was run with (`peftx.selection.choose`, the sweep's `tune:` rule);
-the table reports test accuracy at that learning rate as mean ± standard error
-over seeds (sample standard deviation / sqrt(n)).
+the table reports test accuracy at that learning rate as mean ± standard error over seeds (sample
+standard deviation / sqrt(n)).
 """
 
 from __future__ import annotations

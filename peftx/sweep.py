@@ -35,14 +35,13 @@ from pathlib import Path
 
 import torch
 
-from peftx.artifacts import RunRecord
 from peftx.budget import recipe_budget
 from peftx.errors import Diverged, Interrupted, PeftxError
-from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, result_defining, validate_recipe
+from peftx.recipe import PLUGINS, RecipeBase, find_axes, read_raw, validate_recipe
 from peftx.recipe.grid import SECTIONS
 from peftx.run import run
 from peftx.run_dir import RunLocked
-from peftx.selection import choose
+from peftx.sweep_state import Tune, point_state, read_tune, tuning_verdict
 
 
 @dataclass
@@ -55,37 +54,6 @@ class Point:
     stage: int = 0  # under `tune:`: 1 tries a value on a tuning seed, 2 runs the chosen value on another
     config: str = ""  # under `tune:`: the point's values but the tuned one and the seed
     tune: Tune | None = None
-
-    def tuned(self, key: str):
-        return self.values[key]
-
-
-@dataclass(frozen=True)
-class Tune:
-    """The `tune:` section: which axis is chosen on validation, and on how many seeds."""
-
-    key: str = "train.lr"
-    seeds: int = 1
-
-
-def _read_tune(raw: dict, axes: list[tuple[str, list]]) -> Tune | None:
-    section = raw.get("tune")
-    if section is None:
-        return None
-    if not isinstance(section, dict) or set(section) - {"key", "seeds"}:
-        raise PeftxError("tune: expected a mapping with `key` (an axis, default train.lr) and `seeds` (default 1)")
-    tune = Tune(**section)
-    found = dict(axes)
-    if not isinstance(tune.key, str) or tune.key not in found or tune.key == "seed":
-        names = ", ".join(k for k in found if k != "seed") or "none"
-        raise PeftxError(f"tune.key: {tune.key!r} is not an axis of this sweep (its axes: {names})")
-    if not isinstance(tune.seeds, int) or isinstance(tune.seeds, bool) or tune.seeds < 1:
-        raise PeftxError(f"tune.seeds: expected a number of seeds (1 or more), got {tune.seeds!r}")
-    if "seed" not in found or len(found["seed"]) <= tune.seeds:
-        raise PeftxError(
-            f"tune: needs a seed axis with more than tune.seeds ({tune.seeds}) seeds to run the chosen value on"
-        )
-    return tune
 
 
 def _label(value, keys: list[str] | None = None) -> str:
@@ -131,7 +99,7 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
     axes = find_axes(raw)
     # seeds vary slowest: an interrupted sweep has every configuration at its first seeds
     axes.sort(key=lambda axis: axis[0] != "seed")
-    tune = _read_tune(raw, axes)
+    tune = read_tune(raw, axes)
     tuning_seeds = dict(axes)["seed"][: tune.seeds] if tune else []
     label_keys = {key: _differing_keys(values) for key, values in axes}
     base = {k: v for k, v in raw.items() if k not in ("grid", "tune")}
@@ -176,39 +144,6 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
     return points
 
 
-def tuning_choice(point: Point, points: list[Point]) -> tuple[str, object]:
-    """Where a stage-2 point stands: ('wait', None) while its configuration's tuning points are not all
-    finished, ('chosen', value) once they are, ('none', None) if none of them completed (all diverged or
-    failed)."""
-    tune: Tune = point.tune
-    tried: dict = {}
-    for p in points:
-        if p.stage != 1 or p.config != point.config:
-            continue
-        state = point_state(p)
-        if state == "todo":
-            record = _record(p)
-            if record is None or record.status in ("running", "interrupted"):
-                return "wait", None
-            continue  # failed: it has no result to choose on
-        if state == "done":
-            record = RunRecord.read(Path(p.recipe.output.dir) / p.name)
-            tried.setdefault(json.dumps(p.tuned(tune.key), default=str), []).append(
-                (p.values["seed"], record.metrics.val_accuracy)
-            )
-    if not tried:
-        return "none", None
-    best, _ = choose(tried)
-    return "chosen", json.loads(best)
-
-
-def _record(point: Point) -> RunRecord | None:
-    try:
-        return RunRecord.read(Path(point.recipe.output.dir) / point.name)
-    except PeftxError:
-        return None
-
-
 def _set(raw: dict, key: str, value) -> None:
     head, _, tail = key.partition(".")
     if not tail:
@@ -248,20 +183,13 @@ def load_sweeps(paths: list[Path], overrides: list[str] | None = None) -> list[P
     return points
 
 
-def point_state(point: Point) -> str:
-    """'done' (finished with this very recipe, up to result-neutral fields such as threads), 'stale'
-    (finished with another recipe), 'diverged' (its settings train to NaN: rerunning repeats that),
-    'todo' (never run, or unfinished: a run resumes from its checkpoint)."""
-    try:
-        record = RunRecord.read(Path(point.recipe.output.dir) / point.name)
-    except PeftxError:  # never written, or cut short while writing
-        return "todo"
-    if record.status == "diverged":
-        return "diverged"
-    if not record.completed:
-        return "todo"
-    same = result_defining(record.recipe) == result_defining(point.recipe.to_dict())
-    return "done" if same else "stale"
+def _several_sweeps(points: list[Point]) -> bool:
+    return len({p.recipe.output.dir for p in points}) > 1
+
+
+def _shown_name(point: Point, several: bool) -> str:
+    """The point's name, after its sweep's where several sweeps share the queue (names repeat there)."""
+    return f"{Path(point.recipe.output.dir).name}/{point.name}" if several else point.name
 
 
 @dataclass
@@ -278,18 +206,14 @@ class PlannedPoint:
 def plan(points: list[Point]) -> list[PlannedPoint]:
     """Each point's state and trainable budget (counted without weights), running nothing."""
     out = []
-    several = len({p.recipe.output.dir for p in points}) > 1
+    several = _several_sweeps(points)
     for p in points:
         b = recipe_budget(p.recipe)
         state = point_state(p)
         if p.stage == 2 and state == "todo":
-            stand, chosen = tuning_choice(p, points)
-            if stand == "wait":
-                state = "after tuning"
-            elif stand == "none" or json.dumps(chosen, default=str) != json.dumps(p.tuned(p.tune.key), default=str):
-                state = "not chosen"
-        name = f"{Path(p.recipe.output.dir).name}/{p.name}" if several else p.name
-        out.append(PlannedPoint(name, state, b.trainable, b.total, b.trainable_pct))
+            verdict, _ = tuning_verdict(p, points)
+            state = {"wait": "after tuning", "skip": "not chosen"}.get(verdict, state)
+        out.append(PlannedPoint(_shown_name(p, several), state, b.trainable, b.total, b.trainable_pct))
     return out
 
 
@@ -333,26 +257,23 @@ def run_sweep(
     out = SweepOutcome()
     finished: set[int] = set()  # points (by id: names repeat across sweeps) done by this worker, in this call
     index = {id(p): i for i, p in enumerate(points, start=1)}
-    several = len({p.recipe.output.dir for p in points}) > 1  # several sweeps: name each point's sweep too
+    several = _several_sweeps(points)
     pending = list(points)
     while pending:
         held = []
         for point in pending:
-            label = f"{Path(point.recipe.output.dir).name}/{point.name}" if several else point.name
-            tag = f"[{index[id(point)]}/{len(points)}] {label}"
+            tag = f"[{index[id(point)]}/{len(points)}] {_shown_name(point, several)}"
             state = point_state(point)
             if state in ("done", "diverged") and not (overwrite and id(point) not in finished):
                 if id(point) not in finished:
                     log(f"{tag}: {state}, skipped")
                 continue
             if point.stage == 2 and id(point) not in finished:
-                stand, chosen = tuning_choice(point, points)
-                if stand == "wait":  # its configuration's tuning points are still running elsewhere
+                verdict, why = tuning_verdict(point, points)
+                if verdict == "wait":  # its configuration's tuning points are still running elsewhere
                     held.append(point)
                     continue
-                key = point.tune.key
-                if stand == "none" or json.dumps(chosen, default=str) != json.dumps(point.tuned(key), default=str):
-                    why = "no tuning point completed" if stand == "none" else f"{key} {chosen} was chosen"
+                if verdict == "skip":
                     log(f"{tag}: not run ({why})")
                     finished.add(id(point))
                     continue
