@@ -93,10 +93,21 @@ def test_empty_or_missing_splits_and_labels_out_of_range_are_refused():
     check_splits(_splits(train=1, validation=1, test=1), "t", "data", 3)
 
 
-def test_generation_that_cannot_finish_fails_in_seconds():
+@pytest.mark.parametrize("generator", [1, 2])
+def test_generation_that_cannot_finish_fails_in_seconds(generator):
     # max_depth 2, max_args 2: lengths 1 and 4 only, 410 distinct expressions for 1,000 asked
     with pytest.raises(PeftxError, match=r"only 410 of the 1,000 asked for .* ask for fewer"):
-        generate_splits(0, min_length=0, max_length=5, max_depth=2, max_args=2, n_train=800, n_val=100, n_test=100)
+        generate_splits(
+            0,
+            min_length=0,
+            max_length=5,
+            max_depth=2,
+            max_args=2,
+            n_train=800,
+            n_val=100,
+            n_test=100,
+            generator=generator,
+        )
 
 
 def test_run_that_could_hang_exits_2_within_a_timeout(tmp_path):

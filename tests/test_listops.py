@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from peftx.errors import PeftxError
 from peftx.tasks.listops import (
     DIGITS,
     END,
+    GENERATORS,
     OPERATORS,
+    PRESET_GENERATOR,
+    PRESETS,
     VOCAB,
     ListOpsConfig,
     encode,
@@ -56,19 +60,65 @@ def test_unknown_symbol_is_a_user_error():
         encode("[FIRST 1 2 ]")
 
 
-def test_generator_is_deterministic_unique_and_bounded():
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_generator_is_deterministic_unique_and_bounded(generator):
     args = dict(min_length=6, max_length=30, max_depth=6, max_args=5, n_train=200, n_val=40, n_test=40)
-    a = generate_splits(3, **args)
-    b = generate_splits(3, **args)
-    c = generate_splits(4, **args)
+    a = generate_splits(3, **args, generator=generator)
+    b = generate_splits(3, **args, generator=generator)
+    c = generate_splits(4, **args, generator=generator)
     assert a["train"]["tokens"] == b["train"]["tokens"]
     assert a["train"]["tokens"] != c["train"]["tokens"]
     seqs = [tuple(t) for s in ("train", "validation", "test") for t in a[s]["tokens"]]
     assert len(seqs) == len(set(seqs)) == 280
     assert all(6 < len(t) < 30 for t in seqs)
-    for toks, label in zip(a["test"]["tokens"], a["test"]["label"]):
-        assert evaluate([VOCAB.symbols[i] for i in toks]) == label
+    for s in ("train", "validation", "test"):
+        for toks, label in zip(a[s]["tokens"], a[s]["label"]):
+            assert evaluate([VOCAB.symbols[i] for i in toks]) == label
     assert any(VOCAB.symbols[t[-1]] == END for t in seqs)  # closing brackets are kept
+    assert a["train"].features == c["test"].features
+
+
+def _shape(splits) -> dict:
+    """Summary statistics of generated expressions: mean length and its standard error, the label and
+    root-operator frequencies."""
+    toks = [t for s in splits.values() for t in s["tokens"]]
+    labels = [y for s in splits.values() for y in s["label"]]
+    lengths = np.array([len(t) for t in toks], float)
+    return {
+        "mean": lengths.mean(),
+        "sem": lengths.std() / np.sqrt(len(lengths)),
+        "labels": np.bincount(labels, minlength=10) / len(labels),
+        "roots": np.bincount([t[0] for t in toks], minlength=len(VOCAB.symbols)) / len(toks),
+    }
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # the cpu preset's lengths; fewer expressions than the batched generator has slots, where keeping
+        # trees in the order they ended (not began) would favour short ones
+        dict(min_length=20, max_length=160, max_depth=10, max_args=10, n_train=2500, n_val=0, n_test=0),
+        dict(min_length=4, max_length=40, max_depth=4, max_args=4, n_train=2000, n_val=0, n_test=0),
+    ],
+)
+def test_batched_generator_draws_lras_distribution(settings):
+    """Version 2 draws other expressions than version 1 but from the same distribution: lengths,
+    labels and root operators agree within sampling error."""
+    one, two = _shape(generate_splits(0, **settings)), _shape(generate_splits(0, **settings, generator=2))
+    assert abs(one["mean"] - two["mean"]) < 4 * np.hypot(one["sem"], two["sem"]), (one["mean"], two["mean"])
+    assert 0.5 * np.abs(one["labels"] - two["labels"]).sum() < 0.06
+    assert 0.5 * np.abs(one["roots"] - two["roots"]).sum() < 0.06
+
+
+def test_lra_presets_use_the_batched_generator_and_cpu_keeps_version_1():
+    """`cpu` and `tiny` keep the data every committed result was measured on; `task.generator` overrides."""
+    tiny = ListOpsConfig(preset="tiny").load()
+    assert tiny.splits["train"]["tokens"] == generate_splits(0, **PRESETS["tiny"])["train"]["tokens"]
+    two = ListOpsConfig(preset="tiny", generator=2).load()
+    assert two.splits["train"]["tokens"] == generate_splits(0, **PRESETS["tiny"], generator=2)["train"]["tokens"]
+    assert two.splits["train"]["tokens"] != tiny.splits["train"]["tokens"]
+    assert "generator 2" in two.notes[0] and "generator" not in tiny.notes[0]
+    assert PRESET_GENERATOR == {"lra": 2, "lra512": 2, "cpu": 1, "tiny": 1}
 
 
 def test_tiny_task_has_baselines():
@@ -80,8 +130,6 @@ def test_tiny_task_has_baselines():
 
 def test_lra512_preset_fits_a_512_position_model_whole():
     """LRA's depth and argument counts at lengths a 512-position model holds with [CLS] and [SEP]."""
-    from peftx.tasks.listops import PRESETS
-
     p = PRESETS["lra512"]
     assert (p["max_depth"], p["max_args"]) == (PRESETS["lra"]["max_depth"], PRESETS["lra"]["max_args"])
     assert (p["n_train"], p["n_val"], p["n_test"]) == (96_000, 2_000, 2_000)  # LRA's sizes
