@@ -14,10 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PEFTX="${PEFTX:-peftx}"
 OUT="${OUT:-docs/results}"
-# In order of priority: the ListOps claims first (C1, then C2). One queue: a worker whose sweep waits on its tuning
-# stage (the other worker runs its last rate) takes the next sweep's points meanwhile.
-SWEEPS=(listops_full listops_scratch listops_peft vision_full vision_lora protein_full protein_lora
-        listops_prefix listops_learned listops_aligned)
+# In order of priority: the ListOps claims first (C1, then C2), then C1 on images, C3 (the input layer),
+# the other domains' LoRA and protein, so that a study cut short has answered the most claims. One
+# queue: a worker whose sweep waits on its tuning stage (the other worker runs its last rate) takes the
+# next sweep's points meanwhile.
+SWEEPS=(listops_full listops_scratch listops_peft vision_full listops_learned vision_lora protein_full
+        listops_prefix listops_aligned protein_lora)
 files=()
 for sweep in "${SWEEPS[@]}"; do files+=("recipes/offline/$sweep.yaml"); done
 
