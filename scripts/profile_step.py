@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--shapes", metavar="OP", help="also break OP (e.g. aten::copy_) down by its input shapes")
     a = p.parse_args()
 
     from peftx.recipe import load_recipe
@@ -61,7 +62,7 @@ def main() -> None:
     train_split = session.splits(["train"])["train"]
     val_split = session.split(session.task.splits["validation"].select(range(8)))
     sched = schedule(wait=0, warmup=a.warmup, active=a.steps, repeat=1)
-    with profile(activities=[ProfilerActivity.CPU], schedule=sched) as prof:
+    with profile(activities=[ProfilerActivity.CPU], schedule=sched, record_shapes=bool(a.shapes)) as prof:
         train(
             session.model,
             train_split,
@@ -84,6 +85,11 @@ def main() -> None:
     print("\n| operator | share | calls per step |\n|---|---:|---:|")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: a.top]:
         print(f"| `{e.key}` | {100 * e.self_cpu_time_total / total_us:.1f}% | {e.count / a.steps:.0f} |")
+    if a.shapes:
+        shaped = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == a.shapes]
+        print(f"\n| `{a.shapes}` input shapes | share of all operator time | calls per step |\n|---|---:|---:|")
+        for e in sorted(shaped, key=lambda e: -e.self_cpu_time_total)[: a.top]:
+            print(f"| {e.input_shapes} | {100 * e.self_cpu_time_total / total_us:.1f}% | {e.count / a.steps:.0f} |")
 
 
 if __name__ == "__main__":
