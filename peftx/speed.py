@@ -157,8 +157,10 @@ class _FastDropout(torch.autograd.Function):
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         draws = bits.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
         cut = round(p * 65536)
-        # P(drop) = cut / 65536; kept elements scale by 1 / P(keep), unbiased for the quantised probability
-        mask = (draws >= cut - 32768).to(x.dtype).mul_(1.0 / (1.0 - cut / 65536))
+        # P(drop) = cut / 65536; kept elements scale by 1 / P(keep), unbiased for the quantised probability.
+        # One pass from the draws to the scaled mask (a bool mask cast and scaled takes three).
+        keep = torch.tensor(1.0 / (1.0 - cut / 65536), dtype=x.dtype, device=x.device)
+        mask = torch.where(draws >= cut - 32768, keep, torch.zeros((), dtype=x.dtype, device=x.device))
         ctx.save_for_backward(mask)
         return x * mask
 
@@ -175,6 +177,11 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1.0:
         return torch.zeros_like(x)
     return _FastDropout.apply(x, p)
+
+
+def _bias(allowed: torch.Tensor, dtype: torch.dtype, low: float) -> torch.Tensor:
+    """An additive mask: 0 where `allowed`, `low` elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, low)
 
 
 def attention_with_dropout(
@@ -194,11 +201,14 @@ def attention_with_dropout(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q * scale) @ k.transpose(-2, -1)  # (batch, heads, q_len, kv_len)
     low = torch.finfo(scores.dtype).min  # not -inf: a fully masked row averages instead of NaN
+    # Masks are added in place as biases of their own (broadcast) shape: `masked_fill` would copy the
+    # scores once forward and once backward (two of a step's largest copies at 512 tokens), while an
+    # in-place add's gradient is the incoming one unchanged.
     if is_causal:
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, low)
+        scores.add_(_bias(causal, scores.dtype, low))
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, low) if attn_mask.dtype == torch.bool else scores + attn_mask
+        scores.add_(_bias(attn_mask, scores.dtype, low) if attn_mask.dtype == torch.bool else attn_mask)
     probs = torch.softmax(scores, dim=-1)
     return fast_dropout(probs, dropout_p) @ v  # (batch, heads, q_len, dim)
 

@@ -106,15 +106,22 @@ def test_fast_dropout_keeps_the_distribution():
 
 
 def test_attention_with_dropout_zero_matches_sdpa():
+    """Outputs and gradients of q, k and v, for boolean masks (padding, and one of a query's own),
+    additive masks, no mask and causal attention."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
     mask[0, ..., 3:] = False
-    additive = torch.zeros(2, 1, 5, 5).masked_fill(~mask, -1e9)
-    for m in (mask, additive, None):
-        torch.testing.assert_close(attention_with_dropout(q, k, v, m, 0.0), F.scaled_dot_product_attention(q, k, v, m))
-    causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    torch.testing.assert_close(attention_with_dropout(q, k, v, None, 0.0, is_causal=True), causal)
+    padding = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    padding[1, ..., 4:] = False
+    additive = torch.zeros(2, 1, 5, 5, dtype=torch.float64).masked_fill(~mask, -1e9)
+    grad = torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    for m, causal in ((mask, False), (padding, False), (additive, False), (None, False), (None, True)):
+        ours = attention_with_dropout(q, k, v, m, 0.0, is_causal=causal)
+        theirs = F.scaled_dot_product_attention(q, k, v, m, is_causal=causal)
+        torch.testing.assert_close(ours, theirs)
+        ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+        torch.testing.assert_close(ours_grads, torch.autograd.grad(theirs, (q, k, v), grad))
 
 
 def test_fast_dropout_mode_gives_the_same_expected_training_loss():
