@@ -73,7 +73,8 @@ def find(rows: list[Row], task: str, want: dict) -> Row | None:
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/offline")
-    rows, _ = summarize(load_results(root))
+    results = load_results(root)
+    rows, _ = summarize(results)
     found = {label: find(rows, task, want) for label, (task, want) in CONFIGS.items()}
     print(
         "| configuration | trainable % | lr (chosen) | rates tried | seeds | test accuracy % (mean ± SEM) | stopped |"
@@ -99,6 +100,12 @@ def main() -> None:
             ("—", "—") if math.isnan(lo) else (f"[{lo:+.1f}, {hi:+.1f}]", "yes" if lo > 0 or hi < 0 else "no")
         )
         print(f"| {claim} | {a} − {b} | {d:+.1f} | {interval} | {excludes} |")
+    # What the study cost: each run's own wall time (a resumed run counts its last stretch only)
+    walls = [r.timing.wall_seconds for r in results if r.timing is not None and r.timing.wall_seconds]
+    print(
+        f"\n{len(walls)} runs; their wall times add to {sum(walls) / 60:.0f} minutes "
+        f"({sum(walls) / 120:.0f} on two workers sharing the machine)."
+    )
 
 
 if __name__ == "__main__":
