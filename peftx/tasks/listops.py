@@ -12,8 +12,6 @@ sign of where an argument list ends (the Frozen Pretrained Transformer's loader 
 
 from __future__ import annotations
 
-import csv
-import io
 import random
 from collections import Counter
 from pathlib import Path
@@ -23,17 +21,44 @@ import datasets
 from pydantic import Field, model_validator
 
 from peftx.cache import cached_dataset_dict
-from peftx.errors import PeftxError
-from peftx.input_spec import SymbolVocab
 from peftx.tasks.base import TaskConfig, TaskData, TaskInfo, check_splits, majority_accuracy
-from peftx.tasks.listops_batched import generate_batched
+from peftx.tasks.listops_batched import generate_batched, shortage
+from peftx.tasks.listops_lra import LRA_FILES, load_lra_tsv, read_lra_file
+from peftx.tasks.listops_symbols import (
+    DIGITS,
+    END,
+    FEATURES,
+    LABELS,
+    OPERATORS,
+    VALUE_P,
+    VOCAB,
+    encode,
+    evaluate,
+    parse_expression,
+    tokenize,
+)
 from peftx.tasks.registry import TASKS
-from peftx.text_files import read_text
 
-OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
-END = "]"
-DIGITS = tuple(str(d) for d in range(10))
-VALUE_P = 0.25
+# Re-exported: the task's symbols and LRA's files are reached through this module.
+__all__ = [
+    "DIGITS",
+    "END",
+    "LABELS",
+    "LRA_FILES",
+    "OPERATORS",
+    "VALUE_P",
+    "VOCAB",
+    "ListOpsConfig",
+    "encode",
+    "evaluate",
+    "generate_expression",
+    "generate_splits",
+    "load_lra_tsv",
+    "parse_expression",
+    "read_lra_file",
+    "tokenize",
+]
+
 # Version 1 draws one tree at a time as LRA's script does; version 2 (listops_batched.py) draws the same
 # distribution thousands of trees at a time, ~10x faster, from other random numbers (so other data).
 GENERATORS = (1, 2)
@@ -41,15 +66,6 @@ GENERATORS = (1, 2)
 # least 3% of its draws (measured: cpu 3.1%, lra 8.2%, lra512 3.9%, tiny 20%), so 100,000 failures in a row never
 # happen by chance; when they do, the settings allow too few distinct expressions (seconds, not a hang).
 MAX_DRAWS_WITHOUT_NEW = 100_000
-
-VOCAB = SymbolVocab(
-    symbols=OPERATORS + (END,) + DIGITS,
-    version="listops-v1",
-    # Spelled as words a language model knows; each is one token in BERT's uncased vocabulary.
-    text={"[MIN": "min", "[MAX": "max", "[MED": "median", "[SM": "sum", END: "]"},
-)
-LABELS = DIGITS
-_INDEX = {s: i for i, s in enumerate(VOCAB.symbols)}
 
 # Named sizes. `lra` is Long Range Arena's; `cpu` keeps sequences short enough to train on a laptop
 # CPU in minutes; `tiny` is for tests.
@@ -95,77 +111,6 @@ def generate_expression(rng: random.Random, max_depth: int, max_args: int, max_l
     return out
 
 
-def evaluate(tokens: list[str]) -> int:
-    """Value of a ListOps expression given as tokens (parentheses already removed).
-
-    Raises:
-        ValueError: the expression is malformed.
-    """
-    stack: list[list] = []
-    value = None
-    for tok in tokens:
-        if tok in OPERATORS:
-            stack.append([tok])
-        elif tok == END:
-            if not stack or len(stack[-1]) < 2:
-                raise ValueError("']' without an open operator or arguments")
-            op, *args = stack.pop()
-            if op == "[MIN":
-                v = min(args)
-            elif op == "[MAX":
-                v = max(args)
-            elif op == "[MED":
-                s = sorted(args)
-                n = len(s)
-                # numpy.median then int(), as LRA computes it: the mean of the middle two, truncated.
-                v = s[n // 2] if n % 2 else int((s[n // 2 - 1] + s[n // 2]) / 2)
-            else:
-                v = sum(args) % 10
-            if stack:
-                stack[-1].append(v)
-            else:
-                value = v
-        elif tok in DIGITS:
-            if stack:
-                stack[-1].append(int(tok))
-            else:
-                value = int(tok)
-        else:
-            raise ValueError(f"unknown ListOps symbol {tok!r}")
-    if stack or value is None:
-        raise ValueError("unbalanced expression")
-    return value
-
-
-def tokenize(text: str) -> list[str]:
-    """Split a ListOps string (LRA TSV form, parentheses allowed) into symbols."""
-    return [t for t in text.replace("(", " ").replace(")", " ").split()]
-
-
-def encode(text: str) -> list[int]:
-    """Symbol ids of a ListOps string; raises PeftxError naming an unknown symbol."""
-    ids = []
-    for tok in tokenize(text):
-        if tok not in _INDEX:
-            raise PeftxError(f"unknown ListOps symbol {tok!r} (valid: {' '.join(VOCAB.symbols)})")
-        ids.append(_INDEX[tok])
-    return ids
-
-
-def parse_expression(text: str) -> list[int]:
-    """Symbol ids of one well-formed ListOps expression (what `peftx predict` reads).
-
-    Raises:
-        PeftxError: an unknown symbol, or brackets that do not balance (an operator without its `]`).
-    """
-    ids = encode(text)
-    try:
-        evaluate(tokenize(text))
-    except ValueError as e:
-        raise PeftxError(f"not a ListOps expression: {e}") from None
-    return ids
-
-
 def longest_expression(max_depth: int, max_args: int) -> int:
     """The length of the largest tree the generator can draw (every node an operator with `max_args`
     arguments down to `max_depth`), capped where it no longer matters."""
@@ -206,18 +151,9 @@ def generate_splits(
             seen.setdefault(" ".join(toks))
         misses = 0 if len(seen) > before else misses + 1
         if misses >= MAX_DRAWS_WITHOUT_NEW:
-            raise PeftxError(
-                f"task: after {misses:,} draws without a new expression, only {len(seen):,} of the {total:,} asked for "
-                f"(n_train + n_val + n_test) exist with lengths in ({min_length}, {max_length}), max_depth {max_depth} "
-                f"and max_args {max_args}; widen min_length..max_length, raise max_depth / max_args, or ask for fewer"
-            )
+            raise shortage(misses, len(seen), total, min_length, max_length, max_depth, max_args)
     exprs = list(seen)
     return datasets.DatasetDict({split: _to_dataset(exprs[a:b]) for split, (a, b) in bounds.items()})
-
-
-FEATURES = datasets.Features(
-    {"tokens": datasets.Sequence(datasets.Value("int8")), "label": datasets.ClassLabel(names=list(LABELS))}
-)
 
 
 def _to_dataset(exprs: list[str]) -> datasets.Dataset:
@@ -241,70 +177,6 @@ def _dataset_from_bytes(symbols: list[bytes], values: list[int]) -> datasets.Dat
         }
     )
     return datasets.Dataset(table.cast(FEATURES.arrow_schema), info=datasets.DatasetInfo(features=FEATURES))
-
-
-LRA_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
-
-
-def read_lra_file(path: Path) -> tuple[list[list[int]], list[int]]:
-    """One of LRA's ListOps TSV files: (symbol ids, label) per row.
-
-    Raises:
-        PeftxError: a missing, binary or non-UTF-8 file, a missing column, or a bad row (an empty or
-            malformed expression, unbalanced brackets, a Target that is not a digit 0-9), naming file:line.
-    """
-    text = read_text(path, "ListOps file")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
-    try:
-        fields = reader.fieldnames
-    except csv.Error as e:
-        raise PeftxError(f"{path}:1: not a TSV header ({e})") from None
-    if not fields or {"Source", "Target"} - set(fields):
-        raise PeftxError(f"{path}: expected columns Source and Target, found {fields}")
-    exprs, labels = [], []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise PeftxError(f"{path}:{reader.line_num}: not a TSV row ({e})") from None
-        where = f"{path}:{reader.line_num}"
-        if None in row:
-            raise PeftxError(f"{where}: more fields than the header's {len(fields)}")
-        source, target = row["Source"], row["Target"]
-        if source is None or target is None:
-            raise PeftxError(f"{where}: fewer fields than the header's {len(fields)}")
-        if not source.strip():
-            raise PeftxError(f"{where}: Source: empty")
-        try:
-            exprs.append(parse_expression(source))
-        except PeftxError as e:
-            raise PeftxError(f"{where}: {e}") from None
-        if target.strip() not in LABELS:
-            raise PeftxError(f"{where}: Target: {target!r} is not a label (0-9)")
-        labels.append(int(target))
-    return exprs, labels
-
-
-def load_lra_tsv(data_dir: Path) -> datasets.DatasetDict:
-    """Read LRA's `basic_{train,val,test}.tsv` (columns Source, Target) from `data_dir`.
-
-    Raises:
-        PeftxError: a missing folder or file, a bad row (naming file:line), or a file without rows.
-    """
-    if not data_dir.is_dir():
-        raise PeftxError(f"task.data_dir: {data_dir}: no such folder (expected {', '.join(LRA_FILES.values())})")
-    out = {}
-    for split, fname in LRA_FILES.items():
-        path = data_dir / fname
-        if not path.is_file():
-            raise PeftxError(f"{path}: missing ListOps file (expected {', '.join(LRA_FILES.values())})")
-        exprs, labels = read_lra_file(path)
-        if not exprs:
-            raise PeftxError(f"{path}: no examples (a header and no rows)")
-        out[split] = datasets.Dataset.from_dict({"tokens": exprs, "label": labels}, features=FEATURES)
-    return datasets.DatasetDict(out)
 
 
 def root_operator_accuracy(train: datasets.Dataset, test: datasets.Dataset) -> float:
@@ -389,9 +261,10 @@ class ListOpsConfig(TaskConfig):
             splits = cached_dataset_dict(
                 "listops", key, lambda: generate_splits(self.data_seed, **args, generator=version)
             )
-            notes = [
-                f"ListOps generated: {args}, data_seed={self.data_seed}" + (f", generator {version}" * (version > 1))
-            ]
+            note = f"ListOps generated: {args}, data_seed={self.data_seed}"
+            if version != 1:  # version 1's note stays as its committed results have it
+                note += f", generator {version}"
+            notes = [note]
         check_splits(splits, "ListOps", self.data_dir or "task")
         train, test = splits["train"], splits["test"]
         baselines = {

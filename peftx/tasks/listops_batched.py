@@ -19,15 +19,17 @@ from __future__ import annotations
 import numpy as np
 
 from peftx.errors import PeftxError
-
-VALUE_P = 0.25  # as listops.VALUE_P (LRA's): below max_depth, a node is an operator this often
+from peftx.tasks.listops_symbols import DIGITS, END, INDEX, OPERATORS, VALUE_P
 
 SLOTS = 4096  # trees side by side (fewer when they are long: the symbol buffer stays within BUFFER bytes)
 BUFFER = 1 << 26
-# Symbol ids, as in listops.VOCAB: operators 0-3 (MIN, MAX, MED, SM), "]" 4, digits 5-14.
-_END = 4
-_DIGIT0 = 5
-_MIN, _MAX, _MED = range(3)  # and SM 3
+# Symbol ids: the operators' are their own order (MIN, MAX, MED, SM); digits are consecutive from "0".
+_END = INDEX[END]
+_DIGIT0 = INDEX[DIGITS[0]]
+_MIN, _MAX, _MED = (INDEX[op] for op in OPERATORS[:3])
+assert [INDEX[op] for op in OPERATORS] == [0, 1, 2, 3] and [INDEX[d] for d in DIGITS] == list(
+    range(_DIGIT0, _DIGIT0 + 10)
+)
 
 
 def _medians(counts: np.ndarray) -> np.ndarray:
@@ -38,6 +40,17 @@ def _medians(counts: np.ndarray) -> np.ndarray:
     lo = (cum <= (n - 1) // 2).sum(1)  # the first value whose cumulative count passes the rank
     hi = (cum <= n // 2).sum(1)
     return (lo + hi) // 2
+
+
+def shortage(
+    misses: int, found: int, total: int, min_length: int, max_length: int, max_depth: int, max_args: int
+) -> PeftxError:
+    """The error of either generator when the settings allow fewer distinct expressions than asked for."""
+    return PeftxError(
+        f"task: after {misses:,} draws without a new expression, only {found:,} of the {total:,} asked for "
+        f"(n_train + n_val + n_test) exist with lengths in ({min_length}, {max_length}), max_depth {max_depth} "
+        f"and max_args {max_args}; widen min_length..max_length, raise max_depth / max_args, or ask for fewer"
+    )
 
 
 def generate_batched(
@@ -139,9 +152,4 @@ def generate_batched(
         since_new = 0 if new else since_new + 1
         # A slot needs max_length steps to end its longest tree: before that, misses prove nothing.
         if misses >= max_misses and since_new > max_length:
-            raise PeftxError(
-                f"task: after {misses:,} draws without a new expression, only {len(distinct):,} of the {total:,} "
-                f"asked for (n_train + n_val + n_test) exist with lengths in ({min_length}, {max_length}), "
-                f"max_depth {max_depth} and max_args {max_args}; widen min_length..max_length, raise max_depth "
-                "/ max_args, or ask for fewer"
-            )
+            raise shortage(misses, len(distinct), total, min_length, max_length, max_depth, max_args)
