@@ -93,16 +93,41 @@ def test_lora_linear_without_grad_is_the_merged_product():
         torch.testing.assert_close(lora_linear(x, w, b, a, bb, 0.5), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fast_dropout_keeps_the_distribution():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_fast_dropout_keeps_the_distribution(dtype):
     torch.manual_seed(0)
-    x = torch.ones(400, 1000, requires_grad=True)
+    x = torch.ones(400, 1000, dtype=dtype, requires_grad=True)
     y = fast_dropout(x, 0.1)
+    assert y.dtype == dtype
     dropped = (y == 0).float().mean().item()
     assert dropped == pytest.approx(0.1, abs=0.002)  # 400k draws: 5 standard deviations
-    assert y.mean().item() == pytest.approx(1.0, abs=0.003)  # unbiased
+    assert y.float().mean().item() == pytest.approx(1.0, abs=0.003)  # unbiased
     y.sum().backward()
     assert torch.equal(x.grad == 0, y == 0)  # the gradient goes through the same mask, scaled alike
     torch.testing.assert_close(x.grad[y != 0], y.detach()[y != 0])
+
+
+def test_fast_dropout_scales_in_float32_math():
+    """Kept elements are x / P(keep) rounded once: in bf16, a scale rounded first (1/0.9 -> 1.109375)
+    would shrink every kept element by 0.16%."""
+    torch.manual_seed(0)
+    x = torch.randn(100_000, dtype=torch.bfloat16)
+    y = fast_dropout(x, 0.1)
+    kept = y != 0
+    scale = 1 / (1 - round(0.1 * 32768) / 32768)
+    assert torch.equal(y[kept], (x[kept].float() * scale).to(torch.bfloat16))
+
+
+def test_fast_dropout_follows_torch_seed():
+    """The masks come from torch's generator: the same seed gives the same masks (so a resumed run
+    with its restored random state draws what the uninterrupted one drew)."""
+    x = torch.ones(3000)
+    torch.manual_seed(5)
+    a = fast_dropout(x, 0.3)
+    torch.manual_seed(5)
+    b = fast_dropout(x, 0.3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, fast_dropout(x, 0.3))
 
 
 def test_attention_with_dropout_zero_matches_sdpa():
