@@ -174,7 +174,7 @@ class TrainSection(Section):
     in BLAS's fast layout (same result to float rounding; ~1.25x faster LoRA steps on CPU)."""
     fast_dropout: bool | None = None
     """Draw dropout masks 15 bits per element instead of one Bernoulli draw each (same distribution,
-    probability quantised to 1/32768; ~1.15x faster steps on CPU in fp32, ~1.3x in bf16). None: on
+    probability quantised to 1/32768; ~1.15x faster steps on CPU in fp32, more in bf16). None: on
     for CPUs, off for GPUs, whose own dropout is already fast. Off under gradient_checkpointing (its
     recomputed forward must draw the same masks)."""
     pad_to_multiple: int | None = Field(None, ge=1)
