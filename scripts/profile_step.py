@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 KINDS = [  # (kind, substrings of operator names), first match wins
     ("matrix products", ("addmm", "mm", "bmm", "matmul", "linear")),
     ("attention", ("attention", "softmax", "sdpa", "flash")),
-    ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt", "zero_")),
+    ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "sqrt", "zero_")),  # AdamW's addcmul is _foreach
     ("casts and copies", ("to_copy", "copy_", "_to_copy", "clone", "contiguous")),
     ("norms", ("layer_norm", "native_layer_norm")),
-    ("dropout", ("dropout", "bernoulli", "rand")),
+    # peftx's fast dropout: its autograd node (which draws the bits), the integer passes, masking with addcmul
+    ("dropout", ("dropout", "bernoulli", "rand", "bitwise_and", "clamp_", "aten::addcmul")),
     ("element-wise", ("gelu", "add", "mul", "div", "sub", "tanh", "where", "masked", "fill")),
     ("embedding and loss", ("embedding", "cross_entropy", "nll", "log_softmax", "index")),
 ]
