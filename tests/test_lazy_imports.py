@@ -41,13 +41,31 @@ def test_no_bitsandbytes_without_quantization(args):
     assert "bitsandbytes" not in text.replace("bitsandbytes imported", "") and "gemm_4bit" not in text
 
 
-def test_peft_tuners_import_bitsandbytes_silently():
-    """peft's LoRA and IA3 injection import bitsandbytes for their 8-bit dispatch (peft's own doing);
-    validate builds them on the meta device, and prints nothing of bitsandbytes."""
+def test_peft_tuners_do_not_import_bitsandbytes_for_plain_models():
+    """peft's LoRA and IA3 injection would import bitsandbytes for its 8-bit dispatch (~1.3 s); on a
+    model without quantized layers peftx keeps it from doing so, and prints nothing of it."""
     out = probe("validate", "recipes/listops_lora.yaml", "recipes/listops_ia3.yaml")
     assert "exit 0" in out.stdout, out.stderr
+    assert "bitsandbytes imported: False" in out.stdout
     text = (out.stdout + out.stderr).lower()
     assert "bitsandbytes" not in text.replace("bitsandbytes imported", "") and "gemm_4bit" not in text
+
+
+def test_peft_keeps_its_bitsandbytes_checks_after_a_method():
+    """The checks are peft's own again once the method's modules are in (quantized models need them)."""
+    pytest.importorskip("bitsandbytes")
+    code = (
+        "import sys\n"
+        "from tests.conftest import tiny_recipe\n"
+        "from tests.helpers import build\n"
+        "build(tiny_recipe('bert', method={'name': 'lora'}))\n"
+        "assert 'bitsandbytes' not in sys.modules\n"
+        "import peft.import_utils as u, peft.tuners.lora.model as lm\n"
+        "assert lm.is_bnb_available is u.is_bnb_available and u.is_bnb_available()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().endswith("ok"), out.stderr
 
 
 def test_peft_still_finds_bitsandbytes_after_import():

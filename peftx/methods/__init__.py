@@ -18,7 +18,7 @@ from peftx.methods import (  # noqa: F401  (registration)
 )
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
-from peftx.quantization import is_quantized
+from peftx.quantization import is_quantized, peft_without_bitsandbytes
 
 if TYPE_CHECKING:
     from peftx.inputs import InputConfig
@@ -32,7 +32,8 @@ def apply_method(model: PeftxModel, method: MethodConfig, input_cfg: InputConfig
     `input.trainable` (this one option composes any method with extra roles, e.g. prefix + layer
     norms). Returns the trainable parameter names.
     """
-    method.prepare(model)
+    with peft_without_bitsandbytes(model):
+        method.prepare(model)
     extra = set(method.train_roles) | input_cfg.trained_roles() | {"head"}
     added = {n for n, info in model.param_infos().items() if role_selected(info, extra)}
     trainable = method.trained_names(model) | added
