@@ -176,10 +176,9 @@ def _random_words(n: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.random.SFC64(seed).random_raw(n).view(np.int64))
 
 
-def _keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """1 where an element is kept (probability 1 - round(p·32768)/32768), 0 where dropped, in `dtype`."""
+def _keep_mask(shape: torch.Size, cut: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 where an element is kept (probability 1 - cut/32768), 0 where dropped, in `dtype`."""
     n = math.prod(shape)
-    cut = round(p * _QUANTUM)
     draws = _random_words((n + 3) // 4, device).view(torch.int16)[:n]
     # Kept where the low 15 bits are >= cut: clamp((bits & 0x7fff) - (cut - 1), 0, 1), in place in int16.
     # These are vectorised integer passes; a comparison (bool output), `where` and a bool-to-float cast
@@ -195,11 +194,12 @@ def _keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.de
 class _FastDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float):
-        mask = _keep_mask(x.shape, p, x.dtype, x.device)
+        cut = round(p * _QUANTUM)  # P(drop) = cut / 32768
+        mask = _keep_mask(x.shape, cut, x.dtype, x.device)
         # Kept elements scale by 1 / P(keep): unbiased for the quantised probability. addcmul applies the
         # scale in one pass, in the op's float32 math; folded into a bf16 mask it would round (1/0.9 is
         # 1.109375 in bf16, a 0.16% shrink), and a second pass to scale costs as much as the first.
-        ctx.scale = 1.0 / (1.0 - round(p * _QUANTUM) / _QUANTUM)
+        ctx.scale = 1.0 / (1.0 - cut / _QUANTUM)
         ctx.save_for_backward(mask)
         return torch.addcmul(torch.zeros((), dtype=x.dtype, device=x.device), x, mask, value=ctx.scale)
 
@@ -340,9 +340,9 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     By default glibc maps large blocks (a step's activations, dropout masks, attention scores) fresh
     from the OS and unmaps them when freed, so every step page-faults its memory in again (a process
     timing 50 MiniLM steps of 32 took ~900k minor faults; ~300k with this, and its steps ran ~1.1x
-    faster). torch
-    leaves CPU memory to the C library, and allocators that cache (jemalloc, tcmalloc) have to be
-    preloaded before the process starts; glibc's own knob, set through ctypes, works from inside it.
+    faster). torch leaves CPU memory to the C library, and allocators that cache (jemalloc, tcmalloc)
+    have to be preloaded before the process starts; glibc's own knob, set through ctypes, works from
+    inside it.
 
     Returns:
         Whether the thresholds were set (False on other C libraries, or where mallopt refuses them).

@@ -34,11 +34,12 @@ def old_module(rev: str):
     source = subprocess.run(
         ["git", "show", f"{rev}:peftx/speed.py"], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "speed_old.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("speed_old", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speed_old.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("speed_old", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 

@@ -4,6 +4,9 @@ dropout in distribution, the whole fast loop to within the stated tolerances."""
 from __future__ import annotations
 
 import copy
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -302,10 +305,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def test_keep_freed_memory_stops_refaulting_large_blocks():
     """On by default for CPU training: a freed 64 MiB block is reused, not faulted in from the OS again."""
-    import platform
-    import subprocess
-    import sys
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc's allocator only")
 

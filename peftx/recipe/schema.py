@@ -187,8 +187,8 @@ class TrainSection(Section):
     keep_freed_memory: bool | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
     """Have the C library's allocator keep freed memory for reuse (glibc: tensors up to 256 MiB from
     its heap, up to 1 GiB of free heap kept) instead of handing large blocks back to the OS and
-    page-faulting them in again each step (~1.1x faster CPU steps; the process holds its peak
-    memory). None: on for CPUs under glibc. Process-wide, from the start of training."""
+    page-faulting them in again each step (~1.1x faster CPU steps; the process keeps up to 1 GiB it
+    freed). None: on for CPUs under glibc. Process-wide, from the start of training."""
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
     front, so it pays only on long runs (see README, Speed)."""
