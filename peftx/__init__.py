@@ -54,7 +54,7 @@ class _PeftWithoutBitsandbytes(importlib.abc.MetaPathFinder):
     calls), which costs a second and prints bitsandbytes' kernel warning in every command, also
     where nothing is quantized. peft's module runs while `import bitsandbytes` fails; bitsandbytes
     stays installed and importable, and peft still loads it where a quantized layer or 8-bit
-    dispatch needs it (`peftx.quantization`, peft's LoRA/IA3 layer dispatch). No library offers this.
+    dispatch needs it (`peftx.model.quantization`, peft's LoRA/IA3 layer dispatch). No library offers this.
     """
 
     def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201  (importlib's protocol)
@@ -75,8 +75,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_recipe": "peftx.recipe",
     "validate_recipe": "peftx.recipe",
-    "run": "peftx.run",
-    "Predictor": "peftx.predict",
+    "run": "peftx.runs.run",
+    "Predictor": "peftx.runs.predict",
     "PeftxError": "peftx.errors",
 }
 

@@ -90,9 +90,9 @@ def run(
 
     Exit codes: 0 done, 2 a mistake in the input (one line says which), 3 the run diverged,
     130 / 143 stopped by SIGINT / SIGTERM after a checkpoint (--resume continues it), 1 a bug."""
-    from peftx.display import RunDisplay
     from peftx.recipe import load_recipe
-    from peftx.run import run as run_recipe
+    from peftx.runs.display import RunDisplay
+    from peftx.runs.run import run as run_recipe
 
     if overwrite and resume:
         raise PeftxError("--overwrite starts the run again and --resume continues it: choose one")
@@ -117,8 +117,8 @@ def validate(
     """Check recipes (and sweep recipes, every point) without running them: the schema, the model built
     without weights (config overrides, layers, method, memory), the task's settings (exit 2 if any is
     invalid; every file is checked)."""
-    from peftx.check import check_recipes
-    from peftx.sweep import load_sweep
+    from peftx.runs.validate import check_recipes
+    from peftx.studies.sweep import load_sweep
 
     failed = 0
     for path in recipes:
@@ -140,7 +140,7 @@ def predict(
     inputs: Annotated[Path, typer.Argument(help="One input per line, or a TSV with a Source column ('-': stdin).")],
 ) -> None:
     """Reload a trained run and print one prediction per input (TSV: input, prediction[, target])."""
-    from peftx.predict import predict_path
+    from peftx.runs.predict import predict_path
 
     preds = predict_path(run_dir, inputs)
     csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(preds.rows())
@@ -160,7 +160,7 @@ def evaluate(
 ) -> None:
     """Reload a trained run and score it on its task's splits (accuracy, loss), as trained or rebuilt
     with --set changes."""
-    from peftx.predict import Predictor, score_lines
+    from peftx.runs.predict import Predictor, score_lines
 
     predictor = Predictor(run_dir, list(set_ or []))
     scores = predictor.evaluate(split or ["test"])
@@ -183,8 +183,8 @@ def export(
 ) -> None:
     """Write a run as plain peft / transformers files (adapter or body, input layer and head, task.json,
     a loading snippet, a model card)."""
-    from peftx.export import check_hub, export_run
-    from peftx.export import push_to_hub as push
+    from peftx.export.exporter import check_hub, export_run
+    from peftx.export.exporter import push_to_hub as push
 
     if push_to_hub:
         check_hub(push_to_hub)  # before minutes of exporting
@@ -222,9 +222,9 @@ def sweep(
     the input, 130 / 143 stopped by SIGINT / SIGTERM."""
     from rich.table import Table
 
-    from peftx.budget import fmt_count
-    from peftx.display import RunDisplay
-    from peftx.sweep import load_sweeps, plan, run_sweep, run_workers
+    from peftx.model.budget import fmt_count
+    from peftx.runs.display import RunDisplay
+    from peftx.studies.sweep import load_sweeps, plan, run_sweep, run_workers
 
     points = load_sweeps(recipes, list(set_ or []))
     if dry_run:
@@ -292,7 +292,7 @@ def budget(
     ] = False,
 ) -> None:
     """Trainable parameters and training memory of models x methods, counted without weights."""
-    from peftx.budget import budget_command
+    from peftx.studies.budget import budget_command
 
     console = Console()
     if not console.is_terminal:  # a file or pipe: no need to squeeze the table into 80 columns
@@ -322,7 +322,7 @@ def report(
 ) -> None:
     """Markdown tables (mean ± SEM over distinct seeds, lr chosen on validation, one per task and data
     source) and PNG plots from result files; runs that did not complete are listed apart."""
-    from peftx.report import write_report
+    from peftx.studies.report.writer import write_report
 
     for path in write_report(runs, out):
         print(f"written: {path}")

@@ -1,5 +1,5 @@
 """Old against new speed code on the same batches, alternating in one process: training steps (forward
-and backward, no optimizer) of a recipe with some of `peftx/speed.py`'s names taken from another git
+and backward, no optimizer) of a recipe with some of `peftx/training/speed.py`'s names taken from another git
 revision. For changes too small to see across processes (a few percent) on a machine whose speed moves.
 
     python scripts/ab_speed.py --rev HEAD~1 --swap _FastDropout
@@ -30,9 +30,9 @@ import torch  # noqa: E402
 
 
 def old_module(rev: str):
-    """peftx/speed.py as it was at `rev`, loaded as a module of its own."""
+    """peftx/training/speed.py as it was at `rev`, loaded as a module of its own."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:peftx/speed.py"], cwd=ROOT, check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:peftx/training/speed.py"], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speed_old.py"
@@ -45,17 +45,17 @@ def old_module(rev: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rev", required=True, help="git revision of the old peftx/speed.py")
-    p.add_argument("--swap", action="append", required=True, help="a name in peftx.speed to take from --rev")
+    p.add_argument("--rev", required=True, help="git revision of the old peftx/training/speed.py")
+    p.add_argument("--swap", action="append", required=True, help="a name in peftx.training.speed to take from --rev")
     p.add_argument("--recipe", default=str(ROOT / "recipes" / "listops_lora.yaml"))
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--batches", type=int, default=6)
     p.add_argument("--rounds", type=int, default=4)
     a = p.parse_args()
 
-    import peftx.speed as speed
+    import peftx.training.speed as speed
     from peftx.recipe import load_recipe
-    from peftx.session import open_session
+    from peftx.training.session import open_session
 
     old = old_module(a.rev)
     variants = {"old": {n: getattr(old, n) for n in a.swap}, "new": {n: getattr(speed, n) for n in a.swap}}

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE = """
 import sys, time
-from peftx.tasks.listops import PRESETS, generate_splits
+from peftx.tasks.listops.task import PRESETS, generate_splits
 n, version = int(sys.argv[1]), int(sys.argv[2])
 args = dict(PRESETS["lra"], n_train=n - 2 * (n // 50), n_val=n // 50, n_test=n // 50)  # LRA's 96/2/2
 t = time.perf_counter()

@@ -61,7 +61,7 @@ def make_gpt2_checkpoint(directory: str, layers: int | None) -> None:
     """A random gpt2-medium-shaped checkpoint on disk, written in a separate process so that building it
     in full precision does not count towards any measured peak; small shards keep loading's peak low."""
     code = (
-        "import sys; from peftx.loading import load_config, resolve_family\n"
+        "import sys; from peftx.model.loading import load_config, resolve_family\n"
         "from transformers.utils import logging; logging.disable_progress_bar()\n"
         "over = {'n_layer': int(sys.argv[2])} if sys.argv[2] != 'None' else {}\n"
         "config = load_config('gpt2-medium', over)\n"
@@ -86,11 +86,11 @@ def measure(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from peftx.env import peak_memory
-    from peftx.memory import model_memory
+    from peftx.model.memory import model_memory
     from peftx.recipe import validate_recipe
-    from peftx.session import open_session
-    from peftx.train import train
+    from peftx.training.loop import train
+    from peftx.training.session import open_session
+    from peftx.util.env import peak_memory
 
     baseline = peak_memory()["peak_rss_bytes"]  # the interpreter and libraries, before any model
     model_fields, train_fields = CONFIGS[spec["config"]]
@@ -168,7 +168,7 @@ def run_child(spec: dict, timeout: float | None, malloc_threshold: int | None) -
 def bf16_is_fast() -> bool:
     import torch
 
-    from peftx.env import cpu_has_fast_bf16
+    from peftx.util.env import cpu_has_fast_bf16
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()

@@ -88,8 +88,8 @@ CONTENDERS = (
 
 def _peftx_worker(a, overrides: list[str]) -> dict:
     from peftx.recipe import load_recipe
-    from peftx.session import open_session
-    from peftx.train import train
+    from peftx.training.loop import train
+    from peftx.training.session import open_session
 
     total = a.warmup + a.steps
     sizes = [f"train.batch_size={a.batch_size}", *a.task_set]
@@ -203,7 +203,7 @@ def flops_per_length(recipe: str, overrides: list[str]) -> tuple[float, float, f
     from torch.utils.flop_counter import FlopCounterMode
 
     from peftx.recipe import load_recipe
-    from peftx.session import open_session
+    from peftx.training.session import open_session
 
     session = open_session(load_recipe(recipe, ["train.steps=1", "train.precision=fp32", *overrides]))
     model = session.model

@@ -37,9 +37,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from peftx.loading import offline_model_dir
+from peftx.model.loading import offline_model_dir
 from peftx.recipe import load_recipe
-from peftx.tasks.listops import VOCAB
+from peftx.tasks.listops.task import VOCAB
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "listops_lora.yaml")
 

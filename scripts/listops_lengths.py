@@ -13,7 +13,7 @@ import argparse
 import random
 import statistics
 
-from peftx.tasks.listops import PRESETS, generate_expression
+from peftx.tasks.listops.task import PRESETS, generate_expression
 
 
 def lengths(preset: str, n: int, seed: int) -> list[int]:

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 
-from peftx.build import build_model
-from peftx.data import LengthGroupedBatches, make_split
 from peftx.errors import PeftxError
 from peftx.recipe import validate_recipe
+from peftx.training.batching import LengthGroupedBatches, make_split
+from peftx.training.builder import build_model
 
 TINY = {
     "bert": ("bert-base-uncased", dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

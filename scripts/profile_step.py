@@ -54,8 +54,8 @@ def main() -> None:
     a = p.parse_args()
 
     from peftx.recipe import load_recipe
-    from peftx.session import open_session
-    from peftx.train import train
+    from peftx.training.loop import train
+    from peftx.training.session import open_session
 
     total = a.warmup + a.steps
     recipe = load_recipe(a.recipe, [f"train.steps={total}", "train.eval_every=1000000", "train.log_every=1", *a.set])

@@ -13,8 +13,8 @@ import math
 import sys
 from pathlib import Path
 
-from peftx.report import load_results, summarize
-from peftx.report_rows import Row, mean, sem, stopped_label, welch_interval
+from peftx.studies.report.rows import Row, mean, sem, stopped_label, welch_interval
+from peftx.studies.report.writer import load_results, summarize
 
 # label -> (task, the row's configuration values that identify it)
 CONFIGS = {

@@ -1,100 +1,16 @@
-"""Shared fixtures: tiny random-weight models of every family (built from configs, no downloads),
-and tiny recipes around them."""
+"""Shared fixtures: an isolated cache, the family parameter, GPU tests skipped without CUDA. The tiny
+models and recipes they use are in `tests.support.tiny`."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
+from tests.support.tiny import FAMILY_NAMES
+
 # Tiny models gain nothing from intra-op threads, and when other jobs share the CPU, OpenMP's
 # spinning workers make their small matmuls up to ~100x slower. One thread keeps the suite fast.
 torch.set_num_threads(1)
-
-# Config overrides that shrink each family's standard architecture to a few thousand parameters per
-# layer. Special-token ids are moved inside the small vocabulary.
-TINY = {
-    "bert": {
-        "source": "bert-base-uncased",
-        "config_overrides": {
-            "vocab_size": 128,
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "max_position_embeddings": 128,
-        },
-    },
-    "gpt2": {
-        "source": "gpt2",
-        "config_overrides": {
-            "vocab_size": 128,
-            "n_embd": 32,
-            "n_layer": 2,
-            "n_head": 4,
-            "n_positions": 128,
-            "bos_token_id": 127,
-            "eos_token_id": 127,
-        },
-    },
-    "t5": {
-        "source": "t5-small",
-        "config_overrides": {
-            "vocab_size": 128,
-            "d_model": 32,
-            "d_kv": 8,
-            "d_ff": 64,
-            "num_layers": 2,
-            "num_decoder_layers": 2,
-            "num_heads": 4,
-        },
-    },
-    "bart": {
-        "source": "facebook/bart-base",
-        "config_overrides": {
-            "vocab_size": 128,
-            "d_model": 32,
-            "encoder_layers": 2,
-            "decoder_layers": 2,
-            "encoder_attention_heads": 4,
-            "decoder_attention_heads": 4,
-            "encoder_ffn_dim": 64,
-            "decoder_ffn_dim": 64,
-            "max_position_embeddings": 128,
-        },
-    },
-}
-FAMILY_NAMES = tuple(TINY)
-
-
-def tiny_model(family: str, **extra) -> dict:
-    """The `model` section of a recipe for a tiny from-scratch model of `family`."""
-    return {"family": family, "pretrained": False, **copy.deepcopy(TINY[family]), **extra}
-
-
-def tiny_recipe(family: str = "bert", tmp_path=None, **sections) -> dict:
-    """A raw recipe dict: tiny model, tiny ListOps, LoRA, a few steps; sections override wholesale."""
-    raw = {
-        "name": f"tiny_{family}",
-        "seed": 0,
-        "model": tiny_model(family),
-        "task": {"name": "listops", "preset": "tiny"},
-        "method": {"name": "lora", "r": 4},
-        "train": {
-            "lr": 3e-3,
-            "batch_size": 16,
-            "steps": 4,
-            "eval_every": 2,
-            "warmup": 0,
-            "precision": "fp32",
-            "eval_batch_size": 32,
-        },
-        "output": {"dir": str(tmp_path / "runs") if tmp_path is not None else "runs"},
-    }
-    raw.update(sections)
-    return raw
-
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from peftx.cli import app
 from peftx.errors import PeftxError
-from peftx.predict import Predictor
-from peftx.quantization import quantized_modules
-from tests.conftest import tiny_recipe
+from peftx.model.quantization import quantized_modules
+from peftx.runs.predict import Predictor
+from tests.support.tiny import tiny_recipe
 
 runner = CliRunner()
 
@@ -146,7 +146,7 @@ def test_version_and_recipe_show():
 
 
 def test_predict_inputs_in_utf16_and_broken_bytes(tmp_path):
-    from peftx.predict import read_text
+    from peftx.runs.predict import read_text
 
     path = tmp_path / "in.txt"
     path.write_text("[MAX 2 9 ]\n", encoding="utf-16")

@@ -2,7 +2,7 @@
 
 Symbol inputs arrive framed and padded in one index space shared by every adapter: index 0 is
 padding, 1 the family's start token, 2 its end token, and task symbol i is index i + 3 (see
-`peftx.data`). An adapter maps those indices to vectors; continuous inputs arrive as `values`.
+`peftx.training.batching`). An adapter maps those indices to vectors; continuous inputs arrive as `values`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from peftx.families import Family, SpecialIds
-from peftx.input_spec import InputSpec
+from peftx.spec.input_spec import InputSpec
 
 
 @dataclass

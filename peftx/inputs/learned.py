@@ -16,10 +16,10 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.index_space import NUM_FRAMING
-from peftx.input_spec import SymbolVocab
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
+from peftx.spec.index_space import NUM_FRAMING
+from peftx.spec.input_spec import SymbolVocab
 
 
 def embedding_std(ctx: InputContext) -> float:

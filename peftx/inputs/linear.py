@@ -2,7 +2,7 @@
 initialised orthogonally with gain 1.41 and a zero bias, as the Frozen Pretrained Transformer did.
 
 Framing (the family's start/end positions, marked BOS/EOS in the batch's `input_ids`; see
-`peftx.data`) is embedded by `framing`:
+`peftx.training.batching`) is embedded by `framing`:
 - `model` (default): the model's own start/end token embeddings ([CLS]/[SEP], <s>/</s>), read from
   its embedding table. They stay the backbone's (frozen unless a method trains `token_embedding`);
   the adapter adds no parameters for them.
@@ -19,12 +19,12 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.index_space import EOS, NUM_FRAMING, VALUE
-from peftx.input_spec import ContinuousSpec
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.learned import LearnedEmbedding, embedding_std
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens
 from peftx.inputs.registry import INPUTS
+from peftx.spec.index_space import EOS, NUM_FRAMING, VALUE
+from peftx.spec.input_spec import ContinuousSpec
 
 
 class LinearInput(nn.Module):

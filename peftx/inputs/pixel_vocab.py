@@ -18,11 +18,11 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.index_space import OFFSET, VALUE
-from peftx.input_spec import ContinuousSpec
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens, spell_tokens
 from peftx.inputs.registry import INPUTS
+from peftx.spec.index_space import OFFSET, VALUE
+from peftx.spec.input_spec import ContinuousSpec
 
 
 class PixelVocabEmbedding(nn.Module):

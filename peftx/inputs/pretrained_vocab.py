@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.index_space import BOS, EOS, NUM_FRAMING, PAD
-from peftx.input_spec import SymbolVocab
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
+from peftx.spec.index_space import BOS, EOS, NUM_FRAMING, PAD
+from peftx.spec.input_spec import SymbolVocab
 
 
 def spell_tokens(ctx: InputContext, spellings: list[str], pieces: str) -> list[list[int]]:
@@ -74,7 +74,7 @@ class PretrainedVocabEmbedding(nn.Module):
 
 
 def framing_tokens(ctx: InputContext) -> list[list[int]]:
-    """Token ids of the framing indices PAD, BOS, EOS (`peftx.index_space`), in that order; a family
+    """Token ids of the framing indices PAD, BOS, EOS (`peftx.spec.index_space`), in that order; a family
     without a start or end token maps that index to its pad token (never used then)."""
     sp = ctx.specials
     by_index = {PAD: sp.pad, BOS: sp.pad if sp.bos is None else sp.bos, EOS: sp.pad if sp.eos is None else sp.eos}

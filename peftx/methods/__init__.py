@@ -18,23 +18,22 @@ from peftx.methods import (  # noqa: F401  (registration)
 )
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
-from peftx.quantization import is_quantized, peft_without_bitsandbytes
+from peftx.model.quantization import is_quantized, peft_without_bitsandbytes
 
 if TYPE_CHECKING:
-    from peftx.inputs import InputConfig
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 
-def apply_method(model: PeftxModel, method: MethodConfig, input_cfg: InputConfig) -> set[str]:
+def apply_method(model: PeftxModel, method: MethodConfig, input_roles: set[str]) -> set[str]:
     """Add the method's modules to `model`, then make exactly the intended parameters trainable.
 
-    Trainable = what the method trains + the head + `method.train_roles` + the input layer when
-    `input.trainable` (this one option composes any method with extra roles, e.g. prefix + layer
-    norms). Returns the trainable parameter names.
+    Trainable = what the method trains + the head + `method.train_roles` + `input_roles` (the input
+    adapter's `trained_roles()`: the input layer when `input.trainable`). `train_roles` composes any
+    method with extra roles, e.g. prefix + layer norms. Returns the trainable parameter names.
     """
     with peft_without_bitsandbytes(model):
         method.prepare(model)
-    extra = set(method.train_roles) | input_cfg.trained_roles() | {"head"}
+    extra = set(method.train_roles) | input_roles | {"head"}
     added = {n for n, info in model.param_infos().items() if role_selected(info, extra)}
     trainable = method.trained_names(model) | added
     frozen_only = sorted(n for n, p in model.named_parameters() if n in trainable and is_quantized(p))

@@ -14,7 +14,7 @@ from peftx.errors import PeftxError
 from peftx.families import CORE_ROLES, OUTER_ROLES, ParamInfo
 
 if TYPE_CHECKING:
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 # What `train_roles` may name: a backbone role, the pseudo-role `bias` (every bias, see `role_selected`)
 # or a layer around the backbone.

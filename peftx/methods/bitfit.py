@@ -8,7 +8,7 @@ from peftx.methods.base import MethodConfig
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 
 class BitFitMethod(MethodConfig):

@@ -11,7 +11,7 @@ from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 
 class LayersMethod(MethodConfig):

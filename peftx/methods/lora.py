@@ -15,7 +15,7 @@ from peftx.methods.base import BudgetKnob, MethodConfig, target_modules
 from peftx.methods.registry import METHODS
 
 if TYPE_CHECKING:
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 
 class LoraMethod(MethodConfig):

@@ -35,7 +35,7 @@ from peftx.methods.registry import METHODS
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 # Tuners that need more than injected layers: a training-loop hook or a second model (X-LoRA), or
 # several tasks at once (Poly); prompt learning is refused by peft's own `is_prompt_learning`.

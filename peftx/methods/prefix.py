@@ -20,14 +20,14 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.extras import MethodExtra
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.prefix_attention import ATTENTION, PREFIX_ATTR
 from peftx.methods.registry import METHODS
+from peftx.model.extras import MethodExtra
 
 if TYPE_CHECKING:
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 AttentionKind = Literal["encoder_self", "decoder_self", "cross"]
 

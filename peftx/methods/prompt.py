@@ -13,13 +13,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from peftx.extras import MethodExtra
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.registry import METHODS
+from peftx.model.extras import MethodExtra
 
 if TYPE_CHECKING:
-    from peftx.model import PeftxModel
+    from peftx.model.task_model import PeftxModel
 
 
 class SoftPrompt(MethodExtra):

@@ -23,7 +23,7 @@ from peftx.errors import PeftxError
 from peftx.inputs import INPUTS
 from peftx.recipe.grid import find_axes, reject_grid
 from peftx.recipe.schema import PLUGINS, RecipeBase, recipe_class
-from peftx.text_files import read_text
+from peftx.util.text_files import read_text
 
 # YAML 1.2's core-schema float: a dot or an exponent, either optional sign (`1e-5`, `3E4`, `.5`, `2.`).
 _FLOAT_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")

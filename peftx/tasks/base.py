@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from peftx.errors import PeftxError
-from peftx.input_spec import InputSpec
+from peftx.spec.input_spec import InputSpec
 
 SPLITS = ("train", "validation", "test")
 

@@ -3,7 +3,7 @@ start/end token embeddings for the framing positions.
 
 The whole input-adapter contract in one file: an `InputConfig` subclass that declares its registry
 name and builds a module mapping a batch (`input_ids` in peftx's shared index space, see
-`peftx.index_space`) to (batch, seq, hidden) embeddings, then registers itself.
+`peftx.spec.index_space`) to (batch, seq, hidden) embeddings, then registers itself.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.index_space import NUM_FRAMING
-from peftx.input_spec import SymbolVocab
 from peftx.inputs import INPUTS, InputConfig, InputContext
+from peftx.spec.index_space import NUM_FRAMING
+from peftx.spec.input_spec import SymbolVocab
 
 
 class OneHotInput(nn.Module):

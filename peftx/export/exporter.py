@@ -1,0 +1,361 @@
+"""`peftx export RUN_DIR OUT_DIR`: a finished run as files others load with the libraries they use.
+
+OUT_DIR/
+  adapter_config.json        peft's config (base model by hub id or path) ... for methods peft
+  adapter_model.safetensors  ... expresses: any tuner injected by peft (LoRA, DoRA, rsLoRA, IA3, ...)
+  body/                      the body (transformers `save_pretrained`: config.json, model.safetensors):
+                             from-scratch runs, methods peft cannot express, config overrides
+  task_layers.safetensors    input layer (each index's embedding), soft prompt, head, trained body tensors
+  task.json                  symbols (their order), framing, labels (`peftx.runs.task_file`) + what the export holds
+  task_model.py              `TaskModel`: the layers around the body, in torch alone (`peftx.export.template`)
+  recipe.yaml, result.json   the run's own files
+  README.md                  model card: recipe, budget, metrics, baselines, versions, the command
+
+The export is rebuilt in float32 with an unquantized body (a quantized run's adapter applies to the
+full-precision base; quantize that as you like). It is written into a temporary sibling directory and
+renamed into place, so a failure leaves no half export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+from peft import get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import save_file
+
+from peftx import __version__
+from peftx.errors import PeftxError
+from peftx.export import template
+from peftx.inputs.linear import LinearInput
+from peftx.inputs.pixel_vocab import PixelVocabEmbedding
+from peftx.model.loading import OFFLINE, OFFLINE_NAME, hub_reachable, is_local
+from peftx.model.task_model import PeftxModel
+from peftx.recipe import read_raw, validate_recipe
+from peftx.runs.record import RECIPE, RESULT, RunRecord, load_weights
+from peftx.runs.task_file import TASK_FILE, task_description
+from peftx.spec.index_space import NUM_FRAMING
+from peftx.spec.input_spec import InputSpec, SymbolVocab
+from peftx.training.session import open_session
+
+ADAPTER_NAME = "default"  # the name peftx's methods inject their peft adapter under
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LAYERS_FILE = template.LAYERS_FILE
+SNIPPET = "task_model.py"
+BODY_DIR = "body"
+# The run is rebuilt as plain float32, whatever it trained in, and with a full-precision body.
+EXPORT_OVERRIDES = [
+    "train.precision=fp32",
+    "model.dtype=float32",
+    "model.quantization=none",
+    *(f"model.{k}=null" for k in ("quant_type", "double_quant", "compute_dtype")),  # 4-bit settings
+]
+
+
+@dataclass
+class Export:
+    """What `export_run` wrote.
+
+    Attributes:
+        out_dir: the export directory.
+        base: what the body loads from: a hub id, a local path, or None (the body is in out_dir).
+        adapter: whether out_dir holds a peft adapter.
+        files: the files written, by name.
+    """
+
+    out_dir: Path
+    base: str | None
+    adapter: bool
+    files: list[str] = field(default_factory=list)
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an OUT_DIR that is a file, or a non-empty directory unless `overwrite`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PeftxError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise PeftxError(f"{out_dir}: exists and is not empty; pass --overwrite to replace it")
+
+
+def base_reference(recipe) -> str | None:
+    """The hub id or path the body loads from; None where the body itself must be exported (from
+    scratch, or a config changed by `model.config_overrides`)."""
+    m = recipe.model
+    if not m.pretrained or m.config_overrides:
+        return None
+    if m.source == OFFLINE:
+        return OFFLINE_NAME
+    return str(Path(m.source).expanduser().resolve()) if is_local(m.source) else m.source
+
+
+def _adapter_names(backbone: torch.nn.Module) -> set[str]:
+    """Names of the tensors peft added to `backbone` (as `PeftxModel.param_infos` finds them)."""
+    names = set()
+    for mod_name, module in backbone.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            # adapter_layer_names: the trained tensors; other_param_names may hold modules too, e.g.
+            # VeRA's shared random projections (vera_A, vera_B), which are no part of the body either
+            for attr in (*module.adapter_layer_names, *module.other_param_names):
+                part = getattr(module, attr, None)
+                if isinstance(part, torch.nn.Module):
+                    names.update(f"{mod_name}.{attr}.{pn}" for pn, _ in part.named_parameters())
+                    names.update(f"{mod_name}.{attr}.{bn}" for bn, _ in part.named_buffers())
+    return names
+
+
+def plain_body_state(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's own tensors under transformers' names (peft's adapters and wrappers removed)."""
+    adapters = _adapter_names(backbone)
+    return {
+        n.replace(".base_layer.", "."): t.detach().float().contiguous()
+        for n, t in backbone.state_dict().items()
+        if n not in adapters
+    }
+
+
+def save_body(model: PeftxModel, out: Path) -> None:
+    """The body as `save_pretrained` writes it, config.json + model.safetensors, in `out/body/` (apart
+    from the adapter: transformers would load an adapter_config.json beside them by itself)."""
+    body = model.family.build(model.backbone.config)
+    body.load_state_dict(plain_body_state(model.backbone), strict=True)
+    body.save_pretrained(out / BODY_DIR)
+
+
+def save_adapter(backbone: torch.nn.Module, out: Path, base: str) -> None:
+    """peft's adapter files, through peft's own state-dict and config machinery (any tuner)."""
+    config = backbone.peft_config[ADAPTER_NAME]
+    config.base_model_name_or_path = base
+    config.inference_mode = True
+    if getattr(config, "save_projection", False):
+        # VeRA-like tuners: the shared random projections are drawn again from the config's seed
+        # (projection_prng_key) when peft loads the adapter, so they need not travel (peft's own option)
+        config.save_projection = False
+    config.save_pretrained(str(out))
+    state = get_peft_model_state_dict(backbone, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
+    # PeftModel.save_pretrained writes its keys from the wrapper, whose body sits at base_model.model
+    state = {f"base_model.model.{k}": v.detach().float().contiguous() for k, v in state.items()}
+    save_file(state, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
+def task_layers(model: PeftxModel, spec: InputSpec, body_exported: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of the layers around the body, and what task.json says about them.
+
+    Raises:
+        PeftxError: an input layer with no plain form here.
+    """
+    out: dict[str, torch.Tensor] = {}
+    notes: dict = {}
+    inp = model.input
+    with torch.no_grad():
+        if isinstance(inp, LinearInput):
+            out["input.proj.weight"] = inp.proj.weight
+            out["input.proj.bias"] = inp.proj.bias
+            framing = torch.arange(NUM_FRAMING).unsqueeze(0)  # (1, 3): PAD, BOS, EOS
+            out["input.table"] = inp.framing({"input_ids": framing})[0]
+        elif isinstance(inp, PixelVocabEmbedding):
+            out["input.table"] = inp.lookup.table()
+            notes["intensity_levels"] = inp.levels
+        elif isinstance(spec, SymbolVocab):
+            n = NUM_FRAMING + len(spec.symbols)
+            out["input.table"] = inp({"input_ids": torch.arange(n).unsqueeze(0)})[0]  # (index, hidden)
+        else:
+            raise PeftxError(f"input: {type(inp).__name__} has no plain export")
+        head = model.head[1]
+        out["head.weight"], out["head.bias"] = head.weight, head.bias
+        if "prompt" in model.extras:
+            out["prompt.vectors"] = model.extras["prompt"].vectors
+            notes["prompt_offset"] = model.extras["prompt"].offset
+        for role, extra in model.extras.items():
+            if role != "prompt":
+                notes["needs_peftx"] = f"its {role} modules act inside the attention, which plain transformers cannot"
+                out.update({f"extras.{role}.{n}": t for n, t in extra.state_dict().items()})
+        if not body_exported:  # trained body tensors outside the adapter (e.g. `train_roles`)
+            adapters = _adapter_names(model.backbone)
+            for n, p in model.backbone.named_parameters():
+                if p.requires_grad and n not in adapters:
+                    out[f"body.{n.replace('.base_layer.', '.')}"] = p
+    return {k: v.detach().float().contiguous().cpu() for k, v in out.items()}, notes
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, command: str | None = None) -> Export:
+    """Export a finished run (see the module docstring for what OUT_DIR holds).
+
+    Args:
+        run_dir: a completed run directory.
+        out_dir: where to write; must not exist or be empty, unless `overwrite`.
+        overwrite: replace a non-empty out_dir.
+        command: the command line to record in the model card (default: the `peftx export` that does this).
+
+    Raises:
+        PeftxError: not a completed run, an out_dir that may not be written, a model with no plain form.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    record = RunRecord.read(run_dir)
+    if not record.completed:
+        raise PeftxError(f"{run_dir}: run status is {record.status!r}, not 'completed'; nothing to export")
+    check_out_dir(out_dir, overwrite)
+    recipe = validate_recipe(read_raw(run_dir / RECIPE, EXPORT_OVERRIDES), str(run_dir / RECIPE))
+    session = open_session(recipe, load_task=False)
+    model = session.model
+    load_weights(model, run_dir)
+    model.eval()
+    adapter = hasattr(model.backbone, "peft_config") and ADAPTER_NAME in model.backbone.peft_config
+    base = base_reference(recipe) if adapter else None
+    body_exported = base is None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if body_exported:
+            save_body(model, tmp)
+        if adapter:
+            save_adapter(model.backbone, tmp, base or str(out_dir.resolve() / BODY_DIR))
+        tensors, notes = task_layers(model, session.info.input_spec, body_exported)
+        save_file(tensors, str(tmp / LAYERS_FILE), metadata={"format": "pt"})
+        task = task_description(session.info, model)
+        task["export"] = {"adapter": adapter, "base": base, **notes}
+        (tmp / TASK_FILE).write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        shutil.copyfile(template.__file__, tmp / SNIPPET)
+        for name in (RECIPE, RESULT):
+            shutil.copyfile(run_dir / name, tmp / name)
+        info = Export(out_dir=out_dir, base=base, adapter=adapter)
+        cmd = command or f"peftx export {run_dir} {out_dir}" + (" --overwrite" if overwrite else "")
+        (tmp / "README.md").write_text(model_card(record, info, task, cmd), encoding="utf-8")
+        info.files = sorted(p.name for p in tmp.iterdir())
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move a finished export into place: the old directory (if any) is renamed aside first and
+    removed only once the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_lines(info: Export, task: dict) -> list[str]:
+    """The Python that loads this export with transformers (+ peft) and the bundled snippet."""
+    where = "EXPORT_DIR"
+    source = f'"{info.base}"' if info.base else f'f"{{{where}}}/{BODY_DIR}"'
+    body = f"AutoModel.from_pretrained({source})"
+    lines = ["from transformers import AutoModel"]
+    if info.adapter:
+        lines += ["from peft import PeftModel"]
+    lines += [
+        "from task_model import TaskModel  # task_model.py of this directory",
+        "",
+        f'{where} = "."  # this directory',
+        f"body = PeftModel.from_pretrained({body}, {where})" if info.adapter else f"body = {body}",
+        f"model = TaskModel(body, {where}).eval()",
+    ]
+    symbols = task["input"].get("symbols")
+    if symbols:
+        lines.append(f"model.predict([{symbols[:3]!r}])  # sequences of symbols -> label names")
+    else:
+        lines.append("model.predict([values])  # (seq, dim) arrays of stored values -> label names")
+    return lines
+
+
+def model_card(record: RunRecord, info: Export, task: dict, command: str) -> str:
+    """README.md of an export: what it is, how to load it, how it was trained and how it scored."""
+    r = record.recipe
+    m, b = record.metrics, record.budget
+    method = r.get("method", {})
+    model = r.get("model", {})
+    lines = [
+        "---",
+        "library_name: peft" if info.adapter else "library_name: transformers",
+        *([f"base_model: {info.base}"] if info.base and not Path(info.base).is_absolute() else []),
+        "tags: [peftx]",
+        "---",
+        "",
+        f"# {record.name}",
+        "",
+        f"A {task['family']} model fine-tuned with peftx {__version__} ({method.get('name')}) on the task "
+        f"`{r.get('task', {}).get('name')}`: {len(task['labels'])} classes.",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        *load_lines(info, task),
+        "```",
+        "",
+    ]
+    if task.get("export", {}).get("needs_peftx"):
+        lines += [f"Note: {task['export']['needs_peftx']}; `TaskModel` refuses it, `peftx predict` runs it.", ""]
+    lines += [
+        "Inputs are framed as task.json says (start/end tokens, index space); `TaskModel` does it.",
+        "",
+        "## Training",
+        "",
+        f"- model: `{model.get('source')}` ({'pretrained' if model.get('pretrained') else 'from scratch'})",
+        f"- method: `{json.dumps(method, sort_keys=True)}`",
+        f"- train: steps {record.timing.steps if record.timing else '?'}, lr {r.get('train', {}).get('lr')}, "
+        f"batch {r.get('train', {}).get('batch_size')}, seed {record.seed}, precision {record.precision}",
+    ]
+    if b is not None:
+        lines.append(f"- trainable parameters: {b.trainable:,} of {b.total:,} ({b.trainable_pct:.3g}%)")
+    lines += ["", "## Results", ""]
+    if m is not None:
+        lines += [
+            "| metric | value |",
+            "|---|---:|",
+            f"| test accuracy | {100 * m.test_accuracy:.2f}% |",
+            f"| test loss | {m.test_loss:.4f} |",
+            f"| validation accuracy (selected step {m.selected_step}, {m.selection}) | {100 * m.val_accuracy:.2f}% |",
+            *(f"| baseline: {k} | {100 * v:.2f}% |" for k, v in record.baselines.items()),
+            "",
+        ]
+    lines += [
+        "## Provenance",
+        "",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in record.versions.items()),
+        f"- made by: `{command}`",
+        "- the resolved recipe and the run record: recipe.yaml, result.json",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def check_hub(repo: str) -> None:
+    """Fail fast, before exporting, where `--push-to-hub REPO` cannot succeed.
+
+    Raises:
+        PeftxError: a repository id that is not `owner/name`, or an unreachable hub (offline).
+    """
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise PeftxError(f"--push-to-hub: {repo!r} is not a repository id (owner/name)")
+    if not hub_reachable():
+        raise PeftxError(f"--push-to-hub: cannot reach the Hugging Face hub for {repo} (offline or HF_HUB_OFFLINE=1)")
+
+
+def push_to_hub(out_dir: Path, repo: str, private: bool = False) -> str:
+    """Upload an export to a hub repository (created if missing); returns the repository's URL.
+
+    Raises:
+        PeftxError: the hub is unreachable, or refuses (one line).
+    """
+    check_hub(repo)
+    api = HfApi()
+    try:
+        url = api.create_repo(repo, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out_dir), repo_id=repo, commit_message=f"peftx export of {out_dir.name}")
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise PeftxError(f"--push-to-hub: {repo}: {str(e).splitlines()[0]}") from None
+    return str(url)

@@ -1,0 +1,3 @@
+"""The task model (input adapter -> backbone -> pooled state -> head), backbone loading, quantization,
+memory, and the one parameter counter.
+"""

@@ -1,0 +1,119 @@
+"""What a run shows on the terminal: a header, a live progress bar, a summary. Nothing here decides
+anything; it only prints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from peftx.model.budget import Budget, fmt_count
+
+if TYPE_CHECKING:
+    from peftx.runs.record import RunRecord
+
+
+class RunDisplay:
+    """Header, progress bar (loss, accuracy, examples/s, ETA) and summary of one run."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.progress: Progress | None = None
+        self.task = None
+        self.last: dict = {}
+
+    def header(
+        self, name: str, provenance: dict, method: str, budget: Budget, notes: list[str], precision: str
+    ) -> None:
+        if not self.enabled:
+            return
+        src = provenance.get("name", provenance["source"])
+        kind = "pretrained" if provenance["pretrained"] else "from scratch"
+        self.console.print(
+            f"[bold]{escape(name)}[/]: {provenance['family']} {escape(src)} ({kind}), method {method}, "
+            f"precision {precision}"
+        )
+        self.console.print(
+            f"parameters: {fmt_count(budget.trainable)} trainable of {fmt_count(budget.total)} "
+            f"({budget.trainable_pct:.3f}%)"
+        )
+        for note in notes:
+            self.console.print(f"[dim]{escape(note)}[/]")
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(escape(text), highlight=False)
+
+    def start(self, total_steps: int, completed: int = 0) -> None:
+        """A progress bar over the run's steps (`completed`: where a resumed run starts)."""
+        if not self.enabled:
+            return
+        self.progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        if self.console.is_terminal:  # a log file gets plain lines (step), not the bar's last frame
+            self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=total_steps, completed=completed, loss="-", acc="-", speed="-"
+        )
+
+    def step(self, step: int, info: dict) -> None:
+        if self.progress is None:
+            return
+        if not self.console.is_terminal:  # logs get one plain line per evaluation instead of a live bar
+            if "val_accuracy" in info:
+                loss, speed = _num(self.last.get("loss"), ".3f"), _num(self.last.get("examples_per_s"), ".1f")
+                self.console.print(
+                    f"step {step}: train loss {loss}, val acc {100 * info['val_accuracy']:.2f}%, {speed} ex/s"
+                )
+            else:
+                self.last = info
+            return
+        if "val_accuracy" in info:
+            self.progress.update(self.task, acc=f"{100 * info['val_accuracy']:.1f}%")
+        else:
+            self.progress.update(
+                self.task, completed=step, loss=_num(info["loss"], ".3f"), speed=_num(info["examples_per_s"], ".0f")
+            )
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            if self.console.is_terminal:
+                self.progress.stop()
+            self.progress = None
+
+    def summary(self, record: RunRecord, run_dir) -> None:
+        if not self.enabled:
+            return
+        m, b, t = record.metrics, record.budget, record.timing
+        table = Table(title="result", show_header=True)
+        table.add_column("")
+        table.add_column("test accuracy", justify="right")
+        table.add_row("this run", f"{100 * m.test_accuracy:.2f}%")
+        for name, acc in record.baselines.items():
+            table.add_row(f"baseline: {name.replace('_', ' ')}", f"{100 * acc:.2f}%")
+        self.console.print(table)
+        procs = record.processes
+        spread = f" over {procs.world_size} processes" if procs.world_size > 1 else ""
+        self.console.print(
+            f"trainable {fmt_count(b.trainable)} / {fmt_count(b.total)} parameters ({b.trainable_pct:.3f}%); "
+            f"best validation {100 * m.val_accuracy:.2f}% at step {m.selected_step}; "
+            f"{t.train_examples_per_s:.1f} train examples/s{spread}; {t.wall_seconds:.0f} s"
+        )
+        self.console.print(f"written: {run_dir}/")
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A logged number, or '-' where none was logged yet (or every step of the window was skipped)."""
+    return "-" if value is None else format(value, spec)

@@ -1,0 +1,201 @@
+"""Reload a finished run: `Predictor(run_dir).predict(["[MAX 2 9 ]", ...])`, or score it on a split
+of its task with `Predictor(run_dir).evaluate(["test"])`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+
+from peftx.errors import PeftxError
+from peftx.recipe import read_raw, validate_recipe
+from peftx.runs.record import RECIPE, RunRecord, load_weights
+from peftx.training.evaluation import evaluate, infer
+from peftx.training.session import open_session
+from peftx.training.speed import prepare_model
+from peftx.util import text_files
+from peftx.util.text_files import decode_text
+
+SPLITS = ("train", "validation", "test")
+
+
+class Predictor:
+    """A trained run, rebuilt from its resolved recipe and saved weights.
+
+    Args:
+        run_dir: a directory written by `peftx run`.
+        overrides: `a.b=value` changes to the run's recipe before rebuilding, for what does not change
+            the trained tensors: e.g. `model.quantization=8bit` (the same weights on an 8-bit body) or
+            `task.max_length=...`. A change that does (`method.r=4`) fails on loading the weights.
+
+    Raises:
+        PeftxError: not a finished run directory, or its weights do not fit the rebuilt model.
+    """
+
+    def __init__(self, run_dir: str | Path, overrides: list[str] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.record = RunRecord.read(self.run_dir)
+        if not self.record.completed:
+            raise PeftxError(f"{self.run_dir}: run status is {self.record.status!r}, not 'completed'")
+        self.overrides = list(overrides or [])
+        recipe_path = self.run_dir / RECIPE
+        self.recipe = validate_recipe(read_raw(recipe_path, self.overrides), str(recipe_path))
+        # precision as a run resolves it: `auto` suits the machine that reloads, an explicit setting is kept
+        self.session = open_session(self.recipe, load_task=False)
+        self.info = self.session.info
+        self.accelerator = self.session.accelerator
+        model = self.session.model
+        load_weights(model, self.run_dir)
+        model.eval()
+        # training's speed options (threads, fused LoRA layers), without compiling for a short job
+        prepare_model(model, self.recipe.train.model_copy(update={"compile": False}), self.accelerator.device)
+        self.model = self.session.model = self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    @property
+    def precision(self) -> str:
+        return self.session.precision
+
+    def logits(self, texts: list[str], where: list[str] | None = None) -> torch.Tensor:
+        """Logits (n, classes) for inputs written as the task's `parse` reads them (a ListOps expression,
+        a protein sequence, an image file's path).
+
+        Args:
+            where: each input's place for messages (e.g. "inputs.tsv:3"); None: "input 1", "input 2" ...
+
+        Raises:
+            PeftxError: an input the task cannot parse (naming its place).
+        """
+        if not texts:
+            return torch.empty(0, len(self.info.labels))
+        ids = []
+        for i, text in enumerate(texts):
+            try:
+                ids.append(self.info.parse(text))
+            except PeftxError as e:
+                raise PeftxError(f"{where[i] if where else f'input {i + 1}'}: {e}") from None
+        split = self.session.split(datasets.Dataset.from_dict({self.info.input_spec.column: ids}))
+        train = self.recipe.train
+        return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
+
+    def predict(self, texts: list[str], where: list[str] | None = None) -> list[str]:
+        """Predicted label of each input (`where`: as for `logits`)."""
+        return [self.info.labels[i] for i in self.logits(texts, where).argmax(-1).tolist()]
+
+    def evaluate(self, splits: list[str] | tuple[str, ...] = ("test",)) -> dict[str, dict]:
+        """Accuracy, mean cross-entropy and size of each named split of the run's task, loaded as
+        training loaded it (the recipe's data settings, with any overrides)."""
+        for name in splits:
+            if name not in SPLITS:
+                raise PeftxError(f"--split: unknown split {name!r} (valid: {', '.join(SPLITS)})")
+        self.session.load_task()
+        return {
+            name: evaluate(self.model, split, self.recipe.train, self.accelerator) | {"examples": len(split)}
+            for name, split in self.session.splits(list(splits)).items()
+        }
+
+
+@dataclass
+class Inputs:
+    """Inputs to predict, read from a file: one per line, or a TSV with a `Source` column and an
+    optional `Target` column."""
+
+    texts: list[str]
+    targets: list[str] | None = None
+    where: list[str] | None = None  # each input's file:line
+
+
+def read_inputs(text: str, where: str) -> Inputs:
+    """Parse `peftx predict`'s input text (non-empty lines; a TSV whose header starts with `Source`).
+
+    Raises:
+        PeftxError: a TSV row whose Source is empty, or whose fields do not match the header (naming
+            its line).
+    """
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not numbered or numbered[0][1].split("\t")[0] != "Source":
+        return Inputs([line for _, line in numbered], where=[f"{where}:{n}" for n, _ in numbered])
+    header = numbered[0][1].split("\t")
+    texts, targets, places = [], [], []
+    for lineno, line in numbered[1:]:
+        # one row per line (csv without quoting: an expression or a path is never quoted)
+        row = dict(zip(header, line.split("\t")))
+        if len(line.split("\t")) > len(header):
+            raise PeftxError(f"{where}:{lineno}: more fields than the header's {len(header)}")
+        if not row.get("Source", "").strip():
+            raise PeftxError(f"{where}:{lineno}: Source: empty")
+        texts.append(row["Source"])
+        targets.append(row.get("Target") or "")
+        places.append(f"{where}:{lineno}")
+    return Inputs(texts, targets if "Target" in header else None, places)
+
+
+@dataclass
+class Predictions:
+    inputs: Inputs
+    labels: list[str]
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of predictions equal to the inputs' targets (None without targets)."""
+        t = self.inputs.targets
+        if t is None:
+            return None
+        return sum(p == y for p, y in zip(self.labels, t)) / max(len(t), 1)
+
+    def rows(self) -> list[list[str]]:
+        """TSV rows: header, then input, prediction[, target]."""
+        head = ["input", "prediction"] + (["target"] if self.inputs.targets is not None else [])
+        body = [
+            [x, p] + ([self.inputs.targets[i]] if self.inputs.targets is not None else [])
+            for i, (x, p) in enumerate(zip(self.inputs.texts, self.labels))
+        ]
+        return [head, *body]
+
+
+def score_lines(scores: dict[str, dict], record: RunRecord) -> list[str]:
+    """One line per evaluated split, beside what training recorded for it."""
+    recorded = {}
+    if record.metrics is not None:
+        recorded = {"test": record.metrics.test_accuracy, "validation": record.metrics.val_accuracy}
+    lines = []
+    for name, s in scores.items():
+        line = f"{name}: accuracy {100 * s['accuracy']:.2f}%, loss {s['loss']:.4f} ({s['examples']} examples)"
+        if name in recorded:
+            line += f"; at training: {100 * recorded[name]:.2f}%"
+        lines.append(line)
+    return lines
+
+
+def predict_file(run_dir: str | Path, text: str, where: str) -> Predictions:
+    """Reload a run and predict every input of `peftx predict`'s input text."""
+    inputs = read_inputs(text, where)
+    return Predictions(inputs, Predictor(run_dir).predict(inputs.texts, inputs.where))
+
+
+def predict_path(run_dir: str | Path, path: Path) -> Predictions:
+    """Reload a run and predict every input of `peftx predict`'s input file ('-': stdin): read by the
+    run's task where it reads that file's format (`TaskInfo.read_inputs`, e.g. the `sequences` task's
+    CSV or Parquet files), else as lines or a Source/Target TSV."""
+    predictor = Predictor(run_dir)
+    read = predictor.info.read_inputs
+    own = read(path) if read is not None and str(path) != "-" else None
+    if own is not None:
+        inputs = Inputs(*own)
+    else:
+        inputs = read_inputs(read_text(path), "<stdin>" if str(path) == "-" else str(path))
+    return Predictions(inputs, predictor.predict(inputs.texts, inputs.where))
+
+
+def read_text(path: Path) -> str:
+    """A text file's content ('-': stdin), as `peftx.util.text_files` reads text (UTF-8, or UTF-16/32 with
+    a byte-order mark).
+
+    Raises:
+        PeftxError: no such file, or not text (naming the line).
+    """
+    if str(path) == "-":
+        return decode_text(sys.stdin.buffer.read(), "<stdin>")
+    return text_files.read_text(path, "input file")

@@ -1,0 +1,272 @@
+"""What a run leaves on disk: the one typed run record (`RunRecord`, result.json), its weights, and
+the run directory itself. Every reader and writer of result.json goes through `RunRecord`.
+
+runs/<name>/
+  recipe.yaml          the resolved recipe (every default written out)
+  result.json          `RunRecord`: status, recipe, budget, metrics over time, final metrics, timings,
+                       memory, processes, versions, provenance, schema version
+  metrics.jsonl        training loss, lr, gradient norm and speed at every log step; validation metrics
+                       at every evaluation (`MetricsLog`)
+  checkpoints/         resumable checkpoints while the run is unfinished (`peftx.training.checkpoints`)
+  weights.safetensors  trained parameters + the input layer's own parameters and buffers (+ the whole
+                       backbone when it was built from scratch, since random weights cannot be
+                       re-downloaded; quantized layers are written dequantized and quantized again
+                       on loading)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from peftx.errors import PeftxError
+from peftx.model.quantization import dequantized_weight, is_quantized, quantized_modules, set_quantized_weight
+from peftx.util.files import write_text_atomic
+
+WEIGHTS = "weights.safetensors"
+RESULT = "result.json"
+RECIPE = "recipe.yaml"
+METRICS = "metrics.jsonl"
+
+
+SCHEMA_VERSION = 2  # 1: the untyped result.json before `RunRecord` (read as version 1, same keys)
+
+Status = Literal["running", "completed", "diverged", "failed", "interrupted"]
+
+
+class Record(BaseModel):
+    # Unknown keys are kept (a newer peftx may add fields; an older one still reads the file). A
+    # non-finite number (a diverged loss) is written as null: result.json stays strict JSON.
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="null")
+
+
+class BudgetRecord(Record):
+    """Parameters by role and group, trainable vs total (`peftx.studies.budget.Budget.to_dict`)."""
+
+    total: int
+    trainable: int
+    trainable_pct: float
+    by_role: dict[str, dict[str, int]] = {}
+    by_group: dict[str, dict[str, int]] = {}
+    quantizable: int = 0
+
+
+class EvalPoint(Record):
+    """One evaluation on the validation split during training."""
+
+    step: int
+    val_accuracy: float
+    val_loss: float
+    lr: float
+    train_seconds: float = 0.0
+
+
+class TrainPoint(Record):
+    """Training loss and learning rate, every `train.log_every` steps (loss: mean since the last point,
+    over every process)."""
+
+    step: int
+    loss: float | None  # null: not finite (a diverged step), or every step of the window skipped
+    lr: float
+    grad_norm: float | None = None  # mean over the window's steps, before clipping
+    examples_per_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+class Metrics(Record):
+    """Final metrics of a completed run: test on the selected weights."""
+
+    test_accuracy: float
+    test_loss: float
+    val_accuracy: float
+    selected_step: int
+    selection: str
+
+
+class Timing(Record):
+    wall_seconds: float
+    align_seconds: float | None = None  # the input.align stage
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    steps: int | None = None
+    cap: int | None = None  # the steps the run would have taken without train.early_stop
+    stopped: Literal["flat", "cap"] | None = None  # flat: train.early_stop ended it; cap: it ran every step
+    train_examples_per_s: float | None = None  # summed over processes
+    train_tokens_per_s: float | None = None
+
+
+class Processes(Record):
+    """How the run was spread: processes, and the batch each took per micro-step."""
+
+    world_size: int = 1
+    per_process_batch: int | None = None
+    global_batch: int | None = None  # per optimizer step: per_process_batch x world_size x grad_accum
+    backend: str | None = None
+
+
+class RunRecord(Record):
+    """What one run writes to result.json, read and written only here.
+
+    Attributes:
+        recipe: the resolved recipe (`RecipeBase.to_dict`).
+        backbone: where the backbone came from (source, pretrained, family, sha256 ...).
+        history: the validation evaluations during training.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    status: Status = "running"
+    recipe: dict
+    seed: int
+    precision: str
+    versions: dict[str, str] = {}
+    started: str = ""
+    backbone: dict = {}
+    budget: BudgetRecord | None = None
+    baselines: dict[str, float] = {}
+    data_notes: list[str] = []
+    truncated: dict[str, int] = {}
+    processes: Processes = Processes()
+    history: list[EvalPoint] = []
+    train_log: list[TrainPoint] = []
+    metrics: Metrics | None = None
+    align: dict | None = None  # the input.align stage: objective, before/after, loss log, reference, seconds
+    skipped_steps: int = 0  # updates skipped for a non-finite gradient norm (train.nonfinite: skip)
+    resumed: list[dict] = []  # one entry per resumption: {from_step, at}
+    timing: Timing | None = None
+    memory: dict[str, int] = {}
+    error: str | None = None
+
+    @staticmethod
+    def now() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def write(self, run_dir: Path) -> None:
+        """Write `run_dir/result.json` atomically (a reader never sees half a file)."""
+        write_text_atomic(run_dir / RESULT, self.model_dump_json(indent=1))
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunRecord:
+        """The record of a run directory.
+
+        Raises:
+            PeftxError: no result.json, or one that is not a run record (one line naming the file).
+        """
+        path = Path(run_dir) / RESULT
+        if not path.is_file():
+            raise PeftxError(f"{run_dir}: not a run directory (no {RESULT})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PeftxError(f"{path}: not a readable result file ({type(e).__name__})") from None
+        if not isinstance(data, dict):
+            raise PeftxError(f"{path}: not a run record (a JSON object)")
+        data.setdefault("schema_version", 1)
+        if not isinstance(data["schema_version"], int) or isinstance(data["schema_version"], bool):
+            raise PeftxError(f"{path}: schema_version: expected an integer, got {data['schema_version']!r}")
+        if data["schema_version"] > SCHEMA_VERSION:
+            raise PeftxError(f"{path}: schema_version {data['schema_version']} is newer than this peftx reads")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise PeftxError(f"{path}: {key}: {first['msg']}") from None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON line per log step (`kind: train`: loss, lr, grad norm, examples/s,
+    tokens/s) and per evaluation (`kind: eval`), appended as the run goes (strict JSON: a non-finite
+    number is written as null)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS
+
+    def append(self, kind: str, entry: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(_json_line({"kind": kind, **entry}) + "\n")
+
+    def rewrite(self, entries: list[tuple[str, dict]]) -> None:
+        """Replace the file with these entries (a resumed run: what its checkpoint had seen)."""
+        write_text_atomic(self.path, "".join(_json_line({"kind": k, **e}) + "\n" for k, e in entries))
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _json_line(entry: dict) -> str:
+    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in entry.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
+def weights_to_save(model: torch.nn.Module, whole_backbone: bool) -> dict[str, torch.Tensor]:
+    """Trainable parameters, the input layer's parameters (frozen ones too: a frozen fresh table is
+    random and could not be rebuilt) and buffers, extras' buffers, and optionally the backbone."""
+    out = {
+        n: p
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        or n.startswith("input.")
+        or (whole_backbone and n.startswith("backbone.") and not is_quantized(p))
+    }
+    if whole_backbone:
+        out.update({f"{n}.weight": dequantized_weight(m) for n, m in quantized_modules(model).items()})
+    out.update({n: b for n, b in model.named_buffers() if n.startswith(("input.", "extras."))})
+    return {n: t.detach().contiguous().cpu() for n, t in out.items()}
+
+
+def save_weights(model: torch.nn.Module, run_dir: Path, whole_backbone: bool) -> None:
+    save_file(weights_to_save(model, whole_backbone), str(run_dir / WEIGHTS))
+
+
+def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
+    """Load a run's saved tensors into a freshly built model: every saved name must exist in it, and
+    every trainable parameter of it must be saved.
+
+    Raises:
+        PeftxError: a missing, truncated or corrupt file, tensors with non-finite values, or tensors
+            that do not fit the model (one line naming the file and the tensor).
+    """
+    path = run_dir / WEIGHTS
+    if not path.is_file():
+        raise PeftxError(f"{path}: missing; the run did not finish")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:  # empty, truncated or garbage: safetensors names the problem
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PeftxError(f"{path}: not a readable safetensors file ({first})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PeftxError(f"{path}: {name} holds non-finite values (inf or nan); these weights cannot predict")
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise PeftxError(f"{path}: holds {len(unknown)} tensor(s) the rebuilt model lacks, e.g. {unknown[0]}")
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    if missing:  # they would stay at their fresh initialisation
+        raise PeftxError(f"{path}: lacks {len(missing)} trainable tensor(s) of the rebuilt model, e.g. {missing[0]}")
+    quantized = {f"{n}.weight": m for n, m in quantized_modules(model).items()}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            module = quantized.get(name)
+            shape = (module.out_features, module.in_features) if module is not None else tuple(own[name].shape)
+            if tuple(tensor.shape) != shape:
+                raise PeftxError(f"{path}: {name} has shape {tuple(tensor.shape)}, model expects {shape}")
+            if module is not None:
+                set_quantized_weight(module, tensor)
+            else:
+                own[name].copy_(tensor)

@@ -1,0 +1,1 @@
+"""Many runs: sweeps, the learning-rate selection rule, reports and budget tables."""

@@ -1,0 +1,1 @@
+"""Reports from result.json files alone: markdown tables and PNG plots."""

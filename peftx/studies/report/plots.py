@@ -1,0 +1,186 @@
+"""The report's PNG plots: test accuracy against trainable parameters, pretrained against from
+scratch, and training curves with the spread over seeds."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from peftx.studies.report.rows import Row, key_label, mean, sem, short
+
+
+def _count_label(x: float, _pos: object = None) -> str:
+    """Tick text for parameter counts: 1k, 30k, 1.2M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _baselines(ax, baselines: dict[str, float]) -> None:
+    for name, value in (baselines or {}).items():
+        ax.axhline(100 * value, ls="--", lw=1, color="grey")
+        ax.annotate(
+            name.replace("_", " "),
+            (0.01, 100 * value),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            fontsize=7,
+            color="grey",
+        )
+
+
+def plot(rows: list[Row], out_dir: Path) -> list[Path]:
+    """PNG plots: accuracy vs trainable parameters per task, pretrained vs scratch, training curves
+    (validation accuracy with its spread over seeds and the selected steps; training loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    written = []
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    colors = {r.key: f"C{i % 10}" for i, r in enumerate(rows)}
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 4.5), squeeze=False, layout="constrained")
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in rows if r.task == task):
+            err = sem(r.test)
+            # pretrained and from-scratch twins have the same count: set them apart by a few percent
+            jitter = {True: 0.94, False: 1.06}.get(r.pretrained, 1.0)
+            ax.errorbar(
+                r.trainable * jitter,
+                100 * mean(r.test),
+                yerr=None if math.isnan(err) else 100 * err,
+                fmt="o" if r.pretrained is not False else "s",
+                mfc=colors[r.key] if r.pretrained is not False else "white",
+                color=colors[r.key],
+                capsize=3,
+                label=r.short_label,
+            )
+        _baselines(ax, next(r for r in rows if r.task == task).baselines)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels are what collide
+        ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+        lo, hi = ax.get_xlim()
+        if hi / lo < 10:  # less than a decade: give the axis room for a labelled tick
+            ax.set_xlim(lo / 3, hi * 3)
+        ax.set_xlabel("trainable parameters (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(task)
+        _legend_right(ax)
+    written.append(out_dir / "accuracy_vs_trainable.png")
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    pairs = pretrained_pairs(rows)
+    if pairs:
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(pairs)), 4.5))
+        xs = range(len(pairs))
+        for offset, which, color in ((-0.2, 0, "tab:blue"), (0.2, 1, "tab:orange")):
+            vals = [100 * mean(p[which].test) for p in pairs.values()]
+            errs = [0 if math.isnan(sem(p[which].test)) else 100 * sem(p[which].test) for p in pairs.values()]
+            ax.bar(
+                [x + offset for x in xs],
+                vals,
+                0.4,
+                yerr=errs,
+                capsize=3,
+                color=color,
+                label="pretrained" if which == 0 else "from scratch",
+            )
+        ax.set_xticks(list(xs), [short(k, 24) for k in pairs], rotation=20, ha="right", fontsize=7)
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+        written.append(out_dir / "pretrained_vs_scratch.png")
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+    tuned = [r for r in rows if len(r.lrs_tried) > 1]
+    if tuned:  # the rate curves: validation accuracy against the learning rate, the chosen rate starred
+        tuned_tasks = list(dict.fromkeys(r.task for r in tuned))
+        fig, axes = plt.subplots(
+            1, len(tuned_tasks), figsize=(7.5 * len(tuned_tasks), 4.5), squeeze=False, layout="constrained"
+        )
+        for ax, task in zip(axes[0], tuned_tasks):
+            for r in (r for r in tuned if r.task == task):
+                lrs = list(r.lrs_tried)
+                style = "--" if r.pretrained is False else "-"
+                ax.plot(
+                    lrs,
+                    [100 * r.lrs_tried[x] for x in lrs],
+                    style,
+                    marker="o",
+                    color=colors[r.key],
+                    label=r.short_label,
+                )
+                ax.scatter([r.lr], [100 * r.lrs_tried[r.lr]], marker="*", s=140, color=colors[r.key], zorder=3)
+            _baselines(ax, next(r for r in rows if r.task == task).baselines)
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate (log)")
+            ax.set_ylabel("validation accuracy (%)")
+            ax.set_title(f"{task}  (* chosen rate; compared on the seeds every rate ran)", fontsize=9)
+            _legend_right(ax)
+        written.append(out_dir / "rate_curves.png")
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+    fig, axes = plt.subplots(
+        2, len(tasks), figsize=(7.5 * len(tasks), 7), squeeze=False, sharex="col", layout="constrained"
+    )
+    for col, task in enumerate(tasks):
+        acc_ax, loss_ax = axes[0][col], axes[1][col]
+        for r in (r for r in rows if r.task == task):
+            color = colors[r.key]
+            steps = sorted({s for c in r.curves for s, _ in c})
+            if steps:
+                per_step = [[100 * a for c in r.curves for s2, a in c if s2 == s] for s in steps]
+                style = "--" if r.pretrained is False else "-"  # from-scratch twins dashed
+                acc_ax.plot(steps, [mean(v) for v in per_step], style, marker=".", color=color, label=r.short_label)
+                if len(r.curves) > 1:  # the spread over seeds: lowest to highest
+                    acc_ax.fill_between(
+                        steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
+                    )
+                sel = [(s, 100 * a) for s, a in r.selected]
+                acc_ax.scatter([s for s, _ in sel], [a for _, a in sel], marker="*", s=90, color=color, zorder=3)
+            loss_steps = sorted({s for c in r.train_curves for s, _ in c})
+            if loss_steps:
+                per_step = [[v for c in r.train_curves for s2, v in c if s2 == s] for s in loss_steps]
+                loss_ax.plot(
+                    loss_steps, [mean(v) for v in per_step], "--" if r.pretrained is False else "-", color=color
+                )
+                if len(r.train_curves) > 1:
+                    loss_ax.fill_between(
+                        loss_steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
+                    )
+        _baselines(acc_ax, next(r for r in rows if r.task == task).baselines)
+        acc_ax.set_ylabel("validation accuracy (%)")
+        acc_ax.set_title(f"{task}  (* selected step; band: seed range)", fontsize=9)
+        loss_ax.set_xlabel("step")
+        loss_ax.set_ylabel("training loss")
+        _legend_right(acc_ax)
+    written.append(out_dir / "training_curves.png")
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return written
+
+
+def _legend_right(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
+    """Configurations that differ only in model.pretrained: label -> (pretrained row, scratch row)."""
+    by_rest: dict[str, dict[bool, Row]] = defaultdict(dict)
+    for r in rows:
+        if "model.pretrained" not in r.config:
+            continue
+        rest = {k: v for k, v in r.config.items() if k != "model.pretrained"}
+        rest_label = ", ".join(f"{key_label(k)}={short(v)}" for k, v in rest.items() if k != "task.name")
+        by_rest[f"{r.task}: {rest_label}" if rest_label else r.task][bool(r.config["model.pretrained"])] = r
+    return {k: (v[True], v[False]) for k, v in by_rest.items() if True in v and False in v}

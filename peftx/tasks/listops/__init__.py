@@ -1,0 +1,1 @@
+"""ListOps: LRA's generator and files, and its symbol vocabulary."""

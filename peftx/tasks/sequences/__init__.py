@@ -1,0 +1,1 @@
+"""Sequence-classification tasks read from the user's own files."""

@@ -1,0 +1,240 @@
+"""`peftx export`: plain transformers + peft + the exported snippet give peftx's own logits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+
+import pytest
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModel
+from typer.testing import CliRunner
+
+import peftx.export.exporter as export_mod
+from peftx.cli import app
+from peftx.errors import PeftxError
+from peftx.export.exporter import export_run
+from peftx.model.loading import load_backbone
+from peftx.recipe import validate_recipe
+from peftx.runs.predict import Predictor
+from peftx.runs.run import run
+from peftx.tasks.listops.task import LABELS, VOCAB
+from tests.support.tiny import TINY, tiny_recipe
+
+EXPRS = ["[MAX 2 9 ]", "[MIN 4 [SM 3 8 ] 7 ]", "[MED 1 5 3 [MAX 0 0 ] ]", "5", "[SM [MAX 1 2 ] 9 3 4 ]"]
+
+# Every method peft expresses, as peftx runs it: LoRA and its variants, IA3.
+PEFT_METHODS = {
+    "lora": {"name": "lora", "r": 4},
+    "dora": {"name": "lora", "r": 4, "use_dora": True},
+    "rslora": {"name": "lora", "r": 4, "use_rslora": True, "train_roles": ["layer_norm"]},
+    "ia3": {"name": "ia3"},
+    # any peft tuner through the generic `peft` method
+    "loha": {"name": "peft", "tuner": "loha", "config": {"r": 4}},
+    "lokr": {"name": "peft", "tuner": "lokr", "config": {"r": 4}},
+    "vera": {"name": "peft", "tuner": "vera", "config": {"r": 4}},
+    "ln_tuning": {"name": "peft", "tuner": "ln_tuning"},
+}
+OTHER_METHODS = {
+    "frozen": {"name": "frozen", "preset": "fpt"},
+    "bitfit": {"name": "bitfit"},
+    "layers": {"name": "layers", "top": 1},
+    "full": {"name": "full"},
+    "prompt": {"name": "prompt", "length": 3},
+}
+
+
+def trained_run(tmp_path, family, method, pretrained_body=False, **sections):
+    raw = tiny_recipe(family, tmp_path, method=method, **sections)
+    if pretrained_body:  # a pretrained body in a local directory: the export names it as its base
+        bb = load_backbone(TINY[family]["source"], pretrained=False, overrides=TINY[family]["config_overrides"])
+        bb.model.save_pretrained(tmp_path / "base")
+        raw["model"] = {"family": family, "source": str(tmp_path / "base"), "pretrained": True}
+    return run(validate_recipe(raw)).run_dir
+
+
+def plain_load(out_dir):
+    """The export loaded as a user without peftx would: transformers, peft, task_model.py."""
+    task = json.loads((out_dir / "task.json").read_text())
+    spec = importlib.util.spec_from_file_location("task_model_under_test", out_dir / "task_model.py")
+    snippet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(snippet)
+    base = task["export"]["base"] or str(out_dir / "body")
+    body = AutoModel.from_pretrained(base)
+    if task["export"]["adapter"]:
+        body = PeftModel.from_pretrained(body, out_dir)
+    return snippet.TaskModel(body, out_dir).eval(), body
+
+
+def assert_same_logits(run_dir, out_dir):
+    model, _ = plain_load(out_dir)
+    theirs = model.logits([e.split() for e in EXPRS])
+    ours = Predictor(run_dir).logits(EXPRS)
+    assert theirs.shape == ours.shape == (len(EXPRS), len(LABELS))
+    assert (theirs - ours).abs().max().item() <= 1e-5
+    assert model.predict([e.split() for e in EXPRS]) == Predictor(run_dir).predict(EXPRS)
+
+
+@pytest.mark.parametrize("method", list(PEFT_METHODS))
+def test_peft_round_trip(tmp_path, family, method):
+    if family == "gpt2" and method in ("loha", "lokr"):
+        pytest.skip("peft's LoHa and LoKr take no Conv1D, GPT-2's projection layer (refused at build)")
+    run_dir = trained_run(tmp_path, family, PEFT_METHODS[method])
+    out = export_run(run_dir, tmp_path / "export")
+    assert out.adapter and out.base is None  # from scratch: the body travels too
+    assert {"adapter_config.json", "adapter_model.safetensors", "body", "task_layers.safetensors"} <= set(out.files)
+    assert_same_logits(run_dir, out.out_dir)
+    # peft loads every saved key and expects no other
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, body = plain_load(out.out_dir)
+    assert not [w for w in caught if "adapter keys" in str(w.message) or "unexpected" in str(w.message).lower()]
+    saved = set(load_file(str(out.out_dir / "adapter_model.safetensors")))
+    assert saved == set(get_peft_model_state_dict(body))
+
+
+def test_pretrained_base_is_named_not_copied(tmp_path, family):
+    run_dir = trained_run(tmp_path, family, PEFT_METHODS["lora"], pretrained_body=True)
+    out = export_run(run_dir, tmp_path / "export")
+    config = json.loads((out.out_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "base").resolve()) == out.base
+    assert "body" not in out.files
+    assert_same_logits(run_dir, out.out_dir)
+
+
+@pytest.mark.parametrize("method", list(OTHER_METHODS))
+def test_other_methods_export_the_body(tmp_path, method):
+    run_dir = trained_run(tmp_path, "bert", OTHER_METHODS[method], pretrained_body=True)
+    out = export_run(run_dir, tmp_path / "export")
+    assert not out.adapter and "adapter_config.json" not in out.files
+    assert (out.out_dir / "body" / "config.json").is_file() and (out.out_dir / "body" / "model.safetensors").is_file()
+    assert_same_logits(run_dir, out.out_dir)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_prompt_offsets_of_other_families(tmp_path, family):
+    run_dir = trained_run(tmp_path, family, OTHER_METHODS["prompt"])
+    assert_same_logits(run_dir, export_run(run_dir, tmp_path / "export").out_dir)
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_run_exports_its_adapter_for_the_full_precision_body(tmp_path, bits):
+    pytest.importorskip("bitsandbytes")
+    model = {**tiny_recipe("bert")["model"], "quantization": bits}
+    if bits == "4bit":
+        model["quant_type"] = "fp4"
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"], model=model)
+    out = export_run(run_dir, tmp_path / "export")
+    plain, _ = plain_load(out.out_dir)
+    full = Predictor(run_dir, ["model.quantization=none", "model.quant_type=null", "train.precision=fp32"])
+    assert (plain.logits([e.split() for e in EXPRS]) - full.logits(EXPRS)).abs().max().item() <= 1e-5
+
+
+def test_prefix_exports_its_tensors_and_says_it_needs_peftx(tmp_path):
+    run_dir = trained_run(tmp_path, "bert", {"name": "prefix", "length": 2})
+    out = export_run(run_dir, tmp_path / "export")
+    assert any(k.startswith("extras.prefix.") for k in load_file(str(out.out_dir / "task_layers.safetensors")))
+    with pytest.raises(ValueError, match="reload it with peftx"):
+        plain_load(out.out_dir)
+    assert "peftx predict" in (out.out_dir / "README.md").read_text()
+
+
+def test_task_file_in_run_and_export(tmp_path):
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    task = json.loads((run_dir / "task.json").read_text())
+    assert task["input"]["symbols"] == list(VOCAB.symbols) and task["labels"] == list(LABELS)
+    assert task["index_space"] == {"pad": 0, "start": 1, "end": 2, "first_symbol": 3}
+    assert task["framing"]["start"] and task["framing"]["end"] and task["family"] == "bert"
+    out = export_run(run_dir, tmp_path / "export", command="peftx export r e")
+    exported = json.loads((out.out_dir / "task.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "export"} == task
+    card = (out.out_dir / "README.md").read_text()
+    assert "peftx export r e" in card and "test accuracy" in card and "majority" in card
+    assert "PeftModel.from_pretrained" in card and "from task_model import TaskModel" in card
+
+
+def test_model_card_snippet_runs(tmp_path, monkeypatch):
+    """The README's loading code, run as written (from the export directory), predicts labels."""
+    run_dir = trained_run(tmp_path, "gpt2", PEFT_METHODS["lora"])
+    out = export_run(run_dir, tmp_path / "export")
+    card = (out.out_dir / "README.md").read_text()
+    code = card.split("```python\n")[1].split("```")[0]
+    assert code.count("\n") <= 9
+    monkeypatch.chdir(out.out_dir)
+    monkeypatch.syspath_prepend(str(out.out_dir))
+    scope: dict = {}
+    exec(compile(code.replace("model.predict(", "predicted = model.predict("), "README.md", "exec"), scope)
+    assert len(scope["predicted"]) == 1 and scope["predicted"][0] in LABELS
+
+
+def test_never_overwrites_and_leaves_no_half_export(tmp_path, monkeypatch):
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    out_dir = tmp_path / "export"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("mine")
+    with pytest.raises(PeftxError, match="not empty; pass --overwrite"):
+        export_run(run_dir, out_dir)
+    assert (out_dir / "keep.txt").read_text() == "mine"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_mod, "model_card", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_run(run_dir, out_dir, overwrite=True)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["keep.txt"]  # the old export stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "runs"]  # no temporary left
+    monkeypatch.undo()
+    export_run(run_dir, out_dir, overwrite=True)
+    assert not (out_dir / "keep.txt").exists() and (out_dir / "adapter_config.json").is_file()
+
+
+def test_unfinished_run_is_refused(tmp_path):
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    record = json.loads((run_dir / "result.json").read_text())
+    record["status"] = "failed"
+    (run_dir / "result.json").write_text(json.dumps(record))
+    with pytest.raises(PeftxError, match="status is 'failed'"):
+        export_run(run_dir, tmp_path / "export")
+
+
+def test_cli_export_and_offline_push(tmp_path):
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    runner = CliRunner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ok = runner.invoke(app, ["export", str(run_dir), str(tmp_path / "e1")])
+    assert ok.exit_code == 0, ok.output
+    assert "written: " in ok.stdout and (tmp_path / "e1" / "adapter_model.safetensors").is_file()
+    # HF_HUB_OFFLINE=1 (conftest): one line, exit 2, before anything is exported
+    pushed = runner.invoke(app, ["export", str(run_dir), str(tmp_path / "e2"), "--push-to-hub", "me/tiny"])
+    assert pushed.exit_code == 2
+    assert pushed.stderr.strip().splitlines() == [
+        "error: --push-to-hub: cannot reach the Hugging Face hub for me/tiny (offline or HF_HUB_OFFLINE=1)"
+    ]
+    assert not (tmp_path / "e2").exists()
+    again = runner.invoke(app, ["export", str(run_dir), str(tmp_path / "e1")])
+    assert again.exit_code == 2 and "not empty; pass --overwrite" in again.stderr
+
+
+def test_push_uses_the_hub_api(tmp_path, monkeypatch):
+    """With a reachable hub, the export goes up through huggingface_hub (the API calls, recorded)."""
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo, private, exist_ok):
+            calls.append(("create", repo, private, exist_ok))
+            return f"https://huggingface.co/{repo}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", folder_path, repo_id))
+
+    monkeypatch.setattr(export_mod, "hub_reachable", lambda: True)
+    monkeypatch.setattr(export_mod, "HfApi", FakeApi)
+    url = export_mod.push_to_hub(tmp_path, "me/tiny", private=True)
+    assert url == "https://huggingface.co/me/tiny"
+    assert calls == [("create", "me/tiny", True, True), ("upload", str(tmp_path), "me/tiny")]
+    with pytest.raises(PeftxError, match="not a repository id"):
+        export_mod.check_hub("no-owner")

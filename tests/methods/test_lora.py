@@ -1,0 +1,93 @@
+"""LoRA on every family: the intended parameters (and only those) train, and the loss falls."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.helpers import build, changed, snapshot, train_steps
+from tests.support.tiny import tiny_recipe
+
+
+def test_only_lora_head_change_after_steps(family):
+    _, _, model, split = build(tiny_recipe(family))
+    infos = model.param_infos()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, i in infos.items() if i.role in ("adapter", "head")}
+    assert any(infos[n].role == "adapter" for n in trainable)
+    before = snapshot(model)
+    train_steps(model, split, 3)
+    moved = changed(before, model)
+    # nothing frozen moves; every LoRA B matrix starts at zero and moves, except the decoder
+    # self-attention queries/keys of T5/BART: over the lone decoder start token, softmax is constant
+    assert moved <= trainable
+    still = {n for n in trainable if "lora_B" in n} - moved
+    assert all(
+        ".decoder." in n
+        and ("SelfAttention.q" in n or "SelfAttention.k" in n or "self_attn.q_proj" in n or "self_attn.k_proj" in n)
+        for n in still
+    ), still
+    assert any(infos[n].role == "head" for n in moved)
+
+
+def test_lora_parameter_count_is_analytic(family):
+    _, _, model, _ = build(tiny_recipe(family, method={"name": "lora", "r": 4, "targets": ["attention"]}))
+    mods = dict(model.backbone.named_modules())
+    expected = 0
+    for name in model.family.modules_of(model.backbone, ["attention"]):
+        base = mods[name].base_layer
+        w = base.weight
+        fan_in, fan_out = (w.shape[0], w.shape[1]) if type(base).__name__ == "Conv1D" else (w.shape[1], w.shape[0])
+        expected += 4 * (fan_in + fan_out)
+    adapter = sum(p.numel() for n, p in model.named_parameters() if model.param_infos()[n].role == "adapter")
+    assert adapter == expected
+
+
+def test_lora_targets_by_module_pattern():
+    _, _, model, _ = build(
+        tiny_recipe("bert", method={"name": "lora", "targets": [r"encoder\.layer\.1\.attention\.self\.query"]})
+    )
+    adapters = [n for n, i in model.param_infos().items() if i.role == "adapter"]
+    assert adapters and all(".layer.1.attention.self.query." in n for n in adapters)
+
+
+def test_unmatched_lora_pattern_is_a_user_error():
+    from peftx.errors import PeftxError
+
+    with pytest.raises(PeftxError, match="method.targets: 'nothing' matches no module of bert"):
+        build(tiny_recipe("bert", method={"name": "lora", "targets": ["nothing"]}))
+
+
+def test_loss_falls_on_tiny_listops(family):
+    _, _, model, split = build(tiny_recipe(family, method={"name": "lora", "r": 8, "train_roles": ["layer_norm"]}))
+    losses = train_steps(model, split, 40, lr=1e-2)
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.1
+
+
+def test_train_roles_add_layer_norms():
+    _, _, model, _ = build(tiny_recipe("bert", method={"name": "lora", "train_roles": ["layer_norm", "bias"]}))
+    infos = model.param_infos()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, i in infos.items() if i.role == "layer_norm"} <= trainable
+    assert {n for n, i in infos.items() if i.is_bias} <= trainable
+    assert not any(infos[n].role in ("attention", "feed_forward") and not infos[n].is_bias for n in trainable)
+
+
+def test_dora_adds_one_magnitude_per_output_channel(family):
+    plain = build(tiny_recipe(family, method={"name": "lora", "r": 2, "targets": ["attention"]}))[2]
+    dora = build(tiny_recipe(family, method={"name": "lora", "r": 2, "targets": ["attention"], "use_dora": True}))[2]
+    mods = dict(dora.backbone.named_modules())
+    outs = 0
+    for name in dora.family.modules_of(dora.backbone, ["attention"]):
+        w = mods[name].base_layer.weight
+        outs += w.shape[1] if type(mods[name].base_layer).__name__ == "Conv1D" else w.shape[0]
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if m.param_infos()[n].role == "adapter")  # noqa: E731
+    assert count(dora) - count(plain) == outs
+    assert any("lora_magnitude_vector" in n for n, p in dora.named_parameters() if p.requires_grad)
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r():
+    for rs, scale in ((False, 16 / 4), (True, 16 / 2)):
+        method = {"name": "lora", "r": 4, "alpha": 16, "use_rslora": rs}
+        model = build(tiny_recipe("bert", method=method))[2]
+        query = dict(model.backbone.named_modules())["encoder.layer.0.attention.self.query"]
+        assert query.scaling["default"] == scale

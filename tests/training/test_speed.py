@@ -1,0 +1,318 @@
+"""Speed options give the plain path's loss: fused LoRA and padding exactly (to float rounding), fast
+dropout in distribution, the whole fast loop to within the stated tolerances."""
+
+from __future__ import annotations
+
+import copy
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftx.recipe import validate_recipe
+from peftx.runs.run import run
+from peftx.training.builder import norm_params
+from peftx.training.speed import FastDropout, attention_with_dropout, fast_dropout, fuse_lora_layers, lora_linear
+from tests.support.helpers import build
+from tests.support.tiny import tiny_recipe
+
+NO_DROPOUT = {
+    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "t5": {"dropout_rate": 0.0},
+    "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+}
+
+
+def _lora_pair(family: str):
+    """A tiny LoRA model with non-zero B matrices, and a copy whose LoRA layers are fused."""
+    _, _, plain, split = build(tiny_recipe(family))
+    torch.manual_seed(0)
+    for name, p in plain.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    fused = copy.deepcopy(plain)
+    assert fuse_lora_layers(fused) > 0
+    plain.eval()  # no dropout: both paths see the same computation
+    fused.eval()
+    return plain, fused, split
+
+
+def _loss_and_grads(model, batch):
+    batch = dict(batch)
+    y = batch.pop("labels")
+    loss = F.cross_entropy(model(**batch), y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_gives_peft_loss_and_gradients(family):
+    """Same math: in float64 the two agree to ~1e-12. (In float32 peft's own path is the less exact
+    one: T5's bottom-layer gradients differ from float64 by 1e-3 relative, the fused ones by 1e-6.)"""
+    plain, fused, split = _lora_pair(family)
+    plain, fused = plain.double(), fused.double()
+    batch = split.collate(list(range(16)))
+    loss, grads = _loss_and_grads(plain, batch)
+    fused_loss, fused_grads = _loss_and_grads(fused, batch)
+    assert fused_loss == pytest.approx(loss, rel=1e-12)
+    scale = max(g.abs().max().item() for g in grads.values())
+    for name, g in grads.items():
+        torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12 * scale, msg=name)
+
+
+def test_fused_lora_inference_matches_peft(family):
+    plain, fused, split = _lora_pair(family)
+    batch = split.collate(list(range(16)))
+    batch.pop("labels")
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**batch), plain(**batch), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_lora_under_bf16_autocast_stays_close():
+    plain, fused, split = _lora_pair("bert")
+    batch = split.collate(list(range(16)))
+    y = batch.pop("labels")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(plain(**batch).float(), y)
+        got = F.cross_entropy(fused(**batch).float(), y)
+    got.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=0.02)
+    assert all(p.grad.dtype == torch.float32 for p in fused.parameters() if p.requires_grad)
+
+
+def test_lora_layers_peft_handles_itself_are_not_fused():
+    _, _, model, _ = build(tiny_recipe("bert", method={"name": "lora", "r": 4, "dropout": 0.1}))
+    assert fuse_lora_layers(model) == 0  # LoRA dropout needs peft's own forward
+
+
+def test_lora_linear_without_grad_is_the_merged_product():
+    x, w, b = torch.randn(3, 5, 8), torch.randn(6, 8), torch.randn(6)
+    a, bb = torch.randn(2, 8), torch.randn(6, 2)
+    expected = F.linear(x, w, b) + 0.5 * (x @ a.t()) @ bb.t()
+    with torch.no_grad():
+        torch.testing.assert_close(lora_linear(x, w, b, a, bb, 0.5), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_fast_dropout_keeps_the_distribution(dtype):
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000, dtype=dtype, requires_grad=True)
+    y = fast_dropout(x, 0.1)
+    assert y.dtype == dtype
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.1, abs=0.002)  # 400k draws: 5 standard deviations
+    assert y.float().mean().item() == pytest.approx(1.0, abs=0.003)  # unbiased
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient goes through the same mask, scaled alike
+    torch.testing.assert_close(x.grad[y != 0], y.detach()[y != 0])
+
+
+def test_fast_dropout_scales_in_float32_math():
+    """Kept elements are x / P(keep) rounded once: in bf16, a scale rounded first (1/0.9 -> 1.109375)
+    would shrink every kept element by 0.16%."""
+    torch.manual_seed(0)
+    x = torch.randn(100_000, dtype=torch.bfloat16)
+    y = fast_dropout(x, 0.1)
+    kept = y != 0
+    scale = 1 / (1 - round(0.1 * 32768) / 32768)
+    assert torch.equal(y[kept], (x[kept].float() * scale).to(torch.bfloat16))
+
+
+def test_fast_dropout_follows_torch_seed():
+    """The masks come from torch's generator: the same seed gives the same masks (so a resumed run
+    with its restored random state draws what the uninterrupted one drew)."""
+    x = torch.ones(3000)
+    torch.manual_seed(5)
+    a = fast_dropout(x, 0.3)
+    torch.manual_seed(5)
+    b = fast_dropout(x, 0.3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, fast_dropout(x, 0.3))
+
+
+def test_attention_with_dropout_zero_matches_sdpa():
+    """Outputs and gradients of q, k and v, for boolean masks (padding, and one of a query's own),
+    additive masks, no mask and causal attention."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    padding = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    padding[1, ..., 4:] = False
+    additive = torch.zeros(2, 1, 5, 5, dtype=torch.float64).masked_fill(~mask, -1e9)
+    grad = torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    for m, causal in ((mask, False), (padding, False), (additive, False), (None, False), (None, True)):
+        ours = attention_with_dropout(q, k, v, m, 0.0, is_causal=causal)
+        theirs = F.scaled_dot_product_attention(q, k, v, m, is_causal=causal)
+        torch.testing.assert_close(ours, theirs)
+        ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+        torch.testing.assert_close(ours_grads, torch.autograd.grad(theirs, (q, k, v), grad))
+
+
+def test_fast_dropout_mode_gives_the_same_expected_training_loss():
+    """Training-mode loss with dropout is random; its mean over many draws is the same either way."""
+    _, _, model, split = build(tiny_recipe("bert"))
+    model.train()
+    batch = split.collate(list(range(64)))
+    y = batch.pop("labels")
+
+    def losses(fast: bool) -> torch.Tensor:
+        torch.manual_seed(1)
+        out = []
+        for _ in range(24):
+            with FastDropout() if fast else torch.autograd.set_grad_enabled(True):
+                out.append(F.cross_entropy(model(**batch), y).item())
+        return torch.tensor(out)
+
+    fast, plain = losses(True), losses(False)
+    assert fast.std() > 0  # dropout is on
+    stderr = (fast.var() / len(fast) + plain.var() / len(plain)).sqrt()
+    assert abs(fast.mean() - plain.mean()) < 4 * stderr
+
+
+@pytest.mark.parametrize("fam", ["bert", "gpt2"])
+def test_fast_loop_gives_the_plain_loop_losses(tmp_path, fam):
+    """Without dropout every speed option is exact: the same run with all of them on and all off
+    logs the same validation losses (to 1e-4)."""
+    results = {}
+    for fast in (True, False):
+        raw = tiny_recipe(fam, tmp_path / str(fast))
+        raw["model"]["config_overrides"].update(NO_DROPOUT[fam])
+        raw["model"]["head_dropout"] = 0.0
+        raw["train"].update(fused_lora=fast, fast_dropout=fast, pad_to_multiple=None if fast else 8)
+        if not fast:
+            raw["train"].update(eval_batch_tokens=None, eval_batch_size=32)
+        results[fast] = run(validate_recipe(raw)).result
+    for a, b in zip(results[True]["history"], results[False]["history"]):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert results[True]["metrics"]["test_loss"] == pytest.approx(results[False]["metrics"]["test_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_loss(tmp_path):
+    results = {}
+    for compiled in (True, False):
+        raw = tiny_recipe("bert", tmp_path / str(compiled))
+        raw["model"]["config_overrides"].update(NO_DROPOUT["bert"])
+        raw["model"]["head_dropout"] = 0.0
+        raw["train"].update(compile=compiled)
+        results[compiled] = run(validate_recipe(raw)).result
+    assert results[True]["metrics"]["test_loss"] == pytest.approx(results[False]["metrics"]["test_loss"], rel=1e-3)
+
+
+def test_auto_dtype_keeps_frozen_weights_in_bf16_when_training_in_bf16(tmp_path):
+    raw = tiny_recipe("bert", tmp_path)
+    raw["train"]["precision"] = "bf16"
+    _, _, model, split = build(raw)
+    norms = norm_params(model)  # layer norms stay float32: their CPU kernels refuse mixed dtypes
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert all(p.dtype == torch.bfloat16 for n, p in frozen.items() if n not in norms)
+    assert all(frozen[n].dtype == torch.float32 for n in norms if n in frozen) and norms
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # master weights
+    _, _, reference, _ = build(tiny_recipe("bert"))  # same seed: same weights, all float32
+    model.eval()
+    reference.eval()
+    batch = split.collate(list(range(32)))
+    y = batch.pop("labels")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        stored = F.cross_entropy(model(**batch).float(), y).item()
+        cast = F.cross_entropy(reference(**batch).float(), y).item()
+    assert stored == pytest.approx(cast, rel=0.02)
+    result = run(validate_recipe(raw)).result  # and a bf16 run trains end to end
+    assert result["status"] == "completed" and result["precision"] == "bf16"
+
+
+def test_token_budget_eval_batches_cover_every_example_once_within_budget():
+    from peftx.training.batching import eval_batches
+
+    lengths = torch.randint(3, 200, (500,)).numpy()
+    batches = eval_batches(lengths, batch_size=64, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) <= 64 and (len(b) == 1 or len(b) * lengths[b].max() <= 1000) for b in batches)
+
+
+def test_token_budget_evaluation_gives_the_same_logits():
+    from peftx.training.evaluation import infer
+    from peftx.training.loop import make_accelerator
+
+    _, _, model, split = build(tiny_recipe("bert"))
+    accelerator = make_accelerator("fp32")
+    model = accelerator.prepare_model(model, evaluation_mode=True)  # infer puts batches on its device
+    fixed = infer(model, split, 32, accelerator)
+    budget = infer(model, split, 256, accelerator, max_tokens=300)
+    torch.testing.assert_close(budget, fixed, rtol=1e-4, atol=1e-5)
+
+
+def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
+    from peftx.training.speed import ThreadTuner
+
+    threads = [4]  # a 4-core machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    tuner = ThreadTuner("auto", every=10, probe=2)
+    seconds = {4: 2.0, 1: 1.0}  # one thread is faster (a busy machine)
+    used = []
+    for step in range(14):
+        tuner.choose(step)
+        used.append(threads[-1])
+        tuner.record(seconds[threads[-1]], work=100)
+    # step 0 as is; steps 1-2 time 4 threads, 3-4 time one; then one thread, until steps 11-12 probe again
+    assert used == [4, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1]
+    assert ThreadTuner(2).candidates == [] and ThreadTuner(None).candidates == []
+
+
+def test_threads_accepts_a_count_auto_or_null_and_names_the_key_otherwise():
+    from peftx.errors import PeftxError
+
+    for ok in (2, "auto", None):
+        assert validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": ok}}).train.threads == ok
+    with pytest.raises(PeftxError, match="train.threads: expected a number of threads"):
+        validate_recipe(tiny_recipe("bert") | {"train": {"steps": 1, "threads": "many"}})
+
+
+def test_fast_dropout_is_off_under_gradient_checkpointing():
+    """Checkpointing recomputes the forward outside the step's context: masks must come from torch."""
+    from contextlib import nullcontext
+
+    from peftx.training.speed import prepare_model
+
+    _, _, model, _ = build(tiny_recipe("bert"))
+    cfg = validate_recipe(tiny_recipe("bert")).train
+    assert prepare_model(model, cfg, torch.device("cpu")) is FastDropout
+    checkpointed = cfg.model_copy(update={"gradient_checkpointing": True})
+    assert prepare_model(model, checkpointed, torch.device("cpu")) is nullcontext
+    assert prepare_model(model, cfg, torch.device("cuda")) is nullcontext  # GPUs' own dropout is fast
+
+
+# Allocates and frees a 64 MiB tensor 10 times after the training loop's set-up (prepare_model with the
+# given keep_freed_memory), and prints the minor page faults that took.
+_FAULTS = """
+import resource, sys, torch
+from peftx.recipe import TrainSection
+from peftx.training.speed import prepare_model
+keep = {"none": None, "false": False}[sys.argv[1]]
+prepare_model(torch.nn.Linear(2, 2), TrainSection(steps=1, keep_freed_memory=keep), torch.device("cpu"))
+x = torch.ones(16 << 20); del x
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    x = torch.ones(16 << 20); del x
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_keep_freed_memory_stops_refaulting_large_blocks():
+    """On by default for CPU training: a freed 64 MiB block is reused, not faulted in from the OS again."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's allocator only")
+
+    def faults(keep: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, keep], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    off, on = faults("false"), faults("none")
+    assert off > 10 * 16384 * 0.5  # the OS's 4 KiB pages, mapped again every time
+    assert on < off / 4, (on, off)
