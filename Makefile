@@ -37,6 +37,7 @@ demo: install
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
 	$(BIN)/python -m pytest
 
 lint: install

@@ -1,4 +1,4 @@
-"""The tuner x family table of README's "Every peft tuner": every peft type through the `peft` method on
+"""The tuner x family table of docs/methods.md's "Every peft tuner": every peft type through the `peft` method on
 a tiny random model of each family (hidden 32, 2 layers), the tiny ListOps task, a few AdamW steps.
 
 A cell reads "ran: <trained tuner parameters>" when the model built, trained, the loss stayed finite and

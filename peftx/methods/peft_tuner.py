@@ -97,7 +97,7 @@ def make_config(kind: PeftType, settings: dict[str, Any], targets: list[str] | N
 def own_defaults(kind: PeftType, settings: dict[str, Any]) -> dict[str, Any]:
     """Fields peftx fills where a recipe leaves them out and peft has no default that builds."""
     if kind == PeftType.ADALORA and settings.get("total_step") is None:
-        # AdaLoRA refuses to build without one; peftx's loop does not reallocate ranks (see README)
+        # AdaLoRA refuses to build without one; peftx's loop does not reallocate ranks (see docs/methods.md)
         return {"total_step": 1}
     return {}
 

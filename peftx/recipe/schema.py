@@ -191,7 +191,7 @@ class TrainSection(Section):
     freed). None: on for CPUs under glibc. Process-wide, from the start of training."""
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
-    front, so it pays only on long runs (see README, Speed)."""
+    front, so it pays only on long runs (see docs/speed.md)."""
     checkpoint_every: int | Literal["auto"] | None = Field("auto", json_schema_extra=RESULT_NEUTRAL)
     """Write a resumable checkpoint (trained weights, optimizer, schedule, data position, random states)
     into the run directory every this many steps. auto: at every evaluation and at least every 5
