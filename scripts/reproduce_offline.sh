@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline study of the paper's claims (docs/RESULTS.md): the sweeps in recipes/offline/, then
+# The offline study of the paper's claims (docs/results.md): the sweeps in recipes/offline/, then
 # `peftx report`. Each sweep tunes the learning rate (every rate on seed 0, the best on validation then on
 # seeds 1 and 2) and stops each run when validation accuracy is flat. Resumable: rerun it after an
 # interruption and finished runs are skipped, a half-done run resumes from its checkpoint. Runs into

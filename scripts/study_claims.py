@@ -1,5 +1,5 @@
 """The paper's claims as differences between the offline study's configurations (recipes/offline/),
-each with its 95% Welch interval over seeds: the numbers docs/RESULTS.md gives.
+each with its 95% Welch interval over seeds: the numbers docs/results.md gives.
 
     python scripts/study_claims.py [RUNS]      # RUNS: default runs/offline
 

@@ -358,20 +358,7 @@ def load_backbone(
             if quant is not None:
                 model = _reload(fam, model, config, kwargs)
         else:
-            check_layers(fam, config, source)
-            if source == OFFLINE:
-                path = str(offline_model_dir())
-                provenance["name"] = OFFLINE_NAME
-                digests = {"model.safetensors": OFFLINE_SHA256}  # verified by offline_model_dir
-            else:
-                path = str(Path(source).expanduser()) if is_local(source) else source
-            if is_local(path):
-                if source != OFFLINE:
-                    digests = {p.name: file_sha256(p) for p in weights_files(Path(path), allow_pickle)}
-                model = _load_weights(fam, path, config, kwargs, source)
-            else:
-                model = _from_hub(lambda p, **kw: fam.load(p, config, **kwargs, **kw), path, "the weights")
-                digests = {p.name: file_sha256(p) for p in hub_weights(source)}
+            model, digests = _pretrained(fam, source, config, kwargs, allow_pickle, provenance)
             check_sha256(digests, sha256, source)
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -382,6 +369,27 @@ def load_backbone(
         prepare_quantized(model)
     tokenizer = load_tokenizer(source, pretrained, trust_remote_code)
     return Backbone(family=fam, model=model, tokenizer=tokenizer, provenance=provenance)
+
+
+def _pretrained(
+    fam: Family, source: str, config: PretrainedConfig, kwargs: dict, allow_pickle: bool, provenance: dict
+) -> tuple[PreTrainedModel, dict[str, str]]:
+    """The pretrained weights of `source` (offline default, local directory or hub) and the sha256 of each
+    weights file read."""
+    check_layers(fam, config, source)
+    if source == OFFLINE:
+        path = str(offline_model_dir())
+        provenance["name"] = OFFLINE_NAME
+        digests = {"model.safetensors": OFFLINE_SHA256}  # verified by offline_model_dir
+    else:
+        path = str(Path(source).expanduser()) if is_local(source) else source
+        digests = {}
+    if is_local(path):
+        if source != OFFLINE:
+            digests = {p.name: file_sha256(p) for p in weights_files(Path(path), allow_pickle)}
+        return _load_weights(fam, path, config, kwargs, source), digests
+    model = _from_hub(lambda p, **kw: fam.load(p, config, **kwargs, **kw), path, "the weights")
+    return model, {p.name: file_sha256(p) for p in hub_weights(source)}
 
 
 def _load_weights(fam: Family, path: str, config: PretrainedConfig, kwargs: dict, source: str) -> PreTrainedModel:

@@ -251,49 +251,62 @@ def run_sweep(
         held = []
         for point in pending:
             tag = f"[{index[id(point)]}/{len(points)}] {_shown_name(point, several)}"
-            state = point_state(point)
-            if state in ("done", "diverged") and not (overwrite and id(point) not in finished):
-                if id(point) not in finished:
-                    log(f"{tag}: {state}, skipped")
-                continue
-            if point.stage == 2 and id(point) not in finished:
-                verdict, why = tuning_verdict(point, points)
-                if verdict == "wait":  # its configuration's tuning points are still running elsewhere
-                    held.append(point)
-                    continue
-                if verdict == "skip":
-                    log(f"{tag}: not run ({why})")
-                    finished.add(id(point))
-                    continue
-            display = display_factory() if display_factory else None
-
-            def started(plan: str, tag: str = tag) -> None:
-                log(f"{tag} (resumed)" if plan == "resume" else tag)
-
-            try:
-                result = run(point.recipe, overwrite=overwrite, resume=not overwrite, display=display, on_start=started)
-            except RunLocked:
+            action = _next_action(point, points, overwrite, finished, tag, log)
+            if action == "run" and _run_point(point, tag, overwrite, display_factory, log, out):
+                finished.add(id(point))
+            elif action != "skip":  # held by another worker, or waiting on its tuning points
                 held.append(point)
-                continue
-            except Interrupted:  # SIGINT / SIGTERM: the point wrote its checkpoint; the whole sweep stops
-                raise
-            except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
-                log(f"{tag}: {e}")
-                out.diverged.append(point.name)
-            except PeftxError:
-                raise
-            except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on
-                log(f"{tag}: failed: {type(e).__name__}: {e}")
-                out.failed.append(point.name)
-            else:
-                if result.record.completed:
-                    out.completed.append(point.name)
-            finished.add(id(point))
         if held:
             log(f"{len(held)} point(s) held by other workers: {', '.join(p.name for p in held)}; waiting for them")
             time.sleep(poll)
         pending = held
     return out
+
+
+def _next_action(point: Point, points: list[Point], overwrite: bool, finished: set[int], tag: str, log) -> str:
+    """'run', 'skip' (finished, or not to run after its tuning stage) or 'hold' (its configuration's
+    tuning points are still running elsewhere)."""
+    state = point_state(point)
+    if state in ("done", "diverged") and not (overwrite and id(point) not in finished):
+        if id(point) not in finished:
+            log(f"{tag}: {state}, skipped")
+        return "skip"
+    if point.stage == 2 and id(point) not in finished:
+        verdict, why = tuning_verdict(point, points)
+        if verdict == "wait":
+            return "hold"
+        if verdict == "skip":
+            log(f"{tag}: not run ({why})")
+            finished.add(id(point))
+            return "skip"
+    return "run"
+
+
+def _run_point(point: Point, tag: str, overwrite: bool, display_factory, log, out: SweepOutcome) -> bool:
+    """Run one point, noting how it ended in `out`; False: another worker holds it now."""
+    display = display_factory() if display_factory else None
+
+    def started(plan: str) -> None:
+        log(f"{tag} (resumed)" if plan == "resume" else tag)
+
+    try:
+        result = run(point.recipe, overwrite=overwrite, resume=not overwrite, display=display, on_start=started)
+    except RunLocked:
+        return False
+    except Interrupted:  # SIGINT / SIGTERM: the point wrote its checkpoint; the whole sweep stops
+        raise
+    except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
+        log(f"{tag}: {e}")
+        out.diverged.append(point.name)
+    except PeftxError:
+        raise
+    except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on
+        log(f"{tag}: failed: {type(e).__name__}: {e}")
+        out.failed.append(point.name)
+    else:
+        if result.record.completed:
+            out.completed.append(point.name)
+    return True
 
 
 def run_workers(recipes: list[Path], overrides: list[str], workers: int) -> int:

@@ -33,18 +33,43 @@ def _baselines(ax, baselines: dict[str, float]) -> None:
 
 
 def plot(rows: list[Row], out_dir: Path) -> list[Path]:
-    """PNG plots: accuracy vs trainable parameters per task, pretrained vs scratch, training curves
-    (validation accuracy with its spread over seeds and the selected steps; training loss)."""
+    """PNG plots: accuracy vs trainable parameters per task, pretrained vs scratch, the rate curves of
+    tuned configurations, training curves (validation accuracy with its spread over seeds and the
+    selected steps; training loss). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    colors = {r.key: f"C{i % 10}" for i, r in enumerate(rows)}
+    figures = {
+        "accuracy_vs_trainable.png": _accuracy_vs_trainable(plt, rows, colors),
+        "pretrained_vs_scratch.png": _pretrained_vs_scratch(plt, rows),
+        "rate_curves.png": _rate_curves(plt, rows, colors),
+        "training_curves.png": _training_curves(plt, rows, colors),
+    }
+    written = []
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        written.append(out_dir / name)
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return written
+
+
+def _tasks(rows: list[Row]) -> list[str]:
+    return list(dict.fromkeys(r.task for r in rows))
+
+
+def _task_baselines(rows: list[Row], task: str) -> dict[str, float]:
+    return next(r for r in rows if r.task == task).baselines
+
+
+def _accuracy_vs_trainable(plt, rows: list[Row], colors: dict):
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    written = []
-    tasks = list(dict.fromkeys(r.task for r in rows))
-    colors = {r.key: f"C{i % 10}" for i, r in enumerate(rows)}
-
+    tasks = _tasks(rows)
     fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 4.5), squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r.task == task):
@@ -61,7 +86,7 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
                 capsize=3,
                 label=r.short_label,
             )
-        _baselines(ax, next(r for r in rows if r.task == task).baselines)
+        _baselines(ax, _task_baselines(rows, task))
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels are what collide
@@ -73,100 +98,94 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(task)
         _legend_right(ax)
-    written.append(out_dir / "accuracy_vs_trainable.png")
-    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
+
+def _pretrained_vs_scratch(plt, rows: list[Row]):
     pairs = pretrained_pairs(rows)
-    if pairs:
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(pairs)), 4.5))
-        xs = range(len(pairs))
-        for offset, which, color in ((-0.2, 0, "tab:blue"), (0.2, 1, "tab:orange")):
-            vals = [100 * mean(p[which].test) for p in pairs.values()]
-            errs = [0 if math.isnan(sem(p[which].test)) else 100 * sem(p[which].test) for p in pairs.values()]
-            ax.bar(
-                [x + offset for x in xs],
-                vals,
-                0.4,
-                yerr=errs,
-                capsize=3,
-                color=color,
-                label="pretrained" if which == 0 else "from scratch",
-            )
-        ax.set_xticks(list(xs), [short(k, 24) for k in pairs], rotation=20, ha="right", fontsize=7)
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend()
-        written.append(out_dir / "pretrained_vs_scratch.png")
-        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-        plt.close(fig)
-
-    tuned = [r for r in rows if len(r.lrs_tried) > 1]
-    if tuned:  # the rate curves: validation accuracy against the learning rate, the chosen rate starred
-        tuned_tasks = list(dict.fromkeys(r.task for r in tuned))
-        fig, axes = plt.subplots(
-            1, len(tuned_tasks), figsize=(7.5 * len(tuned_tasks), 4.5), squeeze=False, layout="constrained"
+    if not pairs:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(pairs)), 4.5))
+    xs = range(len(pairs))
+    for offset, which, color in ((-0.2, 0, "tab:blue"), (0.2, 1, "tab:orange")):
+        vals = [100 * mean(p[which].test) for p in pairs.values()]
+        errs = [0 if math.isnan(sem(p[which].test)) else 100 * sem(p[which].test) for p in pairs.values()]
+        ax.bar(
+            [x + offset for x in xs],
+            vals,
+            0.4,
+            yerr=errs,
+            capsize=3,
+            color=color,
+            label="pretrained" if which == 0 else "from scratch",
         )
-        for ax, task in zip(axes[0], tuned_tasks):
-            for r in (r for r in tuned if r.task == task):
-                lrs = list(r.lrs_tried)
-                style = "--" if r.pretrained is False else "-"
-                ax.plot(
-                    lrs,
-                    [100 * r.lrs_tried[x] for x in lrs],
-                    style,
-                    marker="o",
-                    color=colors[r.key],
-                    label=r.short_label,
-                )
-                ax.scatter([r.lr], [100 * r.lrs_tried[r.lr]], marker="*", s=140, color=colors[r.key], zorder=3)
-            _baselines(ax, next(r for r in rows if r.task == task).baselines)
-            ax.set_xscale("log")
-            ax.set_xlabel("learning rate (log)")
-            ax.set_ylabel("validation accuracy (%)")
-            ax.set_title(f"{task}  (* chosen rate; compared on the seeds every rate ran)", fontsize=9)
-            _legend_right(ax)
-        written.append(out_dir / "rate_curves.png")
-        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-        plt.close(fig)
+    ax.set_xticks(list(xs), [short(k, 24) for k in pairs], rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    return fig
 
+
+def _rate_curves(plt, rows: list[Row], colors: dict):
+    """Validation accuracy against the learning rate, the chosen rate starred (tuned rows only)."""
+    tuned = [r for r in rows if len(r.lrs_tried) > 1]
+    if not tuned:
+        return None
+    tuned_tasks = _tasks(tuned)
+    fig, axes = plt.subplots(
+        1, len(tuned_tasks), figsize=(7.5 * len(tuned_tasks), 4.5), squeeze=False, layout="constrained"
+    )
+    for ax, task in zip(axes[0], tuned_tasks):
+        for r in (r for r in tuned if r.task == task):
+            lrs = list(r.lrs_tried)
+            style = "--" if r.pretrained is False else "-"
+            ax.plot(
+                lrs, [100 * r.lrs_tried[x] for x in lrs], style, marker="o", color=colors[r.key], label=r.short_label
+            )
+            ax.scatter([r.lr], [100 * r.lrs_tried[r.lr]], marker="*", s=140, color=colors[r.key], zorder=3)
+        _baselines(ax, _task_baselines(rows, task))
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{task}  (* chosen rate; compared on the seeds every rate ran)", fontsize=9)
+        _legend_right(ax)
+    return fig
+
+
+def _training_curves(plt, rows: list[Row], colors: dict):
+    tasks = _tasks(rows)
     fig, axes = plt.subplots(
         2, len(tasks), figsize=(7.5 * len(tasks), 7), squeeze=False, sharex="col", layout="constrained"
     )
     for col, task in enumerate(tasks):
         acc_ax, loss_ax = axes[0][col], axes[1][col]
         for r in (r for r in rows if r.task == task):
-            color = colors[r.key]
-            steps = sorted({s for c in r.curves for s, _ in c})
-            if steps:
-                per_step = [[100 * a for c in r.curves for s2, a in c if s2 == s] for s in steps]
-                style = "--" if r.pretrained is False else "-"  # from-scratch twins dashed
-                acc_ax.plot(steps, [mean(v) for v in per_step], style, marker=".", color=color, label=r.short_label)
-                if len(r.curves) > 1:  # the spread over seeds: lowest to highest
-                    acc_ax.fill_between(
-                        steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
-                    )
-                sel = [(s, 100 * a) for s, a in r.selected]
-                acc_ax.scatter([s for s, _ in sel], [a for _, a in sel], marker="*", s=90, color=color, zorder=3)
-            loss_steps = sorted({s for c in r.train_curves for s, _ in c})
-            if loss_steps:
-                per_step = [[v for c in r.train_curves for s2, v in c if s2 == s] for s in loss_steps]
-                loss_ax.plot(
-                    loss_steps, [mean(v) for v in per_step], "--" if r.pretrained is False else "-", color=color
+            style = "--" if r.pretrained is False else "-"  # from-scratch twins dashed
+            _curve(acc_ax, [[(s, 100 * a) for s, a in c] for c in r.curves], style, colors[r.key], r.short_label)
+            sel = [(s, 100 * a) for s, a in r.selected]
+            if r.curves and any(r.curves):
+                acc_ax.scatter(
+                    [s for s, _ in sel], [a for _, a in sel], marker="*", s=90, color=colors[r.key], zorder=3
                 )
-                if len(r.train_curves) > 1:
-                    loss_ax.fill_between(
-                        loss_steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15
-                    )
-        _baselines(acc_ax, next(r for r in rows if r.task == task).baselines)
+            _curve(loss_ax, r.train_curves, style, colors[r.key], None)
+        _baselines(acc_ax, _task_baselines(rows, task))
         acc_ax.set_ylabel("validation accuracy (%)")
         acc_ax.set_title(f"{task}  (* selected step; band: seed range)", fontsize=9)
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("training loss")
         _legend_right(acc_ax)
-    written.append(out_dir / "training_curves.png")
-    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return written
+    return fig
+
+
+def _curve(ax, curves: list[list[tuple[int, float]]], style: str, color: str, label: str | None) -> None:
+    """The mean over seeds of (step, value) curves, with the range over seeds as a band."""
+    steps = sorted({s for c in curves for s, _ in c})
+    if not steps:
+        return
+    per_step = [[v for c in curves for s2, v in c if s2 == s] for s in steps]
+    marker = "." if label is not None else None
+    ax.plot(steps, [mean(v) for v in per_step], style, marker=marker, color=color, label=label)
+    if len(curves) > 1:  # the spread over seeds: lowest to highest
+        ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], color=color, alpha=0.15)
 
 
 def _legend_right(ax) -> None:

@@ -1,6 +1,6 @@
 """ListOps' symbols: the vocabulary, the evaluator, and parsing of expressions written as text.
 
-Shared by the generators (listops.py, listops_batched.py) and the reader of LRA's files (listops_lra.py).
+Shared by the generators (task.py, numpy_generator.py) and the reader of LRA's files (lra_files.py).
 """
 
 from __future__ import annotations

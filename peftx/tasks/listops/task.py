@@ -21,8 +21,8 @@ import datasets
 from pydantic import Field, model_validator
 
 from peftx.tasks.base import TaskConfig, TaskData, TaskInfo, check_splits, majority_accuracy
-from peftx.tasks.listops.generator import generate_batched, shortage
 from peftx.tasks.listops.lra_files import LRA_FILES, load_lra_tsv, read_lra_file
+from peftx.tasks.listops.numpy_generator import generate_batched, shortage
 from peftx.tasks.listops.symbols import (
     DIGITS,
     END,
@@ -59,8 +59,9 @@ __all__ = [
     "tokenize",
 ]
 
-# Version 1 draws one tree at a time as LRA's script does; version 2 (listops_batched.py) draws the same
-# distribution thousands of trees at a time, ~10x faster, from other random numbers (so other data).
+# `task.generator`: 1 draws one tree at a time as LRA's script does (`generate_expression`); 2
+# (`numpy_generator`) draws the same distribution thousands of trees at a time, ~10x faster, from other
+# random numbers (so other data).
 GENERATORS = (1, 2)
 # Draws in a row that may bring no new expression before generation gives up. Every preset accepts at
 # least 3% of its draws (measured: cpu 3.1%, lra 8.2%, lra512 3.9%, tiny 20%), so 100,000 failures in a row never
@@ -80,7 +81,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(min_length=4, max_length=40, max_depth=4, max_args=4, n_train=256, n_val=64, n_test=64),
 }
 # The generator each preset uses unless `task.generator` says otherwise: the LRA-size presets the fast
-# one; `cpu` and `tiny` keep version 1, the data every committed result was measured on.
+# one; `cpu` and `tiny` keep generator 1, so that their data stay those of the published results.
 PRESET_GENERATOR = {"lra": 2, "lra512": 2, "cpu": 1, "tiny": 1}
 
 
@@ -132,7 +133,7 @@ def generate_splits(
     generator: int = 1,
 ) -> datasets.DatasetDict:
     """Unique expressions, split train/validation/test in generation order (no duplicates across splits),
-    drawn by generator version 1 or 2 (GENERATORS)."""
+    drawn by generator 1 or 2 (GENERATORS)."""
     total = n_train + n_val + n_test
     bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, total)}
     if generator == 2:
@@ -262,7 +263,7 @@ class ListOpsConfig(TaskConfig):
                 "listops", key, lambda: generate_splits(self.data_seed, **args, generator=version)
             )
             note = f"ListOps generated: {args}, data_seed={self.data_seed}"
-            if version != 1:  # version 1's note stays as its committed results have it
+            if version != 1:  # generator 1's note is left as it is, so its results group with earlier ones
                 note += f", generator {version}"
             notes = [note]
         check_splits(splits, "ListOps", self.data_dir or "task")

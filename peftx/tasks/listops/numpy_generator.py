@@ -1,13 +1,13 @@
-"""ListOps generator version 2: LRA's trees, thousands at a time in numpy.
+"""ListOps generator 2 (`task.generator: 2`): LRA's trees, thousands at a time in numpy.
 
-Version 1 (`listops.generate_expression`) draws one tree at a time in Python as LRA's script does, at about
-a microsecond per symbol; LRA-size data (100k expressions of 500-2,000 symbols, most draws discarded)
-takes minutes that way. This draws the same distribution -- below `max_depth` a node is an operator with
-probability VALUE_P, the operator uniform over the four, its argument count uniform over 2..max_args, a
-digit uniform over 0-9 -- for SLOTS trees side by side, one symbol per tree per step, so that a step is a
-few array operations over every tree at once. Each tree is written in prefix order (the order version 1
-writes) and valued as it closes, so no second pass parses it. A slot whose tree ends (closed at its
-root, or grown to `max_length`) starts a new tree at the next step.
+Generator 1 (`peftx.tasks.listops.task.generate_expression`) draws one tree at a time in Python as LRA's
+script does, at about a microsecond per symbol; LRA-size data (100k expressions of 500-2,000 symbols, most
+draws discarded) takes minutes that way. This draws the same distribution -- below `max_depth` a node is an
+operator with probability VALUE_P, the operator uniform over the four, its argument count uniform over
+2..max_args, a digit uniform over 0-9 -- for SLOTS trees side by side, one symbol per tree per step, so that
+a step is a few array operations over every tree at once. Each tree is written in prefix order (the order
+generator 1 writes) and valued as it closes, so no second pass parses it. A slot whose tree ends (closed at
+its root, or grown to `max_length`) starts a new tree at the next step.
 
 numpy has no batched tree sampler, and the vectorised branching process is short, so it is written here.
 Draws come from numpy's default generator seeded with `seed`, three per slot per step whether used or
@@ -53,6 +53,8 @@ def shortage(
     )
 
 
+# long: one vectorised state machine over a dozen arrays that every phase of a step reads and writes;
+# split into functions, each would take and return them all.
 def generate_batched(
     seed: int, min_length: int, max_length: int, max_depth: int, max_args: int, total: int, max_misses: int
 ) -> dict[bytes, int]:
@@ -121,7 +123,7 @@ def generate_batched(
         flat_counts[at * 10 + v] += 1
         left[at] -= 1
         closing[s] = left[at] == 0
-        # Trees that ended: closed at the root, or too long already (version 1 abandons them too).
+        # Trees that ended: closed at the root, or too long already (generator 1 abandons them too).
         too_long = length >= max_length
         done = (value >= 0) & (level == 0) & ~too_long
         ended = np.flatnonzero(done | too_long)
@@ -139,7 +141,7 @@ def generate_batched(
         # Trees are kept in the order they began, not the order they ended: the order of ending favours
         # short trees (a long one still running when generation stops would be left out), while which
         # tree begins next depends only on the trees before it, so this order is a sequence of
-        # independent draws, as version 1's. Every tree begun before the earliest still running is final.
+        # independent draws, as generator 1's. Every tree begun before the earliest still running is final.
         if len(distinct) >= total and step % 64 == 0:
             frontier = int(start.min())
             final = sorted(k for k in kept if k[0] < frontier)
