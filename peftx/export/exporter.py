@@ -5,7 +5,8 @@ OUT_DIR/
   adapter_model.safetensors  ... expresses: any tuner injected by peft (LoRA, DoRA, rsLoRA, IA3, ...)
   body/                      the body (transformers `save_pretrained`: config.json, model.safetensors):
                              from-scratch runs, methods peft cannot express, config overrides
-  task_layers.safetensors    input layer (each index's embedding), soft prompt, head, trained body tensors
+  task_layers.safetensors    input layer, soft prompt (as each declares itself: `peftx.inputs.exported_input`,
+                             `MethodExtra.export_spec`), head, trained body tensors
   task.json                  symbols (their order), framing, labels (`peftx.runs.task_file`) + what the export holds
   task_model.py              `TaskModel`: the layers around the body, in torch alone (`peftx.export.template`)
   recipe.yaml, result.json   the run's own files
@@ -34,15 +35,13 @@ from safetensors.torch import save_file
 from peftx import __version__
 from peftx.errors import PeftxError
 from peftx.export import template
-from peftx.inputs.linear import LinearInput
-from peftx.inputs.pixel_vocab import PixelVocabEmbedding
+from peftx.inputs import exported_input
 from peftx.model.loading import OFFLINE, OFFLINE_NAME, hub_reachable, is_local
 from peftx.model.task_model import PeftxModel
 from peftx.recipe import read_raw, validate_recipe
 from peftx.runs.record import RECIPE, RESULT, RunRecord, load_weights
 from peftx.runs.task_file import TASK_FILE, task_description
-from peftx.spec.index_space import NUM_FRAMING
-from peftx.spec.input_spec import InputSpec, SymbolVocab
+from peftx.spec.input_spec import InputSpec
 from peftx.training.session import open_session
 
 ADAPTER_NAME = "default"  # the name peftx's methods inject their peft adapter under
@@ -144,38 +143,64 @@ def save_adapter(backbone: torch.nn.Module, out: Path, base: str) -> None:
     save_file(state, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
 
 
-def task_layers(model: PeftxModel, spec: InputSpec, body_exported: bool) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors of the layers around the body, and what task.json says about them.
+def _check_kind(what: str, kind: str, known: dict, tensors: dict, settings: dict) -> None:
+    """Refuse a declared export the template cannot apply: an unknown kind, or other tensors or
+    settings than the kind reads.
 
     Raises:
-        PeftxError: an input layer with no plain form here.
+        PeftxError: naming the layer, the kind and what it takes.
+    """
+    layer = known.get(kind)
+    if layer is None:
+        raise PeftxError(f"{what}: export kind {kind!r} is not one task_model.py applies (known: {', '.join(known)})")
+    if set(tensors) != set(layer.TENSORS) or set(settings) != set(layer.SETTINGS):
+        raise PeftxError(
+            f"{what}: export kind {kind!r} takes tensors {list(layer.TENSORS)} and settings {list(layer.SETTINGS)}, "
+            f"not {sorted(tensors)} and {sorted(settings)}"
+        )
+
+
+def _add(out: dict, notes: dict, prefix: str, tensors: dict, settings: dict, what: str) -> None:
+    """Put a layer's tensors (as `<prefix>.<name>`) and settings (into task.json's `export` section)
+    with the rest, refusing a name already taken (two extras of one kind: the template applies one).
+
+    Raises:
+        PeftxError: naming the layer and the names taken.
+    """
+    named = {f"{prefix}.{n}": t for n, t in tensors.items()}
+    clash = sorted(set(named) & set(out)) + sorted(set(settings) & ({"adapter", "base"} | set(notes)))
+    if clash:
+        raise PeftxError(f"{what}: export name(s) {clash} already taken by another layer")
+    out.update(named)
+    notes.update(settings)
+
+
+def task_layers(model: PeftxModel, spec: InputSpec, body_exported: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of the layers around the body, and what task.json says about them. The input
+    layer and each method extra say what they contribute (`peftx.inputs.exported_input`,
+    `MethodExtra.export_spec`); this checks that the template applies it.
+
+    Raises:
+        PeftxError: an input layer with no plain form here, or a declared export the template cannot apply.
     """
     out: dict[str, torch.Tensor] = {}
     notes: dict = {}
-    inp = model.input
     with torch.no_grad():
-        if isinstance(inp, LinearInput):
-            out["input.proj.weight"] = inp.proj.weight
-            out["input.proj.bias"] = inp.proj.bias
-            framing = torch.arange(NUM_FRAMING).unsqueeze(0)  # (1, 3): PAD, BOS, EOS
-            out["input.table"] = inp.framing({"input_ids": framing})[0]
-        elif isinstance(inp, PixelVocabEmbedding):
-            out["input.table"] = inp.lookup.table()
-            notes["intensity_levels"] = inp.levels
-        elif isinstance(spec, SymbolVocab):
-            n = NUM_FRAMING + len(spec.symbols)
-            out["input.table"] = inp({"input_ids": torch.arange(n).unsqueeze(0)})[0]  # (index, hidden)
-        else:
-            raise PeftxError(f"input: {type(inp).__name__} has no plain export")
+        inp = exported_input(model.input, spec)
+        _check_kind("input", inp.kind, template.INPUT_KINDS, inp.tensors, inp.settings)
+        notes["input_kind"] = inp.kind
+        _add(out, notes, "input", inp.tensors, inp.settings, "input")
         head = model.head[1]
         out["head.weight"], out["head.bias"] = head.weight, head.bias
-        if "prompt" in model.extras:
-            out["prompt.vectors"] = model.extras["prompt"].vectors
-            notes["prompt_offset"] = model.extras["prompt"].offset
         for role, extra in model.extras.items():
-            if role != "prompt":
-                notes["needs_peftx"] = f"its {role} modules act inside the attention, which plain transformers cannot"
-                out.update({f"extras.{role}.{n}": t for n, t in extra.state_dict().items()})
+            exported = extra.export_spec()
+            what = f"method extra {role!r}"
+            if exported.kind is None:  # carried along, but only peftx applies it
+                notes["needs_peftx"] = f"its {role} modules {exported.needs_peftx}"
+                _add(out, notes, f"extras.{role}", exported.tensors, exported.settings, what)
+                continue
+            _check_kind(what, exported.kind, template.EXTRA_KINDS, exported.tensors, exported.settings)
+            _add(out, notes, exported.kind, exported.tensors, exported.settings, what)
         if not body_exported:  # trained body tensors outside the adapter (e.g. `train_roles`)
             adapters = _adapter_names(model.backbone)
             for n, p in model.backbone.named_parameters():

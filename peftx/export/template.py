@@ -15,6 +15,10 @@ prompts, the pooling of the family, the classification head) from `task.json` an
 
 Inputs are sequences of the task's symbols (strings, or their ids: positions in task.json's
 `input.symbols`), or for continuous tasks (seq, dim) arrays of stored values.
+
+The input layer and a soft prompt are rebuilt by kind (`INPUT_KINDS`, `EXTRA_KINDS`): task.json's
+`export.input_kind` names the input layer's, an extra's tensors carry its kind as their prefix; each
+kind reads its tensors from task_layers.safetensors and its settings from task.json's `export`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,89 @@ TASK_FILE = "task.json"
 LAYERS_FILE = "task_layers.safetensors"
 
 
+class IndexTable(nn.Module):
+    """Input kind "table": shared index i is embedded as row i of `table` (index, hidden)."""
+
+    TENSORS = ("table",)
+    SETTINGS = ()
+
+    def __init__(self, tensors: dict[str, torch.Tensor], settings: dict, index: dict[str, int]) -> None:
+        super().__init__()
+        self.register_buffer("table", tensors["table"])
+
+    def forward(self, input_ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+        return self.table[input_ids]  # (batch, seq, hidden)
+
+
+class LinearValues(nn.Module):
+    """Input kind "linear": value positions through Linear(dim, hidden), padding/start/end as their
+    row of `table` (3, hidden)."""
+
+    TENSORS = ("table", "proj.weight", "proj.bias")
+    SETTINGS = ()
+
+    def __init__(self, tensors: dict[str, torch.Tensor], settings: dict, index: dict[str, int]) -> None:
+        super().__init__()
+        self.register_buffer("table", tensors["table"])
+        weight = tensors["proj.weight"]  # (hidden, dim)
+        self.proj = nn.Linear(weight.shape[1], weight.shape[0])
+        self.proj.load_state_dict({"weight": weight, "bias": tensors["proj.bias"]})
+        self.value, self.end = index["value"], index["end"]
+
+    def forward(self, input_ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+        framing = self.table[input_ids.clamp(max=self.end)]  # (batch, seq, hidden)
+        return torch.where((input_ids == self.value).unsqueeze(-1), self.proj(values), framing)
+
+
+class IntensityBins(nn.Module):
+    """Input kind "intensity_bins": an intensity v in [0, 1] falls in bin b of `intensity_levels`
+    equal bins and is embedded as row `value + b` of `table`; padding/start/end as their own row."""
+
+    TENSORS = ("table",)
+    SETTINGS = ("intensity_levels",)
+
+    def __init__(self, tensors: dict[str, torch.Tensor], settings: dict, index: dict[str, int]) -> None:
+        super().__init__()
+        self.register_buffer("table", tensors["table"])  # (3 + levels, hidden)
+        self.levels, self.value = settings["intensity_levels"], index["value"]
+
+    def forward(self, input_ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+        level = (values[..., 0].clamp(0, 1) * self.levels).long().clamp(max=self.levels - 1)
+        return self.table[torch.where(input_ids == self.value, self.value + level, input_ids)]
+
+
+class InsertedPrompt(nn.Module):
+    """Extra kind "prompt": `vectors` (length, hidden) inserted at position `prompt_offset` of every
+    sequence, the attention mask extended over them."""
+
+    TENSORS = ("vectors",)
+    SETTINGS = ("prompt_offset",)
+
+    def __init__(self, tensors: dict[str, torch.Tensor], settings: dict) -> None:
+        super().__init__()
+        self.register_buffer("vectors", tensors["vectors"])
+        self.offset = settings["prompt_offset"]
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        at, n = self.offset, len(self.vectors)
+        prompt = self.vectors.to(embeds.dtype).expand(embeds.shape[0], -1, -1)  # (batch, length, hidden)
+        embeds = torch.cat([embeds[:, :at], prompt, embeds[:, at:]], dim=1)
+        ones = torch.ones(mask.shape[0], n, dtype=mask.dtype)
+        return embeds, torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)
+
+
+# The layers this file rebuilds, by the kind `peftx export` names (task.json: export.input_kind; an
+# extra's tensors are named `<kind>.<tensor>`). Each reads its TENSORS and its SETTINGS (from task.json's
+# `export`) and nothing else; `peftx export` writes no other kind.
+INPUT_KINDS = {"table": IndexTable, "linear": LinearValues, "intensity_bins": IntensityBins}
+EXTRA_KINDS = {"prompt": InsertedPrompt}
+
+
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named `<prefix>.<name>`, by name."""
+    return {k.removeprefix(f"{prefix}."): v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
+
+
 class TaskModel(nn.Module):
     """An exported run: its backbone (given), input layer, soft prompt, pooling and head (loaded).
 
@@ -37,6 +124,10 @@ class TaskModel(nn.Module):
         body: the backbone as transformers (and peft) load it: `AutoModel.from_pretrained(...)`,
             optionally wrapped by `PeftModel.from_pretrained(body, export_dir)`.
         export_dir: the directory `peftx export` wrote.
+
+    Raises:
+        ValueError: an export that needs peftx (its method acts inside the backbone), or whose input
+            layer is of a kind this file does not know.
     """
 
     def __init__(self, body: nn.Module, export_dir: str | Path) -> None:
@@ -44,31 +135,28 @@ class TaskModel(nn.Module):
         export_dir = Path(export_dir)
         self.task = json.loads((export_dir / TASK_FILE).read_text(encoding="utf-8"))
         tensors = load_file(str(export_dir / LAYERS_FILE))
-        unsupported = self.task.get("export", {}).get("needs_peftx")
+        settings = self.task.get("export", {})
+        unsupported = settings.get("needs_peftx")
         if unsupported:
             raise ValueError(f"{export_dir}: {unsupported}; reload it with peftx (Predictor)")
+        kind = settings.get("input_kind")
+        if kind not in INPUT_KINDS:
+            raise ValueError(f"{export_dir}: input kind {kind!r} is not one of {sorted(INPUT_KINDS)}")
         self.body = body
         self.labels = self.task["labels"]
         self.framing = self.task["framing"]
         self.index = self.task["index_space"]
         # trained tensors of the body outside any adapter (e.g. layer norms trained with LoRA)
-        updates = {k.removeprefix("body."): v for k, v in tensors.items() if k.startswith("body.")}
+        updates = _part(tensors, "body")
         if updates:
             own = dict(body.named_parameters())
             plain = {n.replace(".base_layer.", ".").removeprefix("base_model.model."): p for n, p in own.items()}
             with torch.no_grad():
                 for name, value in updates.items():
                     plain[name].copy_(value)
-        self.register_buffer("table", tensors["input.table"])  # (index, hidden): embedding of each index
-        self.proj = None
-        if "input.proj.weight" in tensors:  # continuous inputs: Linear(dim, hidden)
-            weight = tensors["input.proj.weight"]
-            self.proj = nn.Linear(weight.shape[1], weight.shape[0])
-            self.proj.load_state_dict({"weight": weight, "bias": tensors["input.proj.bias"]})
-        self.levels = self.task.get("export", {}).get("intensity_levels")  # pixel inputs: bins
-        prompt = tensors.get("prompt.vectors")  # (length, hidden) soft prompt, or none
-        self.register_buffer("prompt", prompt if prompt is not None else torch.empty(0, self.table.shape[1]))
-        self.prompt_offset = self.task.get("export", {}).get("prompt_offset", 0)
+        self.input = INPUT_KINDS[kind](_part(tensors, "input"), settings, self.index)
+        extras = [EXTRA_KINDS[k](_part(tensors, k), settings) for k in EXTRA_KINDS if _part(tensors, k)]
+        self.extras = nn.ModuleList(extras)  # e.g. a soft prompt
         head = tensors["head.weight"]
         self.head = nn.Linear(head.shape[1], head.shape[0])
         self.head.load_state_dict({"weight": head, "bias": tensors["head.bias"]})
@@ -101,28 +189,13 @@ class TaskModel(nn.Module):
             out["values"] = vals * self.task["input"]["scale"]
         return out
 
-    def embed(self, input_ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
-        """(batch, seq) indices [+ (batch, seq, dim) values] -> (batch, seq, hidden)."""
-        if values is None:
-            return self.table[input_ids]
-        is_value = input_ids == self.index["value"]
-        if self.levels is not None:  # an intensity bin b is table row first_bin + b
-            level = (values[..., 0].clamp(0, 1) * self.levels).long().clamp(max=self.levels - 1)
-            return self.table[torch.where(is_value, self.index["value"] + level, input_ids)]
-        framing = self.table[input_ids.clamp(max=self.index["end"])]
-        return torch.where(is_value.unsqueeze(-1), self.proj(values), framing)
-
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, values: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits (batch, labels) of a batch as `batch` makes it."""
-        embeds, mask = self.embed(input_ids, values), attention_mask
-        if len(self.prompt):  # soft prompt inserted at its offset, the mask extended over it
-            at, n = self.prompt_offset, len(self.prompt)
-            prompt = self.prompt.to(embeds.dtype).expand(embeds.shape[0], -1, -1)
-            embeds = torch.cat([embeds[:, :at], prompt, embeds[:, at:]], dim=1)
-            ones = torch.ones(mask.shape[0], n, dtype=mask.dtype)
-            mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)
+        embeds, mask = self.input(input_ids, values), attention_mask  # (batch, seq, hidden)
+        for layer in self.extras:  # a soft prompt inserts its vectors and extends the mask
+            embeds, mask = layer(embeds, mask)
         family, pooling = self.task["family"], self.task["pooling"]
         if family in ("t5", "bart") and pooling == "decoder_start":
             start = torch.full((embeds.shape[0], 1), self.framing["decoder_start_token_id"], dtype=torch.long)

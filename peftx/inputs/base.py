@@ -3,21 +3,28 @@
 Symbol inputs arrive framed and padded in one index space shared by every adapter: index 0 is
 padding, 1 the family's start token, 2 its end token, and task symbol i is index i + 3 (see
 `peftx.training.batching`). An adapter maps those indices to vectors; continuous inputs arrive as `values`.
+
+An input layer also says what it contributes to `peftx export` (`ExportableInput`, `ExportedInput`):
+the exported template rebuilds it from plain tensors, without peftx. `exported_input` asks the layer,
+and gives the default for layers that do not say.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from transformers import PreTrainedModel
 
+from peftx.errors import PeftxError
 from peftx.families import Family, SpecialIds
-from peftx.spec.input_spec import InputSpec
+from peftx.spec.index_space import NUM_FRAMING
+from peftx.spec.input_spec import InputSpec, SymbolVocab
 
 
 @dataclass
@@ -99,3 +106,64 @@ class InputConfig(BaseModel):
     def trained_roles(self) -> set[str]:
         """Parameter roles this adapter adds to the trainable set."""
         return {"input"} if self.trainable else set()
+
+
+@dataclass
+class ExportedInput:
+    """What an input layer contributes to `peftx export`: plain tensors, and the kind of layer the
+    exported template (`peftx.export.template`, copied into every export; it knows no peftx class)
+    rebuilds from them. The template knows these kinds:
+
+    - "table": tensors {"table": (index, hidden)}; shared index i is embedded as row i.
+    - "linear": tensors {"table": (3, hidden), "proj.weight": (hidden, dim), "proj.bias": (hidden,)};
+      a VALUE position is embedded as `values @ proj.weight.T + proj.bias`, padding/start/end as
+      their row of the table.
+    - "intensity_bins": tensors {"table": (3 + levels, hidden)}, settings {"intensity_levels": levels};
+      a VALUE position of intensity v (clamped to [0, 1]) is embedded as row 3 + min(floor(v * levels),
+      levels - 1), padding/start/end as their row.
+
+    A layer of any other design exports itself as one of these kinds: a layer on symbols as the
+    "table" of its output for every index (the default, see `exported_input`), a layer on vectors
+    as a "linear" map where it is one. `peftx export` refuses a kind, tensor or setting the template
+    does not know.
+
+    Attributes:
+        kind: one of the kinds above.
+        tensors: name -> tensor; written to task_layers.safetensors as `input.<name>`.
+        settings: name -> JSON value; written into task.json's `export` section under its own name.
+    """
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ExportableInput(Protocol):
+    """An input layer that says what it contributes to an export (layers without it get the default
+    of `exported_input`)."""
+
+    def export_spec(self, spec: InputSpec) -> ExportedInput:
+        """The layer as tensors the exported template applies (called under `torch.no_grad`)."""
+        ...
+
+
+def exported_input(layer: nn.Module, spec: InputSpec) -> ExportedInput:
+    """What an input layer contributes to an export: its own `export_spec(spec)` where it has one;
+    else, on a symbol task, its output for every shared index as a "table", which reproduces any layer
+    that embeds each position by its index alone.
+
+    Args:
+        layer: the model's input layer (`PeftxModel.input`).
+        spec: the task's input spec.
+
+    Raises:
+        PeftxError: a layer on continuous inputs that has no `export_spec`.
+    """
+    if isinstance(layer, ExportableInput):
+        return layer.export_spec(spec)
+    if isinstance(spec, SymbolVocab):
+        ids = torch.arange(NUM_FRAMING + len(spec.symbols)).unsqueeze(0)  # (1, index)
+        table = layer({"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0]  # (index, hidden)
+        return ExportedInput("table", {"table": table})
+    raise PeftxError(f"input: {type(layer).__name__} has no plain export (it defines no export_spec)")

@@ -19,12 +19,12 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.inputs.base import InputConfig, InputContext
+from peftx.inputs.base import ExportedInput, InputConfig, InputContext
 from peftx.inputs.learned import LearnedEmbedding, embedding_std
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens
 from peftx.inputs.registry import INPUTS
 from peftx.spec.index_space import EOS, NUM_FRAMING, VALUE
-from peftx.spec.input_spec import ContinuousSpec
+from peftx.spec.input_spec import ContinuousSpec, InputSpec
 
 
 class LinearInput(nn.Module):
@@ -52,6 +52,12 @@ class LinearInput(nn.Module):
         x = self.proj(batch["values"].to(self.proj.weight.dtype)).to(dtype)  # (batch, seq, hidden)
         special = self.framing({"input_ids": ids.clamp(max=EOS)}).to(dtype)  # (batch, seq, hidden)
         return torch.where((ids == VALUE).unsqueeze(-1), x, special)
+
+    def export_spec(self, spec: InputSpec) -> ExportedInput:
+        """Kind "linear": the projection, and the framing vectors as a (3, hidden) table."""
+        framing = torch.arange(NUM_FRAMING).unsqueeze(0)  # (1, 3): PAD, BOS, EOS
+        table = self.framing({"input_ids": framing})[0]  # (3, hidden)
+        return ExportedInput("linear", {"table": table, "proj.weight": self.proj.weight, "proj.bias": self.proj.bias})
 
 
 class LinearConfig(InputConfig):

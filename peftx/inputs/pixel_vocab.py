@@ -18,11 +18,11 @@ from pydantic import Field
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.inputs.base import InputConfig, InputContext
+from peftx.inputs.base import ExportedInput, InputConfig, InputContext
 from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens, spell_tokens
 from peftx.inputs.registry import INPUTS
 from peftx.spec.index_space import OFFSET, VALUE
-from peftx.spec.input_spec import ContinuousSpec
+from peftx.spec.input_spec import ContinuousSpec, InputSpec
 
 
 class PixelVocabEmbedding(nn.Module):
@@ -38,6 +38,10 @@ class PixelVocabEmbedding(nn.Module):
         intensity = batch["values"][..., 0].float().clamp(0, 1)  # (batch, seq)
         level = (intensity * self.levels).long().clamp(max=self.levels - 1)
         return self.lookup({"input_ids": torch.where(ids == VALUE, OFFSET + level, ids)})  # (batch, seq, hidden)
+
+    def export_spec(self, spec: InputSpec) -> ExportedInput:
+        """Kind "intensity_bins": the embedding of every index (framing, then each bin) and the bin count."""
+        return ExportedInput("intensity_bins", {"table": self.lookup.table()}, {"intensity_levels": self.levels})
 
 
 class PixelVocabConfig(InputConfig):

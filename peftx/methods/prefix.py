@@ -24,7 +24,7 @@ from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.prefix_attention import ATTENTION, PREFIX_ATTR
 from peftx.methods.registry import METHODS
-from peftx.model.extras import MethodExtra
+from peftx.model.extras import ExportedExtra, MethodExtra
 
 if TYPE_CHECKING:
     from peftx.model.task_model import PeftxModel
@@ -85,6 +85,14 @@ class Prefixes(MethodExtra):
             flat = F.linear(inner, self.mlp_out.weight[lo:hi], self.mlp_out.bias[lo:hi])  # (length, 2*heads*hd)
             kv = flat.view(self.length, 2, heads, head_dim).permute(1, 2, 0, 3)  # (2, heads, length, head_dim)
         return kv[0], kv[1]
+
+    def export_spec(self) -> ExportedExtra:
+        """Its state; the prefixes act inside attention, which the exported template cannot apply."""
+        return ExportedExtra(
+            kind=None,
+            tensors=dict(self.state_dict()),
+            needs_peftx="act inside the attention, which plain transformers cannot",
+        )
 
     def attach(self, modules: list[nn.Module]) -> None:
         """Give each site module its prefix source (a plain callable: not a registered submodule)."""

@@ -16,7 +16,7 @@ from torch import nn
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
 from peftx.methods.registry import METHODS
-from peftx.model.extras import MethodExtra
+from peftx.model.extras import ExportedExtra, MethodExtra
 
 if TYPE_CHECKING:
     from peftx.model.task_model import PeftxModel
@@ -49,6 +49,10 @@ class SoftPrompt(MethodExtra):
         embeds = torch.cat([embeds[:, :at], prompt, embeds[:, at:]], dim=1)
         mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)
         return embeds, mask
+
+    def export_spec(self) -> ExportedExtra:
+        """Kind "prompt": the vectors and their offset, which the exported template inserts itself."""
+        return ExportedExtra(kind="prompt", tensors={"vectors": self.vectors}, settings={"prompt_offset": self.offset})
 
 
 class PromptMethod(MethodConfig):

@@ -6,7 +6,9 @@ import importlib.util
 import json
 import warnings
 
+import numpy as np
 import pytest
+import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -15,12 +17,15 @@ from typer.testing import CliRunner
 import peftx.export.exporter as export_mod
 from peftx.cli import app
 from peftx.errors import PeftxError
-from peftx.export.exporter import export_run
+from peftx.export.exporter import export_run, task_layers
+from peftx.inputs import ExportedInput
+from peftx.methods.prompt import SoftPrompt
 from peftx.model.loading import load_backbone
 from peftx.recipe import validate_recipe
 from peftx.runs.predict import Predictor
 from peftx.runs.run import run
 from peftx.tasks.listops.task import LABELS, VOCAB
+from tests.support.helpers import build
 from tests.support.tiny import TINY, tiny_recipe
 
 EXPRS = ["[MAX 2 9 ]", "[MIN 4 [SM 3 8 ] 7 ]", "[MED 1 5 3 [MAX 0 0 ] ]", "5", "[SM [MAX 1 2 ] 9 3 4 ]"]
@@ -117,6 +122,73 @@ def test_other_methods_export_the_body(tmp_path, method):
 def test_prompt_offsets_of_other_families(tmp_path, family):
     run_dir = trained_run(tmp_path, family, OTHER_METHODS["prompt"])
     assert_same_logits(run_dir, export_run(run_dir, tmp_path / "export").out_dir)
+
+
+PATCHES = {"name": "vision", "dataset": "digits", "patch": 2, "n_train": 256, "n_test": 64, "n_val": 64}
+# input section -> (task, the kind of layer it exports as): every built-in kind on continuous inputs
+CONTINUOUS_INPUTS = {
+    "linear": ({"name": "linear"}, PATCHES, "linear"),
+    "linear_learned_framing": ({"name": "linear", "framing": "learned"}, PATCHES, "linear"),
+    "pixel_vocab": ({"name": "pixel_vocab", "levels": 16}, {**PATCHES, "mode": "pixels"}, "intensity_bins"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTINUOUS_INPUTS))
+def test_continuous_inputs_round_trip(tmp_path, case):
+    section, task, kind = CONTINUOUS_INPUTS[case]
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"], input=section, task=task)
+    out = export_run(run_dir, tmp_path / "export")
+    assert json.loads((out.out_dir / "task.json").read_text())["export"]["input_kind"] == kind
+    images = []
+    for i, pixels in enumerate(np.random.default_rng(0).integers(0, 256, (4, 8, 8), dtype=np.uint8)):
+        np.save(tmp_path / f"image{i}.npy", pixels)
+        images.append(str(tmp_path / f"image{i}.npy"))
+    ours = Predictor(run_dir)
+    model, _ = plain_load(out.out_dir)
+    values = [ours.info.parse(path) for path in images]  # (seq, dim) stored pixel values of each image
+    assert (model.logits(values) - ours.logits(images)).abs().max().item() <= 1e-5
+    assert model.predict(values) == ours.predict(images)
+
+
+class Declares(torch.nn.Module):
+    """An input layer that declares a given export."""
+
+    def __init__(self, exported: ExportedInput) -> None:
+        super().__init__()
+        self.exported = exported
+
+    def forward(self, batch):
+        return torch.zeros(*batch["input_ids"].shape, 32)
+
+    def export_spec(self, spec):
+        return self.exported
+
+
+@pytest.mark.parametrize(
+    "exported, message",
+    [
+        (ExportedInput("mystery", {"table": torch.zeros(3, 32)}), "input: export kind 'mystery' is not one"),
+        (
+            ExportedInput("linear", {"table": torch.zeros(3, 32)}),
+            r"takes tensors \['table', 'proj.weight', 'proj.bias'\]",
+        ),
+    ],
+)
+def test_an_export_the_template_cannot_apply_is_refused(exported, message):
+    _, task, model, _ = build(tiny_recipe("bert"))
+    model.input = Declares(exported)
+    with pytest.raises(PeftxError, match=message):
+        task_layers(model, task.info.input_spec, body_exported=True)
+
+
+def test_two_extras_of_one_kind_are_refused():
+    """The template inserts one soft prompt; a second extra of that kind would overwrite the first."""
+    _, task, model, _ = build(tiny_recipe("bert"))
+    model.extras["prompt"] = SoftPrompt(torch.zeros(2, 32), offset=1)
+    model.extras["more_prompt"] = SoftPrompt(torch.ones(2, 32), offset=1)
+    message = r"method extra 'more_prompt': export name\(s\) \['prompt.vectors', 'prompt_offset'\] already taken"
+    with pytest.raises(PeftxError, match=message):
+        task_layers(model, task.info.input_spec, body_exported=True)
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])

@@ -1,5 +1,5 @@
-"""Input adapters on every family: shapes, trainability, budget role, save -> reload, errors, and
-third-party adapters found through the `peftx.inputs` entry point group."""
+"""Input adapters on every family: shapes, trainability, budget role, save -> reload, what they
+export, errors, and third-party adapters found through the `peftx.inputs` entry point group."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import textwrap
 import pytest
 import torch
 from accelerate.utils import set_seed
+from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.inputs import INPUTS, InputContext
+from peftx.export import template
+from peftx.inputs import INPUTS, InputContext, exported_input
 from peftx.recipe import validate_recipe
 from peftx.runs.record import load_weights, save_weights
+from peftx.runs.task_file import task_description
+from peftx.spec.input_spec import ContinuousSpec, SymbolVocab
 from peftx.studies.budget import model_budget
 from peftx.training.batching import BOS, VALUE
 from peftx.training.builder import build_model
@@ -81,6 +85,48 @@ def test_adapter_shapes_trainability_budget_and_reload(tmp_path, case, family):
     with torch.no_grad():
         assert torch.allclose(again(**batch), expected, atol=1e-6)
     assert labels.shape == (6,)
+
+
+# adapter case -> the kind of layer it exports as (pretrained_vocab: the recipes' default input)
+EXPORT_KINDS = {
+    "pretrained_vocab": "table",
+    "learned": "table",
+    "learned_from_vocab": "table",
+    "linear": "linear",
+    "linear_learned_framing": "linear",
+    "pixel_vocab": "intensity_bins",
+}
+
+
+@pytest.mark.parametrize("case", list(EXPORT_KINDS))
+def test_what_an_adapter_exports_the_template_rebuilds_exactly(case):
+    """Each built-in adapter's export, rebuilt by the exported template's layer of its kind (plain
+    torch, no peftx), embeds a batch exactly as the adapter does."""
+    raw = tiny_recipe("bert") if case == "pretrained_vocab" else recipe_for(case, "bert")
+    _, task, model, split = build(raw)
+    batch = split.collate(list(range(6)))
+    with torch.no_grad():
+        exported = exported_input(model.input, task.info.input_spec)
+        assert exported.kind == EXPORT_KINDS[case]
+        index = task_description(task.info, model)["index_space"]
+        layer = template.INPUT_KINDS[exported.kind](exported.tensors, exported.settings, index)
+        assert torch.equal(layer(batch["input_ids"], batch.get("values")), model.input(batch))
+
+
+class IndexTimesTwo(nn.Module):
+    """A layer that says nothing about its export: index i -> a vector filled with 2i."""
+
+    def forward(self, batch):
+        return batch["input_ids"].float().unsqueeze(-1).expand(-1, -1, 4) * 2  # (batch, seq, 4)
+
+
+def test_a_layer_that_declares_no_export():
+    """On symbols it exports as the table of its output for every index; on vectors it cannot."""
+    exported = exported_input(IndexTimesTwo(), SymbolVocab(symbols=("a", "b"), version="t"))
+    assert exported.kind == "table" and not exported.settings
+    assert torch.equal(exported.tensors["table"], torch.arange(5.0).unsqueeze(-1).expand(5, 4) * 2)
+    with pytest.raises(PeftxError, match="input: IndexTimesTwo has no plain export"):
+        exported_input(IndexTimesTwo(), ContinuousSpec(dim=3))
 
 
 def context(model, spec) -> InputContext:

@@ -3,7 +3,12 @@ start/end token embeddings for the framing positions.
 
 The whole input-adapter contract in one file: an `InputConfig` subclass that declares its registry
 name and builds a module mapping a batch (`input_ids` in peftx's shared index space, see
-`peftx.spec.index_space`) to (batch, seq, hidden) embeddings, then registers itself.
+`peftx.spec.index_space`) to (batch, seq, hidden) embeddings, then registers itself. The module also
+says what it contributes to `peftx export` (`export_spec`): the exported model is rebuilt without
+peftx, from plain tensors of a kind its template knows (`peftx.inputs.ExportedInput`). One-hot codes
+times a matrix pick that matrix's rows, so the layer exports as a "table": the framing rows, then
+one row per symbol. (A layer on symbols that says nothing is exported as that table too, computed
+from its output for every index.)
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.inputs import INPUTS, InputConfig, InputContext
+from peftx.inputs import INPUTS, ExportedInput, InputConfig, InputContext
 from peftx.spec.index_space import NUM_FRAMING
-from peftx.spec.input_spec import SymbolVocab
+from peftx.spec.input_spec import InputSpec, SymbolVocab
 
 
 class OneHotInput(nn.Module):
@@ -33,6 +38,10 @@ class OneHotInput(nn.Module):
         x = onehot @ self.proj  # (batch, seq, hidden)
         special = self.framing[ids.clamp(max=NUM_FRAMING - 1)]  # (batch, seq, hidden)
         return torch.where((ids >= NUM_FRAMING).unsqueeze(-1), x, special)
+
+    def export_spec(self, spec: InputSpec) -> ExportedInput:
+        """Kind "table": row i embeds shared index i (pad, start, end, then symbol i - 3)."""
+        return ExportedInput("table", {"table": torch.cat([self.framing, self.proj])})  # (3 + symbols, hidden)
 
 
 class OneHotConfig(InputConfig):
