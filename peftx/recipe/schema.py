@@ -168,7 +168,7 @@ class TrainSection(Section):
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them: far less
     memory for activations, about one more forward pass of time."""
-    # Speed options (peftx/training/speed.py). Each gives the plain path's loss; tests/test_speed.py checks it.
+    # Speed options (peftx/training/speed/). Each gives the plain path's loss; tests/training/test_speed.py checks it.
     fused_lora: bool = True
     """Run each LoRA layer as one product with the merged weight W + s·B·A and take the LoRA gradients
     in BLAS's fast layout (same result to float rounding; ~1.25x faster LoRA steps on CPU)."""
