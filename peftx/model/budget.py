@@ -1,6 +1,6 @@
 """The one parameter counter: by role and group, trainable vs frozen, right for quantized weights;
-and memory estimates from its counts. Counting a recipe's model without weights (on the meta device)
-is the builder's (`peftx.training.builder.MetaCounter`).
+and memory estimates from its counts. Counting a recipe's model without weights (built on the meta
+device) is the builder's (`peftx.training.builder.recipe_budget`, `MetaCounter`).
 
 Training logs, result.json, `peftx sweep --dry-run` and `peftx budget` all count through
 `count_parameters`. This module never imports torch at run time, so cached budget tables print

@@ -13,13 +13,12 @@ import torch
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
 from peftx.runs.record import RECIPE, RunRecord, load_weights
+from peftx.tasks import SPLITS
 from peftx.training.evaluation import evaluate, infer
 from peftx.training.session import open_session
 from peftx.training.speed import prepare_model
 from peftx.util import text_files
 from peftx.util.text_files import decode_text
-
-SPLITS = ("train", "validation", "test")
 
 
 class Predictor:

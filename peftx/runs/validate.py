@@ -1,15 +1,15 @@
 """What `peftx validate` checks beyond the schema, without loading weights or data: the recipe's model
-built on the meta device (its config with `model.config_overrides`, its layers, the input layer,
-pooling and method), the safety of a local model directory (custom code, pickles, safetensors
-headers), the task's description, the warm-up against the run's length where the task's size is known,
-and whether the weights, gradients and optimizer state fit in this machine's memory.
+built on the meta device by the one builder (`peftx.training.builder.build_model`: its config with
+`model.config_overrides`, its layers, the input layer, pooling and method, its storage dtypes), the
+safety of a local model directory (custom code, pickles, safetensors headers), the task's description,
+the warm-up against the run's length where the task's size is known, and whether the weights,
+gradients and optimizer state fit in this machine's memory.
 
 What needs the data (labels in range, empty splits, malformed rows) is checked when the task loads.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -19,22 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from peftx.errors import PeftxError
-from peftx.methods import apply_method
 from peftx.model.budget import model_budget
 from peftx.model.files import check_local_dir, weights_files
-from peftx.model.loading import (
-    OFFLINE,
-    Backbone,
-    build_backbone,
-    is_local,
-    load_config,
-    load_tokenizer,
-    offline_model_dir,
-    resolve_family,
-)
-from peftx.training.builder import assemble, storage_plan, store_dtypes
+from peftx.model.loading import OFFLINE, is_local, load_tokenizer, offline_model_dir
+from peftx.training.builder import build_model
 from peftx.training.loop import total_steps
-from peftx.util.env import resolve_precision
 
 if TYPE_CHECKING:
     from peftx.recipe import RecipeBase
@@ -115,12 +104,7 @@ def check_recipe(recipe: RecipeBase) -> Checked:
     info = recipe.task.describe()
     _check_source(recipe)
     m = recipe.model
-    config = load_config(m.source, m.config_overrides, m.trust_remote_code)
-    fam = resolve_family(m.source, config, m.family)
-    with torch.device("meta"):
-        backbone = build_backbone(fam, copy.deepcopy(config), m.source)
-        model = assemble(recipe, info, Backbone(fam, backbone, tokenizer=None))
-        apply_method(model, recipe.method, recipe.input.trained_roles())
+    model, _ = build_model(recipe, info, meta=True)
     limit = model.max_length
     framing = (model.specials.bos is not None) + (model.specials.eos is not None)
     if limit is not None and limit < framing + 1:
@@ -128,9 +112,6 @@ def check_recipe(recipe: RecipeBase) -> Checked:
             f"model: {limit} input positions (the backbone's, less what method {recipe.method.name} adds in front) "
             f"leave no room for a task token after {framing} framing token(s)"
         )
-    precision = resolve_precision(recipe.train.precision)
-    frozen_bf16 = m.dtype == "auto" and m.quantization == "none" and precision == "bf16"
-    store_dtypes(model, storage_plan(model, m.dtype, frozen_bf16))
     need = _memory(model, recipe)
     trainable = model_budget(model).trainable
     have = machine_memory()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import InputSpec
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # every task's splits, by these names
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,25 @@
-"""Build a `PeftxModel` from a recipe: backbone, input adapter, head, method. Used by `run`, by
-reloading a finished run, and by the budget counter (on the meta device), so all construct the model
-the same way."""
+"""Build a `PeftxModel` from a recipe: backbone, input adapter, head, method, storage dtypes. One
+function, `build_model`, does it for `run`, for reloading a finished run (`predict`, `evaluate`), and on
+the meta device for `validate` and the budget counter, so all construct the model the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from peftx.errors import PeftxError
 from peftx.inputs import InputContext
 from peftx.methods import MethodConfig, apply_method
+from peftx.methods.frozen import FrozenMethod
 from peftx.model.budget import Budget, model_budget
-from peftx.model.loading import Backbone, load_backbone, load_config, resolve_family
+from peftx.model.loading import Backbone, build_backbone, load_backbone, load_config, resolve_family
 from peftx.model.quantization import QuantSpec
 from peftx.model.task_model import PeftxModel
-from peftx.recipe import RecipeBase
+from peftx.recipe import ModelSection, RecipeBase
 from peftx.tasks import TaskInfo
 from peftx.util.env import resolve_precision
 
@@ -83,11 +86,11 @@ def storage_plan(model: nn.Module, dtype: str, frozen_bf16: bool) -> dict[str, t
 def store_dtypes(model: nn.Module, plan: dict[str, torch.dtype]) -> None:
     """Store each named parameter in its planned dtype (in place; a no-op where it already is)."""
     for n, p in model.named_parameters():
-        if n in plan:
+        if n in plan and p.dtype != plan[n]:
             p.data = p.data.to(plan[n])
 
 
-def assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
+def _assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
     """The recipe's input layer and head around a backbone; the method is not applied yet.
 
     Raises:
@@ -112,48 +115,89 @@ def assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
     return PeftxModel(bb.family, bb.model, input_layer, info.num_classes, pooling, specials, m.head_dropout)
 
 
-def build_model(recipe: RecipeBase, info: TaskInfo, precision: str | None = None) -> tuple[PeftxModel, dict]:
-    """The recipe's model with its method applied (trainable set fixed).
-
-    Args:
-        precision: the run's resolved precision ('fp32' | 'bf16'; a session passes the one it resolved);
-            None: resolved here from `train.precision`.
-
-    Returns:
-        (model, provenance of the backbone for result.json).
-
-    Raises:
-        PeftxError: the backbone cannot be had, or the recipe's choices do not fit it.
-    """
-    m = recipe.model
-    quant = QuantSpec.from_section(m)
-    bb = load_backbone(
+def _loaded_backbone(m: ModelSection) -> Backbone:
+    """The recipe's backbone with its weights (pretrained, or random from its configuration)."""
+    return load_backbone(
         m.source,
         m.pretrained,
         m.family,
         storage_dtype(m.dtype),
         m.config_overrides,
-        quant,
+        QuantSpec.from_section(m),
         trust_remote_code=m.trust_remote_code,
         allow_pickle=m.allow_pickle,
         sha256=m.sha256,
     )
-    model = assemble(recipe, info, bb)
-    apply_method(model, recipe.method, recipe.input.trained_roles())
+
+
+def _meta_backbone(m: ModelSection, config: PretrainedConfig | None) -> Backbone:
+    """The recipe's backbone on the meta device, from its configuration alone (no tokenizer)."""
+    config = load_config(m.source, m.config_overrides, m.trust_remote_code) if config is None else config
+    config = copy.deepcopy(config)  # methods may change the config (the caller's copy is kept as read)
+    fam = resolve_family(m.source, config, m.family)
+    with torch.device("meta"):
+        # in float32, as `auto` and `float32` load; the storage plan then stores each parameter as a
+        # loaded one is stored (a `bfloat16` backbone in bf16)
+        backbone = build_backbone(fam, config, m.source)
+    provenance = {"source": m.source, "pretrained": m.pretrained, "model_type": config.model_type}
+    return Backbone(fam, backbone, tokenizer=None, provenance=provenance)
+
+
+def _apply(model: PeftxModel, recipe: RecipeBase, method: MethodConfig, precision: str) -> None:
+    """Apply `method` to an assembled model and store each parameter in the dtype the run keeps it in."""
+    apply_method(model, method, recipe.input.trained_roles())
+    m = recipe.model
     # `auto` loaded float32, so that trained weights start exact
-    precision = precision or resolve_precision(recipe.train.precision)
-    frozen_bf16 = m.dtype == "auto" and quant is None and precision == "bf16"
+    frozen_bf16 = m.dtype == "auto" and m.quantization == "none" and precision == "bf16"
     store_dtypes(model, storage_plan(model, m.dtype, frozen_bf16))
+
+
+def build_model(
+    recipe: RecipeBase,
+    info: TaskInfo,
+    precision: str | None = None,
+    *,
+    meta: bool = False,
+    config: PretrainedConfig | None = None,
+) -> tuple[PeftxModel, dict]:
+    """The recipe's model with its method applied (trainable set fixed) and its parameters stored as
+    the run stores them: the one assembly behind `run`, `predict`/`evaluate`, `validate` and `budget`.
+
+    Args:
+        precision: the run's resolved precision ('fp32' | 'bf16'; a session passes the one it resolved);
+            None: resolved here from `train.precision`.
+        meta: build on the meta device from the model's configuration alone: no weights, tokenizer,
+            download or memory (`validate`, `budget`). The parameters' names, shapes, dtypes and
+            trainable flags are those of the real model.
+        config: with `meta`, the model's configuration already read with its overrides (a copy is
+            built); None: read here.
+
+    Returns:
+        (model, provenance of the backbone for result.json; with `meta`, its source and type only).
+
+    Raises:
+        PeftxError: the backbone or its configuration cannot be had, or the recipe's choices do not fit it.
+    """
+    bb = _meta_backbone(recipe.model, config) if meta else _loaded_backbone(recipe.model)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = _assemble(recipe, info, bb)
+        _apply(model, recipe, recipe.method, precision or resolve_precision(recipe.train.precision))
     bb.provenance["family"] = bb.family.name
     return model, bb.provenance
 
 
-class MetaCounter:
-    """Counts one recipe's model under any method without weights or downloads.
+# What MetaCounter's shared model is built with: a method that adds no modules and trains only the
+# head. Methods that add none then each choose what trains on that one model.
+_BARE_METHOD = FrozenMethod(preset="head_only")
 
-    The model is built on the meta device from the model's configuration (shipped with peftx for the
-    standard checkpoints), so a 220M-parameter model costs no memory. The configuration is read once;
-    methods that add no modules (they only choose what trains) share one built model.
+
+class MetaCounter:
+    """Counts one recipe's model under any method without weights or downloads (`build_model` on the
+    meta device).
+
+    A 220M-parameter model costs no memory. The configuration is read once (it ships with peftx for
+    the standard checkpoints); methods that add no modules (they only choose what trains) share one
+    built model, which each applies to in turn.
 
     `torch.device("meta")` is used rather than accelerate's `init_empty_weights`: the latter
     re-registers every parameter, which unties T5's and BART's shared token embeddings under
@@ -170,30 +214,30 @@ class MetaCounter:
         m = recipe.model
         self.recipe = recipe
         self.info = recipe.task.describe()
-        self.config = load_config(m.source, m.config_overrides)
+        self.precision = resolve_precision(recipe.train.precision)
+        self.config = load_config(m.source, m.config_overrides, m.trust_remote_code)
         self.family = resolve_family(m.source, self.config, m.family)
         self._shared: PeftxModel | None = None
 
-    def build(self) -> PeftxModel:
-        """A new model on the meta device, method not applied."""
-        with torch.device("meta"):
-            backbone = self.family.build(copy.deepcopy(self.config))  # methods may change the config
-            return assemble(self.recipe, self.info, Backbone(self.family, backbone, tokenizer=None))
+    def build(self, method: MethodConfig) -> PeftxModel:
+        """A new meta-device model with `method` applied."""
+        recipe = self.recipe.model_copy(update={"method": method})
+        return build_model(recipe, self.info, self.precision, meta=True, config=self.config)[0]
 
     @property
     def base(self) -> PeftxModel:
-        """The shared model (for methods that add no modules, and for knob limits)."""
+        """The shared model, with no modules added (for methods that add none, and for knob limits)."""
         if self._shared is None:
-            self._shared = self.build()
+            self._shared = self.build(_BARE_METHOD)
         return self._shared
 
     def model(self, method: MethodConfig) -> PeftxModel:
         """A meta-device model with `method` applied."""
-        adds_modules = type(method).adds_modules
-        model = self.build() if adds_modules else self.base
+        if type(method).adds_modules:
+            return self.build(method)
         with torch.device("meta"):
-            apply_method(model, method, self.recipe.input.trained_roles())
-        return model
+            _apply(self.base, self.recipe, method, self.precision)
+        return self.base
 
     def count(self, method: MethodConfig) -> Budget:
         """The budget of the model with `method` applied."""
@@ -202,4 +246,4 @@ class MetaCounter:
 
 def recipe_budget(recipe: RecipeBase) -> Budget:
     """The budget of a recipe's model, without loading or allocating weights."""
-    return MetaCounter(recipe).count(recipe.method)
+    return model_budget(build_model(recipe, recipe.task.describe(), meta=True)[0])
