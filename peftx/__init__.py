@@ -8,12 +8,11 @@ Python API (the CLI calls the same functions):
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import logging
-import sys
 from importlib import import_module
 from typing import Any
+
+from peftx.util.peft_shim import install_import_hook
 
 # bitsandbytes warns on every import, on CPUs with AVX512-BF16, that an optional 4-bit kernel from the
 # hub could not be fetched; its own fallback is used and works. Keep that one line off every command
@@ -22,53 +21,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     lambda record: "gemm_4bit_forward" not in record.getMessage()
 )
 
-
-class _PeftLoader(importlib.abc.Loader):
-    """peft's own loader, run while `import bitsandbytes` fails (see `_PeftWithoutBitsandbytes`)."""
-
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
-
-    def create_module(self, spec):  # noqa: ANN001, ANN201  (importlib's protocol)
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:  # noqa: ANN001
-        hidden = "bitsandbytes" not in sys.modules
-        if hidden:
-            sys.modules["bitsandbytes"] = None  # `import bitsandbytes` raises ImportError meanwhile
-        try:
-            self.loader.exec_module(module)
-        finally:
-            if hidden and sys.modules.get("bitsandbytes", 0) is None:
-                del sys.modules["bitsandbytes"]
-                # availability checks cached while hidden are asked again (find_spec, no import)
-                utils = sys.modules.get("peft.import_utils")
-                for name in ("is_bnb_available", "is_bnb_4bit_available"):
-                    getattr(getattr(utils, name, None), "cache_clear", lambda: None)()
-
-
-class _PeftWithoutBitsandbytes(importlib.abc.MetaPathFinder):
-    """`import peft` without importing bitsandbytes.
-
-    peft imports bitsandbytes at its own import (`peft/helpers.py`, for one SVD helper peftx never
-    calls), which costs a second and prints bitsandbytes' kernel warning in every command, also
-    where nothing is quantized. peft's module runs while `import bitsandbytes` fails; bitsandbytes
-    stays installed and importable, and peft still loads it where a quantized layer or 8-bit
-    dispatch needs it (`peftx.model.quantization`, peft's LoRA/IA3 layer dispatch). No library offers this.
-    """
-
-    def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201  (importlib's protocol)
-        if name != "peft":
-            return None
-        sys.meta_path.remove(self)  # once: find peft's own spec, then step aside
-        spec = importlib.util.find_spec("peft")
-        if spec is not None and spec.loader is not None:
-            spec.loader = _PeftLoader(spec.loader)
-        return spec
-
-
-if "peft" not in sys.modules:
-    sys.meta_path.insert(0, _PeftWithoutBitsandbytes())
+install_import_hook()  # `import peft` without bitsandbytes: see peftx.util.peft_shim
 
 __version__ = "0.1.0"
 

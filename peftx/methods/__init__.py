@@ -18,7 +18,8 @@ from peftx.methods import (  # noqa: F401  (registration)
 )
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
-from peftx.model.quantization import is_quantized, peft_without_bitsandbytes
+from peftx.model.quantization import is_quantized
+from peftx.util.peft_shim import peft_without_bitsandbytes
 
 if TYPE_CHECKING:
     from peftx.model.task_model import PeftxModel

@@ -1,5 +1,6 @@
 """`lora`: low-rank updates of chosen linear layers, via peft. The body stays frozen; the LoRA
-matrices, the head (and any `train_roles`) train."""
+matrices, the head (and any `train_roles`) train. With `train.fused_lora` the training loop runs these
+layers through `peftx.methods.lora_fused` (the same model, fewer passes)."""
 
 from __future__ import annotations
 

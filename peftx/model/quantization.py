@@ -20,22 +20,20 @@ everywhere; 4-bit evaluation on such a CPU then uses the same dequantizing kerne
 their input on the autograd context as a plain attribute, outside saved-tensor hooks, so gradient
 checkpointing cannot free it: every layer's inputs stay alive until backward. The weight is frozen,
 so backward needs none of it (grad x = grad y @ W); `prepare_quantized` gives the 8-bit layers a
-training path that keeps nothing but the layer (`_FrozenInt8Matmul`). On a GPU, for a gpt2-medium
-shape at 8 x 512 tokens, 8-bit + checkpointing went from 53% of fp32 LoRA's peak to 13% (4-bit: 11%).
+training path that keeps nothing but the layer (`_FrozenInt8Matmul`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+from peftx.util.peft_shim import loaded_bitsandbytes
 
 
 @dataclass(frozen=True)
@@ -94,63 +92,15 @@ def _bnb():
     return bitsandbytes
 
 
-def _loaded_bnb():
-    """bitsandbytes where something has imported it already, else None. A quantized weight cannot
-    exist before that, so the checks below answer without importing it (a model with no quantized
-    layer never pays for the import, nor prints its warnings)."""
-    bnb = sys.modules.get("bitsandbytes")
-    return bnb if getattr(bnb, "nn", None) is not None else None
-
-
 def is_quantized(p: torch.Tensor) -> bool:
     """Whether a parameter is a bitsandbytes 8-bit or 4-bit weight."""
-    bnb = _loaded_bnb()
+    bnb = loaded_bitsandbytes()
     return bnb is not None and isinstance(p, bnb.nn.Int8Params | bnb.nn.Params4bit)
-
-
-_BNB_CHECKS = ("is_bnb_available", "is_bnb_4bit_available")
-
-
-@contextmanager
-def peft_without_bitsandbytes(model: nn.Module) -> Iterator[None]:
-    """While a method adds its modules to `model`: where `model` has no quantized layer, peft's tuners
-    are told bitsandbytes is not installed.
-
-    peft's LoRA and IA3 layer factories import bitsandbytes the first time they run whenever it is
-    installed (~1.3 s on CPU, a third of `peftx validate`'s time after its imports), only to offer
-    layers for bitsandbytes' own linear types, which a model without quantized weights does not
-    have: the layers peft makes are the same either way. peft has no switch for this, so the
-    availability checks it bound by name are replaced for the duration, in every peft module that
-    holds them. A quantized model goes through untouched.
-    """
-    if quantized_modules(model):
-        yield
-        return
-    import peft  # noqa: F401  (loads the tuner modules that hold the checks)
-
-    saved = [
-        (mod, name, getattr(mod, name))
-        for key, mod in list(sys.modules.items())
-        if key.startswith("peft.") and mod is not None
-        for name in _BNB_CHECKS
-        if callable(getattr(mod, name, None))
-    ]
-    try:
-        for mod, name, _ in saved:
-            setattr(mod, name, _unavailable)
-        yield
-    finally:
-        for mod, name, check in saved:
-            setattr(mod, name, check)
-
-
-def _unavailable() -> bool:
-    return False
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Name -> module of every bitsandbytes 8-bit or 4-bit linear layer in `model`."""
-    bnb = _loaded_bnb()
+    bnb = loaded_bitsandbytes()
     if bnb is None:
         return {}
     kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
@@ -261,7 +211,7 @@ def own_unquantized_tensors(model: nn.Module) -> None:
     transformers memory-maps checkpoint files and quantizes from the mapped full-precision weights;
     tensors left as views of the mapping (biases, norms, embeddings) keep every mapped file, and all
     its pages read while quantizing, resident. Copying them lets the files go, so a quantized backbone
-    holds only what it needs (for gpt2-medium: ~1 GB less resident memory after loading)."""
+    holds only what it needs."""
     for t in [*model.parameters(), *model.buffers()]:
         if t.device.type == "cpu" and not is_quantized(t):
             t.data = t.data.clone()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -24,6 +25,9 @@ from peftx.families import SpecialIds
 from peftx.spec.index_space import BOS, EOS, OFFSET, PAD, VALUE
 from peftx.spec.input_spec import ContinuousSpec, InputSpec, SymbolVocab
 
+if TYPE_CHECKING:
+    from peftx.recipe import TrainSection
+
 __all__ = [
     "PAD",
     "BOS",
@@ -32,6 +36,7 @@ __all__ = [
     "VALUE",
     "Split",
     "make_split",
+    "pad_multiple",
     "LengthGroupedBatches",
     "shard",
     "eval_batches",
@@ -223,13 +228,30 @@ def eval_shard(batches: list[list[int]], num_processes: int, process_index: int)
     return mine + [[] for _ in range(-(-len(batches) // num_processes) - len(mine))]
 
 
+def pad_multiple(cfg: TrainSection, device: torch.device) -> int:
+    """The multiple padded batch widths round up to: `train.pad_to_multiple`, else 8 on GPUs (tensor-core
+    shapes) and 1 on CPUs (rounding only adds work: a CPU's matrix units see batch x width rows, already
+    a multiple of the batch).
+
+    Args:
+        cfg: the recipe's `train` section.
+        device: where the batches go.
+
+    Returns:
+        The multiple, at least 1.
+    """
+    if cfg.pad_to_multiple is not None:
+        return cfg.pad_to_multiple
+    return 1 if device.type == "cpu" else 8
+
+
 def make_split(
     ds: datasets.Dataset, spec: InputSpec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int
 ) -> Split:
     """A split ready for batching for the task's kind of input.
 
     Args:
-        pad_to_multiple: round each batch's padded width up to this (see `speed.pad_multiple`).
+        pad_to_multiple: round each batch's padded width up to this (see `pad_multiple`).
     """
     if isinstance(spec, SymbolVocab):
         collate = SymbolCollator(SymbolSplit(ds), specials, max_length, pad_to_multiple)

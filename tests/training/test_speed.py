@@ -1,12 +1,13 @@
-"""Speed options give the plain path's loss: fused LoRA and padding exactly (to float rounding), fast
-dropout in distribution, the whole fast loop to within the stated tolerances."""
+"""Speed options give the plain path's loss: padding exactly (to float rounding), fast dropout in
+distribution, the whole fast loop (fused LoRA included) to within the stated tolerances. The fused LoRA
+layer's own tests are in tests/methods/test_lora.py."""
 
 from __future__ import annotations
 
-import copy
 import platform
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from peftx.recipe import validate_recipe
 from peftx.runs.run import run
 from peftx.training.builder import norm_params
-from peftx.training.speed import FastDropout, attention_with_dropout, fast_dropout, fuse_lora_layers, lora_linear
+from peftx.training.speed import FastDropout, ThreadTuner, attention_with_dropout, fast_dropout, prepare_model
 from tests.support.helpers import build
 from tests.support.tiny import tiny_recipe
 
@@ -25,75 +26,6 @@ NO_DROPOUT = {
     "t5": {"dropout_rate": 0.0},
     "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
 }
-
-
-def _lora_pair(family: str):
-    """A tiny LoRA model with non-zero B matrices, and a copy whose LoRA layers are fused."""
-    _, _, plain, split = build(tiny_recipe(family))
-    torch.manual_seed(0)
-    for name, p in plain.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    fused = copy.deepcopy(plain)
-    assert fuse_lora_layers(fused) > 0
-    plain.eval()  # no dropout: both paths see the same computation
-    fused.eval()
-    return plain, fused, split
-
-
-def _loss_and_grads(model, batch):
-    batch = dict(batch)
-    y = batch.pop("labels")
-    loss = F.cross_entropy(model(**batch), y)
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def test_fused_lora_gives_peft_loss_and_gradients(family):
-    """Same math: in float64 the two agree to ~1e-12. (In float32 peft's own path is the less exact
-    one: T5's bottom-layer gradients differ from float64 by 1e-3 relative, the fused ones by 1e-6.)"""
-    plain, fused, split = _lora_pair(family)
-    plain, fused = plain.double(), fused.double()
-    batch = split.collate(list(range(16)))
-    loss, grads = _loss_and_grads(plain, batch)
-    fused_loss, fused_grads = _loss_and_grads(fused, batch)
-    assert fused_loss == pytest.approx(loss, rel=1e-12)
-    scale = max(g.abs().max().item() for g in grads.values())
-    for name, g in grads.items():
-        torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12 * scale, msg=name)
-
-
-def test_fused_lora_inference_matches_peft(family):
-    plain, fused, split = _lora_pair(family)
-    batch = split.collate(list(range(16)))
-    batch.pop("labels")
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(**batch), plain(**batch), rtol=1e-4, atol=1e-5)
-
-
-def test_fused_lora_under_bf16_autocast_stays_close():
-    plain, fused, split = _lora_pair("bert")
-    batch = split.collate(list(range(16)))
-    y = batch.pop("labels")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref = F.cross_entropy(plain(**batch).float(), y)
-        got = F.cross_entropy(fused(**batch).float(), y)
-    got.backward()
-    assert got.item() == pytest.approx(ref.item(), rel=0.02)
-    assert all(p.grad.dtype == torch.float32 for p in fused.parameters() if p.requires_grad)
-
-
-def test_lora_layers_peft_handles_itself_are_not_fused():
-    _, _, model, _ = build(tiny_recipe("bert", method={"name": "lora", "r": 4, "dropout": 0.1}))
-    assert fuse_lora_layers(model) == 0  # LoRA dropout needs peft's own forward
-
-
-def test_lora_linear_without_grad_is_the_merged_product():
-    x, w, b = torch.randn(3, 5, 8), torch.randn(6, 8), torch.randn(6)
-    a, bb = torch.randn(2, 8), torch.randn(6, 2)
-    expected = F.linear(x, w, b) + 0.5 * (x @ a.t()) @ bb.t()
-    with torch.no_grad():
-        torch.testing.assert_close(lora_linear(x, w, b, a, bb, 0.5), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -236,7 +168,7 @@ def test_token_budget_eval_batches_cover_every_example_once_within_budget():
 
 def test_token_budget_evaluation_gives_the_same_logits():
     from peftx.training.evaluation import infer
-    from peftx.training.loop import make_accelerator
+    from peftx.training.session import make_accelerator
 
     _, _, model, split = build(tiny_recipe("bert"))
     accelerator = make_accelerator("fp32")
@@ -247,8 +179,6 @@ def test_token_budget_evaluation_gives_the_same_logits():
 
 
 def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
-    from peftx.training.speed import ThreadTuner
-
     threads = [4]  # a 4-core machine
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
@@ -275,10 +205,6 @@ def test_threads_accepts_a_count_auto_or_null_and_names_the_key_otherwise():
 
 def test_fast_dropout_is_off_under_gradient_checkpointing():
     """Checkpointing recomputes the forward outside the step's context: masks must come from torch."""
-    from contextlib import nullcontext
-
-    from peftx.training.speed import prepare_model
-
     _, _, model, _ = build(tiny_recipe("bert"))
     cfg = validate_recipe(tiny_recipe("bert")).train
     assert prepare_model(model, cfg, torch.device("cpu")) is FastDropout
