@@ -88,7 +88,9 @@ def measure(spec: dict) -> dict:
 
     from peftx.model.memory import model_memory
     from peftx.recipe import validate_recipe
+    from peftx.training.job import TrainJob
     from peftx.training.loop import train
+    from peftx.training.points import TrainPoint
     from peftx.training.session import open_session
     from peftx.util.env import peak_memory
 
@@ -124,14 +126,14 @@ def measure(spec: dict) -> dict:
     split = session.split(datasets.Dataset.from_dict({"tokens": tokens, "label": labels}))
     stamps = []
 
-    def on_step(step: int, entry: dict) -> None:
-        if "loss" in entry:
+    def on_point(point) -> None:
+        if isinstance(point, TrainPoint):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    outcome = train(model, split, split, session.recipe.train, 0, session.accelerator, on_step=on_step)
+    outcome = train(TrainJob(model, split, split, session.recipe.train, 0, session.accelerator), on_point)
     # step i's time: from the previous step's end (the first step: from the start of training)
     times = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
     last = outcome.history[-1]
@@ -143,7 +145,7 @@ def measure(spec: dict) -> dict:
         "load_peak_bytes": load_peak[kind],
         "peak_kind": kind,
         "step_s": sum(timed) / len(timed),
-        "loss": last["val_loss"],
+        "loss": last.val_loss,
         "import_rss_bytes": baseline,
         **model_memory(session.accelerator.unwrap_model(model)),
         "optimizer_state_bytes": outcome.optimizer_state_bytes,

@@ -88,7 +88,9 @@ CONTENDERS = (
 
 def _peftx_worker(a, overrides: list[str]) -> dict:
     from peftx.recipe import load_recipe
+    from peftx.training.job import TrainJob
     from peftx.training.loop import train
+    from peftx.training.points import TrainPoint
     from peftx.training.session import open_session
 
     total = a.warmup + a.steps
@@ -113,13 +115,8 @@ def _peftx_worker(a, overrides: list[str]) -> dict:
     train_split.collate = recording_collate
     times: list[float] = []
     outcome = train(
-        model,
-        train_split,
-        val_split,
-        recipe.train,
-        recipe.seed,
-        accelerator,
-        on_step=lambda step, info: times.append(time.perf_counter()) if "loss" in info else None,
+        TrainJob(model, train_split, val_split, recipe.train, recipe.seed, accelerator),
+        lambda point: times.append(time.perf_counter()) if isinstance(point, TrainPoint) else None,
     )
     window = slice(a.warmup, total)
     return {
@@ -129,7 +126,7 @@ def _peftx_worker(a, overrides: list[str]) -> dict:
         "padded_tokens": sum(padded[window]),
         "eval_examples": len(val_split),
         "eval_seconds": outcome.eval_seconds,
-        "final_val_loss": outcome.history[-1]["val_loss"],
+        "final_val_loss": outcome.history[-1].val_loss,
     }
 
 

@@ -54,7 +54,9 @@ def main() -> None:
     a = p.parse_args()
 
     from peftx.recipe import load_recipe
+    from peftx.training.job import TrainJob
     from peftx.training.loop import train
+    from peftx.training.points import TrainPoint
     from peftx.training.session import open_session
 
     total = a.warmup + a.steps
@@ -65,13 +67,8 @@ def main() -> None:
     sched = schedule(wait=0, warmup=a.warmup, active=a.steps, repeat=1)
     with profile(activities=[ProfilerActivity.CPU], schedule=sched, record_shapes=bool(a.shapes)) as prof:
         train(
-            session.model,
-            train_split,
-            val_split,
-            recipe.train,
-            recipe.seed,
-            session.accelerator,
-            on_step=lambda step, info: prof.step() if "loss" in info else None,
+            TrainJob(session.model, train_split, val_split, recipe.train, recipe.seed, session.accelerator),
+            lambda point: prof.step() if isinstance(point, TrainPoint) else None,
         )
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total_us = sum(e.self_cpu_time_total for e in events)

@@ -1,19 +1,29 @@
-"""Run directories: the lock a run holds, what a new run may do with an existing directory, and the
-replacement that keeps an old run until the new one has started."""
+"""Run directories: the lock a run holds, what a new run may do with an existing directory (decided by
+the main process, shared with the others: `agree_on_run_dir`), and the replacement that keeps an old run
+until the new one has started."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 
 from peftx.errors import PeftxError
+from peftx.recipe import result_defining
 from peftx.runs.record import METRICS, RECIPE, RESULT, WEIGHTS, RunRecord
+from peftx.training.checkpoints import checkpoint_step, latest_checkpoint
+
+if TYPE_CHECKING:
+    from peftx.recipe import RecipeBase
 
 
 class RunLocked(PeftxError):
@@ -140,3 +150,85 @@ def fresh_run_dir(path: Path) -> Iterator[Path]:
             os.replace(aside, path)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RunDirDecision:
+    """What a run does with its directory, as the main process decided it (holding the run's lock).
+
+    Attributes:
+        plan: 'new', 'replace', 'resume' or 'completed' (`plan_run_dir`); None where `error` is set.
+        checkpoint: the checkpoint a resumed run continues from.
+        step: that checkpoint's step.
+        error: why the run may not start (the main process's one-line error, for the other processes).
+    """
+
+    plan: RunDirPlan | None = None
+    checkpoint: Path | None = None
+    step: int | None = None
+    error: str | None = None
+
+
+def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two recipes (as plain data), or None."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = first_difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key} ({json.dumps(va)} in the run, {json.dumps(vb)} now)"
+    return None
+
+
+def decide_run_dir(run_dir: Path, recipe: RecipeBase, overwrite: bool, resume: bool) -> RunDirDecision:
+    """The main process's reading of the run directory (call it holding the run's lock).
+
+    Returns:
+        The plan, and for 'resume' the checkpoint to continue from (a run stopped before its first
+        checkpoint has nothing to keep: it is replaced).
+
+    Raises:
+        PeftxError: the directory may not be used (`plan_run_dir`), or a resumed run's recipe differs
+            from this one in a result-defining field (named in the message).
+    """
+    plan, old = plan_run_dir(run_dir, overwrite, resume)
+    if plan != "resume":
+        return RunDirDecision(plan=plan)
+    differs = first_difference(result_defining(old.recipe), result_defining(recipe.to_dict()))
+    if differs:
+        raise PeftxError(f"{run_dir}: cannot resume with another recipe: {differs}; use --overwrite to start again")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return RunDirDecision(plan="replace")
+    return RunDirDecision(plan="resume", checkpoint=ckpt, step=checkpoint_step(ckpt))
+
+
+def agree_on_run_dir(
+    stack: ExitStack, run_dir: Path, recipe: RecipeBase, overwrite: bool, resume: bool, launch: PartialState
+) -> RunDirDecision:
+    """Every process's decision about the run directory: the main process takes the run's lock (held
+    until `stack` closes) and decides; the others receive its decision, so that none waits for a run
+    that will not start.
+
+    Raises:
+        PeftxError: the main process's decision was an error (on one process: the error itself, e.g.
+            `RunLocked`; on several: its message, on every process).
+    """
+    decision = RunDirDecision()
+    if launch.is_main_process:
+        try:
+            stack.enter_context(run_lock(run_dir))
+            decision = decide_run_dir(run_dir, recipe, overwrite, resume)
+        except PeftxError as e:
+            if launch.num_processes == 1:
+                raise
+            decision = RunDirDecision(error=str(e))
+    if launch.num_processes > 1:
+        shared = [decision]
+        broadcast_object_list(shared)
+        decision = shared[0]
+    if decision.error:
+        raise PeftxError(decision.error)
+    return decision

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from peftx.model.budget import Budget, fmt_count
+from peftx.training.points import EvalPoint, Point, TrainPoint
 
 if TYPE_CHECKING:
     from peftx.runs.record import RunRecord
@@ -24,7 +25,7 @@ class RunDisplay:
         self.enabled = enabled
         self.progress: Progress | None = None
         self.task = None
-        self.last: dict = {}
+        self.last: TrainPoint | None = None  # for the plain line printed at the next evaluation
 
     def header(
         self, name: str, provenance: dict, method: str, budget: Budget, notes: list[str], precision: str
@@ -68,23 +69,29 @@ class RunDisplay:
             "train", total=total_steps, completed=completed, loss="-", acc="-", speed="-"
         )
 
-    def step(self, step: int, info: dict) -> None:
+    def step(self, point: Point) -> None:
+        """Show a point of the training loop: a log step moves the bar, an evaluation sets its accuracy."""
         if self.progress is None:
             return
         if not self.console.is_terminal:  # logs get one plain line per evaluation instead of a live bar
-            if "val_accuracy" in info:
-                loss, speed = _num(self.last.get("loss"), ".3f"), _num(self.last.get("examples_per_s"), ".1f")
+            if isinstance(point, EvalPoint):
+                last = self.last
+                loss = _num(last.loss if last else None, ".3f")
+                speed = _num(last.examples_per_s if last else None, ".1f")
                 self.console.print(
-                    f"step {step}: train loss {loss}, val acc {100 * info['val_accuracy']:.2f}%, {speed} ex/s"
+                    f"step {point.step}: train loss {loss}, val acc {100 * point.val_accuracy:.2f}%, {speed} ex/s"
                 )
             else:
-                self.last = info
+                self.last = point
             return
-        if "val_accuracy" in info:
-            self.progress.update(self.task, acc=f"{100 * info['val_accuracy']:.1f}%")
+        if isinstance(point, EvalPoint):
+            self.progress.update(self.task, acc=f"{100 * point.val_accuracy:.1f}%")
         else:
             self.progress.update(
-                self.task, completed=step, loss=_num(info["loss"], ".3f"), speed=_num(info["examples_per_s"], ".0f")
+                self.task,
+                completed=point.step,
+                loss=_num(point.loss, ".3f"),
+                speed=_num(point.examples_per_s, ".0f"),
             )
 
     def stop(self) -> None:

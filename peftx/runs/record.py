@@ -19,16 +19,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from peftx.errors import PeftxError
 from peftx.model.quantization import dequantized_weight, is_quantized, quantized_modules, set_quantized_weight
+from peftx.training.points import EvalPoint, Point, Record, TrainPoint
 from peftx.util.files import write_text_atomic
 
 WEIGHTS = "weights.safetensors"
@@ -42,12 +44,6 @@ SCHEMA_VERSION = 2  # 1: the untyped result.json before `RunRecord` (read as ver
 Status = Literal["running", "completed", "diverged", "failed", "interrupted"]
 
 
-class Record(BaseModel):
-    # Unknown keys are kept (a newer peftx may add fields; an older one still reads the file). A
-    # non-finite number (a diverged loss) is written as null: result.json stays strict JSON.
-    model_config = ConfigDict(extra="allow", ser_json_inf_nan="null")
-
-
 class BudgetRecord(Record):
     """Parameters by role and group, trainable vs total (`peftx.studies.budget.Budget.to_dict`)."""
 
@@ -57,28 +53,6 @@ class BudgetRecord(Record):
     by_role: dict[str, dict[str, int]] = {}
     by_group: dict[str, dict[str, int]] = {}
     quantizable: int = 0
-
-
-class EvalPoint(Record):
-    """One evaluation on the validation split during training."""
-
-    step: int
-    val_accuracy: float
-    val_loss: float
-    lr: float
-    train_seconds: float = 0.0
-
-
-class TrainPoint(Record):
-    """Training loss and learning rate, every `train.log_every` steps (loss: mean since the last point,
-    over every process)."""
-
-    step: int
-    loss: float | None  # null: not finite (a diverged step), or every step of the window skipped
-    lr: float
-    grad_norm: float | None = None  # mean over the window's steps, before clipping
-    examples_per_s: float | None = None
-    tokens_per_s: float | None = None
 
 
 class Metrics(Record):
@@ -194,13 +168,13 @@ class MetricsLog:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / METRICS
 
-    def append(self, kind: str, entry: dict) -> None:
+    def append(self, point: Point) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(_json_line({"kind": kind, **entry}) + "\n")
+            f.write(_json_line(point) + "\n")
 
-    def rewrite(self, entries: list[tuple[str, dict]]) -> None:
-        """Replace the file with these entries (a resumed run: what its checkpoint had seen)."""
-        write_text_atomic(self.path, "".join(_json_line({"kind": k, **e}) + "\n" for k, e in entries))
+    def rewrite(self, points: Iterable[Point]) -> None:
+        """Replace the file with these points (a resumed run: what its checkpoint had seen)."""
+        write_text_atomic(self.path, "".join(_json_line(p) + "\n" for p in points))
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
@@ -208,7 +182,8 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _json_line(entry: dict) -> str:
+def _json_line(point: Point) -> str:
+    entry = {"kind": "eval" if isinstance(point, EvalPoint) else "train", **point.model_dump()}
     clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in entry.items()}
     return json.dumps(clean, allow_nan=False)
 

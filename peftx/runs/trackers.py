@@ -10,6 +10,7 @@ from pathlib import Path
 from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
 from peftx.errors import PeftxError
+from peftx.training.points import Point
 
 # the packages each tracker needs, and how to get them
 NEEDS = {
@@ -85,3 +86,8 @@ def hyperparameters(recipe: dict, prefix: str = "") -> dict[str, bool | int | fl
         else:  # lists, None
             out[prefix + key] = str(value)
     return out
+
+
+def tracker_values(point: Point) -> dict[str, float]:
+    """A training point's numbers as trackers log them: its step goes as the step, missing values not at all."""
+    return {k: v for k, v in point.model_dump().items() if k != "step" and v is not None}

@@ -27,14 +27,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from peftx.errors import Interrupted, PeftxError
+from peftx.training.points import EvalPoint, TrainPoint
 
 CHECKPOINTS = "checkpoints"
 AUTO_SECONDS = 300.0  # `checkpoint_every: auto` writes at least this often (and at every evaluation)
@@ -51,9 +53,9 @@ class LoopState:
 
     step: int = 0
     micro_batches: int = 0  # drawn from the training stream so far (the data order position)
-    history: list[dict] = field(default_factory=list)  # one entry per evaluation
-    train_log: list[dict] = field(default_factory=list)  # one entry per log step
-    best: dict | None = None  # the evaluation whose weights `best.safetensors` holds
+    history: list[EvalPoint] = field(default_factory=list)  # one entry per evaluation
+    train_log: list[TrainPoint] = field(default_factory=list)  # one entry per log step
+    best: EvalPoint | None = None  # the evaluation whose weights `best.safetensors` holds
     best_acc: float = -1.0
     skipped: int = 0  # steps skipped for a non-finite gradient norm (train.nonfinite: skip)
     skipped_in_a_row: int = 0
@@ -65,14 +67,29 @@ class LoopState:
     train_tokens: int = 0  # this process's
     window: dict = field(default_factory=dict)
 
-    def shared(self) -> dict:
-        out = asdict(self)
-        for key in ("train_examples", "train_tokens", "window"):
-            out.pop(key)
+    OWN = ("train_examples", "train_tokens", "window")  # per process: loop_rank<r>.json
+
+    def shared(self) -> dict[str, Any]:
+        """What every process holds alike, as plain data (loop.json)."""
+        out = {k: v for k, v in vars(self).items() if k not in self.OWN}
+        out["history"] = [p.model_dump() for p in self.history]
+        out["train_log"] = [p.model_dump() for p in self.train_log]
+        out["best"] = self.best.model_dump() if self.best is not None else None
         return out
 
-    def own(self) -> dict:
-        return {"train_examples": self.train_examples, "train_tokens": self.train_tokens, "window": self.window}
+    def own(self) -> dict[str, Any]:
+        """This process's part, as plain data (loop_rank<r>.json)."""
+        return {k: getattr(self, k) for k in self.OWN}
+
+    @classmethod
+    def from_saved(cls, shared: dict[str, Any], own: dict[str, Any]) -> LoopState:
+        """The state `shared` and `own` were written from."""
+        typed = {
+            "history": [EvalPoint.model_validate(p) for p in shared["history"]],
+            "train_log": [TrainPoint.model_validate(p) for p in shared["train_log"]],
+            "best": EvalPoint.model_validate(shared["best"]) if shared["best"] is not None else None,
+        }
+        return cls(**(shared | typed), **own)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -92,13 +109,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_progress(path: Path) -> tuple[list[dict], list[dict]]:
-    """A checkpoint's (history, training log): what the run had recorded when it was written."""
+def read_progress(path: Path) -> tuple[list[EvalPoint], list[TrainPoint]]:
+    """A checkpoint's (history, training log): what the run had recorded when it was written.
+
+    Raises:
+        PeftxError: the checkpoint's loop.json cannot be read.
+    """
     try:
         shared = json.loads((Path(path) / "loop.json").read_text())
     except (OSError, ValueError) as e:
         raise PeftxError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    return shared["history"], shared["train_log"]
+    history = [EvalPoint.model_validate(p) for p in shared["history"]]
+    return history, [TrainPoint.model_validate(p) for p in shared["train_log"]]
 
 
 def _fsync_tree(path: Path) -> None:
@@ -176,7 +198,7 @@ class Checkpoints:
         return final
 
     def _best_names(self, state: LoopState) -> set[str]:
-        return {f"step-{state.best['step']:06d}"} if state.best else set()
+        return {f"step-{state.best.step:06d}"} if state.best else set()
 
     def _prune(self, keep: set[str]) -> None:
         for path in list_checkpoints(self.root.parent):
@@ -205,7 +227,7 @@ class Checkpoints:
         acc.load_state(str(path), strict=False)
         best_file = path / "best.safetensors"
         best_state = load_file(str(best_file)) if best_file.is_file() else None
-        return LoopState(**shared, **own), best_state
+        return LoopState.from_saved(shared, own), best_state
 
     def close(self) -> None:
         self._handle.remove()

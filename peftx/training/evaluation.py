@@ -91,7 +91,6 @@ def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -
 
 def draw_like_a_data_loader() -> None:
     """Take from the global torch generator what a DataLoader's iterator takes (one int64, its base
-    seed). The loop feeds batches itself (each process its part of the global batch), but keeping the
-    same random stream as a DataLoader keeps a seed's dropout masks, and so its results, those of
-    earlier peftx versions, which iterated DataLoaders."""
+    seed). The loop feeds batches itself (each process its part of the global batch); drawing as a
+    DataLoader would keeps a seed's dropout masks, and so its results, those of a DataLoader-fed loop."""
     torch.empty((), dtype=torch.int64).random_()

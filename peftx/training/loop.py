@@ -1,75 +1,41 @@
 """The one training loop, on accelerate: AdamW, warm-up and decay, clipping, periodic evaluation,
 best-checkpoint selection on validation accuracy.
 
-With N processes of `batch_size` B each, an optimizer step takes a global batch of N x B x grad_accum
-examples: the same examples, in the same order, as one process at N x B (`LengthGroupedBatches`), with
-the gradient of the same mean loss, and one step of the learning-rate schedule. Evaluation gives each
-process its own length-sorted batches (`eval_shard`) and gathers every example's logits exactly once.
+`Trainer(TrainJob(...)).run()` trains; `Trainer.step()` is one optimizer step of that same loop, for
+benchmarks that time steps one by one. The loop reports a `TrainPoint` at every log step and an
+`EvalPoint` at every evaluation (`peftx.training.points`).
+
+With N processes, each optimizer step takes one global batch, shared among them as
+`peftx.training.global_batch` describes, and one step of the learning-rate schedule. Evaluation gives
+each process its own length-sorted batches (`eval_shard`) and gathers every example's logits exactly once.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, send_to_device
+from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
 from peftx.errors import Diverged, Interrupted, PeftxError
 from peftx.model.memory import enable_gradient_checkpointing
-from peftx.training.batching import LengthGroupedBatches, Split, shard
-from peftx.training.checkpoints import Checkpoints, LoopState, StopRequests
-from peftx.training.evaluation import draw_like_a_data_loader, evaluate
+from peftx.training.checkpoints import LoopState, StopRequests
+from peftx.training.evaluation import evaluate
+from peftx.training.global_batch import loss_term, micro_batches
+from peftx.training.job import StepResult, TrainJob, TrainOutcome
 from peftx.training.optimizers import build_optimizer, optimizer_state_bytes
+from peftx.training.points import EvalPoint, OnPoint, TrainPoint
 from peftx.training.speed import ThreadTuner, prepare_model
 
 if TYPE_CHECKING:
     from peftx.recipe import TrainSection
-
-
-@dataclass
-class TrainOutcome:
-    history: list[dict] = field(default_factory=list)  # one entry per evaluation
-    train_log: list[dict] = field(default_factory=list)  # one entry per log step
-    best: dict | None = None  # the evaluation whose weights were kept
-    skipped_steps: int = 0  # updates skipped for a non-finite gradient norm (train.nonfinite: skip)
-    resumed_from: int | None = None  # the checkpoint's step, for a resumed run
-    steps: int = 0
-    cap: int = 0  # the steps the run would take without train.early_stop
-    stopped: str = "cap"  # flat: train.early_stop ended it; cap: it ran all its steps
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    train_examples: int = 0  # summed over processes
-    train_tokens: int = 0  # summed over processes
-    optimizer_state_bytes: int = 0
-    world_size: int = 1  # processes
-    per_process_batch: int = 0  # examples per process and micro-batch (train.batch_size)
-    global_batch: int = 0  # examples per optimizer step: per_process_batch x world_size x grad_accum
-
-
-def make_accelerator(precision: str, grad_accum: int = 1, log_with: list | None = None) -> Accelerator:
-    """An Accelerator for one run. Accelerate keeps its state per process; runs that follow each other
-    in one process (sweeps, tests, predict after train) may differ in precision, so the per-run part
-    of the state is reset first. The distributed part (PartialState) is kept.
-
-    The loop steps the learning-rate schedule itself, once per optimizer step: accelerate's prepared
-    scheduler would step once per process (it assumes each process's loader holds 1/N of the epoch's
-    batches, and a schedule built for the single-process step count)."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
-        mixed_precision="bf16" if precision == "bf16" else "no",
-        gradient_accumulation_steps=grad_accum,
-        step_scheduler_with_optimizer=False,
-        log_with=log_with or None,
-    )
 
 
 def total_steps(cfg: TrainSection, n_train: int, num_processes: int = 1) -> int:
@@ -88,37 +54,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainSection) -> torch.optim.Opt
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return build_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)
-
-
-def _micro_batches(
-    split: Split, cfg: TrainSection, seed: int, accelerator: Accelerator, start: int = 0
-) -> Iterator[tuple[dict, int, int]]:
-    """Endless training micro-batches of this process: (batch on the device, its examples, the examples of
-    the global batch it is part of). A process whose part of an epoch's last global batch is empty gets
-    one example of that batch to run at weight 0 (every process must take part in each backward).
-
-    `start` micro-batches are passed over without collating (a resumed run: each epoch's order depends
-    on the seed and the epoch alone, and the random states that followed are restored from the
-    checkpoint)."""
-    n, rank = accelerator.num_processes, accelerator.process_index
-    sampler = LengthGroupedBatches(split.lengths, cfg.batch_size, seed, cfg.group_by_length, num_processes=n)
-    sampler.epoch, offset = divmod(start, max(len(sampler), 1))
-    while True:
-        if not offset:  # an epoch begins (mid-epoch, its draw was made before the checkpoint)
-            draw_like_a_data_loader()
-        for batch in sampler.global_batches()[offset:]:
-            idx = shard(batch, n, rank)
-            yield send_to_device(split.collate(idx or batch[:1]), accelerator.device), len(idx), len(batch)
-        offset = 0
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor, n: int, n_global: int, num_processes: int) -> torch.Tensor:
-    """This process's term of the global batch's mean cross-entropy. Processes average their gradients
-    (DDP, FSDP), so each contributes the sum over its first `n` rows x processes / global examples: the
-    gradient of the mean over the whole global batch, however unevenly it was split."""
-    if num_processes == 1:
-        return F.cross_entropy(logits, labels)
-    return F.cross_entropy(logits[:n], labels[:n], reduction="sum") * (num_processes / n_global)
 
 
 def _configure_deepspeed(accelerator: Accelerator, cfg: TrainSection) -> None:
@@ -177,39 +112,14 @@ def _nonfinite(norm: torch.Tensor | float | None) -> bool:
     return norm is not None and not math.isfinite(float(norm))  # float(): one device sync per step
 
 
-def train(
-    model: torch.nn.Module,
-    train_split: Split,
-    val_split: Split,
-    cfg: TrainSection,
-    seed: int,
-    accelerator: Accelerator,
-    on_step: Callable[[int, dict], None] | None = None,
-    checkpoints: Checkpoints | None = None,
-    resume: Path | None = None,
-) -> TrainOutcome:
-    """Train `model` (its trainable parameters) and keep the selected weights in it. Every process of
-    a launch calls this with the same arguments; each takes its part of every global batch.
+DropoutContext = Callable[[], AbstractContextManager]  # what `prepare_model` returns
 
-    Args:
-        cfg: `batch_size` is per process; `steps` counts optimizer steps (global batches).
-        on_step: called after each log step with (step, {step, loss, lr, grad_norm, examples_per_s,
-            tokens_per_s}) and after each evaluation with (step, {step, val_accuracy, ...}), on the main
-            process only (loss and throughput over all processes); drives display and records.
-        checkpoints: where checkpoints go (`train.checkpoint_every` says when; a SIGINT or SIGTERM
-            writes one at the end of the step, then raises `Interrupted`).
-        resume: a checkpoint of this very recipe to continue from.
 
-    Returns:
-        History, timings, and the evaluation whose weights the model holds on return.
-
-    Raises:
-        Diverged: a non-finite loss or gradient norm (the weights of the last checkpoint are good).
-        Interrupted: a SIGINT or SIGTERM arrived; the loop stopped after a checkpoint.
+def _prepare(job: TrainJob, steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, object, DropoutContext]:
+    """The optimizer and learning-rate schedule for `steps` optimizer steps, the speed options, and all of
+    it prepared by the accelerator: (model, optimizer, scheduler, the context each training forward runs in).
     """
-    n_proc = accelerator.num_processes
-    on_step = on_step if accelerator.is_main_process else None
-    steps = total_steps(cfg, len(train_split), n_proc)
+    cfg, accelerator, model = job.config, job.accelerator, job.model
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -217,145 +127,275 @@ def train(
         _configure_deepspeed(accelerator, cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-    fast_forward = prepare_model(model, cfg, accelerator.device)
+    dropout_context = prepare_model(model, cfg, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    state, best_state = LoopState(), None
-    if resume is not None:
-        state, best_state = checkpoints.load(resume, trainable)
-    batches = _micro_batches(train_split, cfg, seed, accelerator, start=state.micro_batches)
-    out = TrainOutcome(
-        world_size=n_proc, per_process_batch=cfg.batch_size, global_batch=cfg.batch_size * n_proc * cfg.grad_accum
-    )
-    out.resumed_from = state.step if resume is not None else None
-    device = accelerator.device
-    window = _Window(device, state.window)
-    tokens = torch.tensor(state.train_tokens, dtype=torch.long, device=device)  # this process's, all steps
-    threads = ThreadTuner(cfg.threads if device.type == "cpu" else None)
-    max_norm = cfg.clip_grad_norm or math.inf  # inf: measure the norm, scale by exactly 1
-    model.train()
-    with StopRequests() as stop:
-        while state.step < steps:
-            step = state.step + 1
-            threads.choose(state.step)
-            t0, work, norm, bad = time.perf_counter(), 0, None, False
-            step_loss, step_examples = torch.zeros((), device=device), 0
-            for _ in range(cfg.grad_accum):
-                batch, n, n_global = next(batches)
-                state.micro_batches += 1
-                work += batch["attention_mask"].numel()
-                with accelerator.accumulate(model), accelerator.autocast():
-                    y = batch.pop("labels")
-                    with fast_forward():
-                        loss = _loss(model(**batch).float(), y, n, n_global, n_proc)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        bad = _nonfinite(norm)
-                        if bad and cfg.nonfinite == "stop":  # before the update: the weights stay good
-                            raise Diverged(
-                                f"training diverged at step {step}: gradient norm {float(norm)}; "
-                                "try a smaller train.lr (or train.nonfinite: skip)"
-                            )
-                    if not bad:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach()
-                step_examples += n
-                real = batch["attention_mask"][:n].sum()
-                tokens += real
-                window.sums[1] += real
-            if bad:  # train.nonfinite: skip
-                state.skipped += 1
-                state.skipped_in_a_row += 1
-                if state.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                    raise Diverged(
-                        f"training diverged by step {step}: {MAX_SKIPPED_IN_A_ROW} steps in a row had a "
-                        "non-finite gradient norm; try a smaller train.lr"
-                    )
-            else:
-                state.skipped_in_a_row = 0
-                window.loss += step_loss
-                window.n += cfg.grad_accum
-                if norm is not None:
-                    window.sums[2] += float(norm)
-                    window.sums[3] += 1
-            window.sums[0] += step_examples
-            state.train_examples += step_examples
-            scheduler.step()  # once per optimizer step, whatever the number of processes
-            state.step = step
-            elapsed = time.perf_counter() - t0
-            state.train_seconds += elapsed
-            threads.record(elapsed, work)
-            if step % cfg.log_every == 0 or step == steps:  # every process: the sums are reduced over them
-                _log(state, window, accelerator, scheduler, on_step)
-            evaluated = step % cfg.eval_every == 0 or step == steps
-            if evaluated:
-                t0 = time.perf_counter()
-                metrics = evaluate(model, val_split, cfg, accelerator)
-                state.eval_seconds += time.perf_counter() - t0
-                window.t0 += time.perf_counter() - t0  # evaluation time is not training throughput
-                entry = {
-                    "step": step,
-                    "val_accuracy": metrics["accuracy"],
-                    "val_loss": metrics["loss"],
-                    "lr": scheduler.get_last_lr()[0],
-                    "train_seconds": round(state.train_seconds, 3),
-                }
-                state.history.append(entry)
-                if on_step is not None:
-                    on_step(step, entry)
-                # every process holds the same gathered metrics, so all keep the same step's weights
-                if cfg.select == "last" or metrics["accuracy"] > state.best_acc:
-                    state.best_acc = metrics["accuracy"]
-                    best_state = {n: p.detach().clone() for n, p in trainable.items()}
-                    state.best = entry
-                if _flat(state, metrics["accuracy"], cfg) and step < steps:
+    return model, optimizer, scheduler, dropout_context
+
+
+class Trainer:
+    """The one training loop over a `TrainJob`.
+
+    `run()` trains to the end: optimizer steps, a `TrainPoint` every `train.log_every` steps, an
+    evaluation (`EvalPoint`) every `train.eval_every`, checkpoints, `train.early_stop`, and at the end
+    the selected weights back in the model. `step()` is one optimizer step exactly as `run()` takes it,
+    for benchmarks that time steps one by one:
+
+        trainer = Trainer(TrainJob(model, train_split, val_split, recipe.train, recipe.seed, accelerator))
+        for _ in range(10):
+            trainer.step()
+
+    Constructing it prepares the model, optimizer and schedule with the accelerator and restores
+    `job.resume`; every process of a launch constructs it and calls the same methods in the same order
+    (log steps, evaluations and checkpoints reduce over the processes).
+    """
+
+    def __init__(self, job: TrainJob) -> None:
+        self.job = job
+        cfg, accelerator = job.config, job.accelerator
+        self.steps = total_steps(cfg, len(job.train_split), accelerator.num_processes)
+        self.model, self.optimizer, self.scheduler, self._dropout_context = _prepare(job, self.steps)
+        self.trainable = {n: p for n, p in accelerator.unwrap_model(self.model).named_parameters() if p.requires_grad}
+        self.state, self._best_weights = LoopState(), None
+        if job.resume is not None:
+            self.state, self._best_weights = job.checkpoints.load(job.resume, self.trainable)
+        self.resumed_from = self.state.step if job.resume is not None else None
+        self._batches = micro_batches(job.train_split, cfg, job.seed, accelerator, start=self.state.micro_batches)
+        device = accelerator.device
+        self._window = _Window(device, self.state.window)
+        self._tokens = torch.tensor(self.state.train_tokens, dtype=torch.long, device=device)  # this process's
+        self._threads = ThreadTuner(cfg.threads if device.type == "cpu" else None)
+        self._max_norm = cfg.clip_grad_norm or math.inf  # inf: measure the norm, scale by exactly 1
+        self.model.train()
+
+    def run(self, on_point: OnPoint | None = None) -> TrainOutcome:
+        """Train to the last step (or until `train.early_stop`); the model keeps the selected weights.
+
+        Args:
+            on_point: called with each `TrainPoint` (loss and throughput over all processes) and each
+                `EvalPoint`, on the main process only; drives display and records.
+
+        Returns:
+            The points, timings, counts, and the evaluation whose weights the model holds on return.
+
+        Raises:
+            Diverged: a non-finite loss or gradient norm (the weights of the last checkpoint are good).
+            Interrupted: a SIGINT or SIGTERM arrived; the loop stopped after a checkpoint.
+        """
+        report = on_point if self.job.accelerator.is_main_process else None
+        with StopRequests() as stop:
+            while self.state.step < self.steps:
+                self.step()
+                self.maybe_log(report)
+                point = self.maybe_evaluate(report)
+                flat = point is not None and _flat(self.state, point.val_accuracy, self.job.config)
+                if flat and self.state.step < self.steps:
                     break  # every process decides alike; a resumed run reaches the same decision
-            want = checkpoints is not None and checkpoints.due(step, evaluated)
-            stopping = stop.signal_name is not None
-            if n_proc > 1:  # every process acts on the same decision (clocks and signals differ)
-                flags = accelerator.reduce(torch.tensor([float(want), float(stopping)], device=device), "sum")
-                want, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
-            if checkpoints is not None and (want or stopping):
-                state.window, state.train_tokens = window.dump(), int(tokens)
-                saved = checkpoints.save(state, best_state)
-            if stopping:
-                where = f"checkpoint {saved}" if checkpoints is not None else "no checkpoint"
-                raise Interrupted(f"stopped after step {step} of {steps} ({where})", stop.signal_name or "SIGTERM")
-    out.steps, out.cap = state.step, steps
-    out.stopped = "flat" if state.step < steps else "cap"
-    out.history, out.train_log, out.best, out.skipped_steps = state.history, state.train_log, state.best, state.skipped
-    out.train_seconds, out.eval_seconds = state.train_seconds, state.eval_seconds
-    totals = accelerator.reduce(torch.stack([torch.tensor(state.train_examples, device=device), tokens]), "sum")
-    out.train_examples, out.train_tokens = int(totals[0]), int(totals[1])
-    out.optimizer_state_bytes = optimizer_state_bytes(optimizer)
-    if best_state is not None:
-        with torch.no_grad():
-            for n, p in trainable.items():
-                p.copy_(best_state[n])
-    return out
+                self.maybe_checkpoint(evaluated=point is not None, stop=stop)
+        return self.finish()
+
+    def step(self) -> StepResult:
+        """One optimizer step of the training stream, as `run` takes it: `train.grad_accum`
+        micro-batches forward and backward, clipping, the update (skipped under `train.nonfinite: skip`
+        for a non-finite gradient norm), one step of the learning-rate schedule, and the running sums
+        the next `TrainPoint` reports.
+
+        Returns:
+            The step's number, loss terms, gradient norm and wall time.
+
+        Raises:
+            Diverged: a non-finite gradient norm under `train.nonfinite: stop` (before the update), or
+                `MAX_SKIPPED_IN_A_ROW` skipped steps in a row.
+        """
+        cfg, state = self.job.config, self.state
+        step = state.step + 1
+        self._threads.choose(state.step)
+        t0, work, norm, bad = time.perf_counter(), 0, None, False
+        step_loss, step_examples = torch.zeros((), device=self.job.accelerator.device), 0
+        for _ in range(cfg.grad_accum):
+            batch, n, n_global = next(self._batches)
+            state.micro_batches += 1
+            work += batch["attention_mask"].numel()
+            loss, synced_norm, bad = self._micro_step(batch, n, n_global, step, bad)
+            norm = synced_norm if synced_norm is not None else norm
+            step_loss += loss
+            step_examples += n
+            real = batch["attention_mask"][:n].sum()
+            self._tokens += real
+            self._window.sums[1] += real
+        self._account(step, step_loss, step_examples, norm, bad)
+        self.scheduler.step()  # once per optimizer step, whatever the number of processes
+        state.step = step
+        elapsed = time.perf_counter() - t0
+        state.train_seconds += elapsed
+        self._threads.record(elapsed, work)
+        return StepResult(step=step, loss=step_loss, grad_norm=norm, skipped=bad, seconds=elapsed)
+
+    def _micro_step(
+        self, batch: dict, n: int, n_global: int, step: int, bad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """Forward and backward of one micro-batch; on the accumulation's last one, clipping and the
+        update. Returns (its loss term, the gradient norm if it was measured here, whether it is bad)."""
+        accelerator, norm = self.job.accelerator, None
+        with accelerator.accumulate(self.model), accelerator.autocast():
+            y = batch.pop("labels")
+            with self._dropout_context():
+                loss = loss_term(self.model(**batch).float(), y, n, n_global, accelerator.num_processes)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(self.model.parameters(), self._max_norm)
+                bad = _nonfinite(norm)
+                if bad and self.job.config.nonfinite == "stop":  # before the update: the weights stay good
+                    raise Diverged(
+                        f"training diverged at step {step}: gradient norm {float(norm)}; "
+                        "try a smaller train.lr (or train.nonfinite: skip)"
+                    )
+            if not bad:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), norm, bad
+
+    def _account(self, step: int, loss: torch.Tensor, examples: int, norm: torch.Tensor | None, bad: bool) -> None:
+        """Add a finished step to the skip count and the window's sums (a skipped step's loss and norm
+        count in none of them)."""
+        state, window = self.state, self._window
+        if bad:  # train.nonfinite: skip
+            state.skipped += 1
+            state.skipped_in_a_row += 1
+            if state.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise Diverged(
+                    f"training diverged by step {step}: {MAX_SKIPPED_IN_A_ROW} steps in a row had a "
+                    "non-finite gradient norm; try a smaller train.lr"
+                )
+        else:
+            state.skipped_in_a_row = 0
+            window.loss += loss
+            window.n += self.job.config.grad_accum
+            if norm is not None:
+                window.sums[2] += float(norm)
+                window.sums[3] += 1
+        window.sums[0] += examples
+        state.train_examples += examples
+
+    def maybe_log(self, report: OnPoint | None = None) -> TrainPoint | None:
+        """At a log step (and the last step): reduce the window's sums over the processes, check the
+        loss, append a `TrainPoint` to the training log and report it. Every process calls it.
+
+        Raises:
+            Diverged: the window's mean loss is not finite.
+        """
+        step = self.state.step
+        if step % self.job.config.log_every and step != self.steps:
+            return None
+        window, n_proc = self._window, self.job.accelerator.num_processes
+        now = time.perf_counter()
+        loss_and_sums = torch.cat([window.loss.to(window.sums.dtype).reshape(1), window.sums])
+        sums = self.job.accelerator.reduce(loss_and_sums, "sum").tolist()  # loss, examples, tokens, norms, count
+        # each process's terms average to the mean (and skipped steps count in none of them)
+        mean_loss = sums[0] / (window.n * n_proc) if window.n else None
+        if mean_loss is not None and not math.isfinite(mean_loss):  # every process sees the reduced sum
+            raise Diverged(f"training diverged by step {step} (loss {mean_loss}); try a smaller train.lr")
+        seconds = max(now - window.t0, 1e-9)
+        point = TrainPoint(
+            step=step,
+            loss=mean_loss,
+            lr=self.scheduler.get_last_lr()[0],
+            grad_norm=sums[3] / sums[4] if sums[4] else None,  # every process measured the same norms
+            examples_per_s=sums[1] / seconds,
+            tokens_per_s=sums[2] / seconds,
+        )
+        self.state.train_log.append(point)
+        if report is not None:
+            report(point)
+        window.reset(now)
+        return point
+
+    def maybe_evaluate(self, report: OnPoint | None = None) -> EvalPoint | None:
+        """At an evaluation step (and the last step): score the validation split, append an `EvalPoint`
+        to the history, report it, and keep these weights if `train.select` picks them. Every process
+        calls it."""
+        cfg, state, step = self.job.config, self.state, self.state.step
+        if step % cfg.eval_every and step != self.steps:
+            return None
+        t0 = time.perf_counter()
+        metrics = evaluate(self.model, self.job.val_split, cfg, self.job.accelerator)
+        state.eval_seconds += time.perf_counter() - t0
+        self._window.t0 += time.perf_counter() - t0  # evaluation time is not training throughput
+        point = EvalPoint(
+            step=step,
+            val_accuracy=metrics["accuracy"],
+            val_loss=metrics["loss"],
+            lr=self.scheduler.get_last_lr()[0],
+            train_seconds=round(state.train_seconds, 3),
+        )
+        state.history.append(point)
+        if report is not None:
+            report(point)
+        # every process holds the same gathered metrics, so all keep the same step's weights
+        if cfg.select == "last" or metrics["accuracy"] > state.best_acc:
+            state.best_acc = metrics["accuracy"]
+            self._best_weights = {n: p.detach().clone() for n, p in self.trainable.items()}
+            state.best = point
+        return point
+
+    def maybe_checkpoint(self, evaluated: bool, stop: StopRequests | None = None) -> Path | None:
+        """Write a checkpoint when `job.checkpoints` says one is due, or a stop was requested; all
+        processes act on one decision (their clocks and signals differ). Every process calls it.
+
+        Returns:
+            The checkpoint written, if any.
+
+        Raises:
+            Interrupted: a stop was requested (after the checkpoint, if the job has checkpoints).
+        """
+        accelerator, checkpoints, step = self.job.accelerator, self.job.checkpoints, self.state.step
+        want = checkpoints is not None and checkpoints.due(step, evaluated)
+        stopping = stop is not None and stop.signal_name is not None
+        if accelerator.num_processes > 1:
+            flags = torch.tensor([float(want), float(stopping)], device=accelerator.device)
+            flags = accelerator.reduce(flags, "sum")
+            want, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
+        saved = None
+        if checkpoints is not None and (want or stopping):
+            self.state.window, self.state.train_tokens = self._window.dump(), int(self._tokens)
+            saved = checkpoints.save(self.state, self._best_weights)
+        if stopping:
+            where = f"checkpoint {saved}" if saved is not None else "no checkpoint"
+            signal_name = stop.signal_name or "SIGTERM"
+            raise Interrupted(f"stopped after step {step} of {self.steps} ({where})", signal_name)
+        return saved
+
+    def finish(self) -> TrainOutcome:
+        """Put the selected weights into the model; the outcome, counts summed over the processes.
+        Every process calls it."""
+        state, cfg, accelerator = self.state, self.job.config, self.job.accelerator
+        n_proc = accelerator.num_processes
+        counts = torch.stack([torch.tensor(state.train_examples, device=accelerator.device), self._tokens])
+        totals = accelerator.reduce(counts, "sum")
+        if self._best_weights is not None:
+            with torch.no_grad():
+                for n, p in self.trainable.items():
+                    p.copy_(self._best_weights[n])
+        return TrainOutcome(
+            history=state.history,
+            train_log=state.train_log,
+            best=state.best,
+            skipped_steps=state.skipped,
+            resumed_from=self.resumed_from,
+            steps=state.step,
+            cap=self.steps,
+            stopped="flat" if state.step < self.steps else "cap",
+            train_seconds=state.train_seconds,
+            eval_seconds=state.eval_seconds,
+            train_examples=int(totals[0]),
+            train_tokens=int(totals[1]),
+            optimizer_state_bytes=optimizer_state_bytes(self.optimizer),
+            world_size=n_proc,
+            per_process_batch=cfg.batch_size,
+            global_batch=cfg.batch_size * n_proc * cfg.grad_accum,
+        )
 
 
-def _log(state: LoopState, window: _Window, accelerator: Accelerator, scheduler, on_step) -> None:
-    """Reduce the window's sums over the processes, check the loss, append a training-log entry."""
-    n_proc = accelerator.num_processes
-    now = time.perf_counter()
-    sums = accelerator.reduce(torch.cat([window.loss.to(window.sums.dtype).reshape(1), window.sums]), "sum").tolist()
-    # each process's terms average to the mean (and skipped steps count in none of them)
-    mean_loss = sums[0] / (window.n * n_proc) if window.n else None
-    if mean_loss is not None and not math.isfinite(mean_loss):  # every process sees the reduced sum
-        raise Diverged(f"training diverged by step {state.step} (loss {mean_loss}); try a smaller train.lr")
-    seconds = max(now - window.t0, 1e-9)
-    entry = {
-        "step": state.step,
-        "loss": mean_loss,
-        "lr": scheduler.get_last_lr()[0],
-        "grad_norm": sums[3] / sums[4] if sums[4] else None,  # every process measured the same norms
-        "examples_per_s": sums[1] / seconds,
-        "tokens_per_s": sums[2] / seconds,
-    }
-    state.train_log.append(entry)
-    if on_step is not None:
-        on_step(state.step, entry)
-    window.reset(now)
+def train(job: TrainJob, on_point: OnPoint | None = None) -> TrainOutcome:
+    """Train `job.model` and keep the selected weights in it: `Trainer(job).run(on_point)` (its Args,
+    Returns and Raises)."""
+    return Trainer(job).run(on_point)

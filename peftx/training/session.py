@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING
 
 import datasets
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from peftx.errors import PeftxError
-from peftx.training.batching import Split, make_split
+from peftx.training.batching import Split, make_split, pad_multiple
 from peftx.training.builder import build_model
-from peftx.training.loop import make_accelerator
-from peftx.training.speed import pad_multiple
 from peftx.util.env import resolve_precision
 
 if TYPE_CHECKING:
@@ -63,6 +62,34 @@ class Session:
         if self.task is None:
             self.task = self.recipe.task.load()
         return self.task
+
+
+def make_accelerator(precision: str, grad_accum: int = 1, log_with: list | None = None) -> Accelerator:
+    """An Accelerator for one run.
+
+    Accelerate keeps its state per process; runs that follow each other in one process (sweeps, tests,
+    predict after train) may differ in precision, so the per-run part of the state is reset first. The
+    distributed part (PartialState) is kept.
+
+    The loop steps the learning-rate schedule itself, once per optimizer step: accelerate's prepared
+    scheduler would step once per process (it assumes each process's loader holds 1/N of the epoch's
+    batches, and a schedule built for the single-process step count).
+
+    Args:
+        precision: 'bf16' (autocast) or 'fp32'.
+        grad_accum: micro-batches per optimizer step (`train.grad_accum`).
+        log_with: the trackers accelerate logs to (`peftx.runs.trackers.make_trackers`).
+
+    Returns:
+        The accelerator, its state fresh for this run.
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        gradient_accumulation_steps=grad_accum,
+        step_scheduler_with_optimizer=False,
+        log_with=log_with or None,
+    )
 
 
 def check_launch(accelerator: Accelerator) -> None:

@@ -26,7 +26,7 @@ from peftx.recipe import validate_recipe
 from peftx.studies.budget import model_budget
 from peftx.training.builder import recipe_budget
 from peftx.training.evaluation import infer
-from peftx.training.loop import make_accelerator
+from peftx.training.session import make_accelerator
 from tests.methods.test_methods import CASES, intended
 from tests.support.helpers import build, changed, on_device, snapshot, train_steps
 from tests.support.tiny import FAMILY_NAMES, tiny_recipe

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from peftx.recipe import validate_recipe
 from peftx.training.batching import LengthGroupedBatches, eval_batches, eval_shard, shard
 from peftx.training.evaluation import infer
-from peftx.training.loop import _loss, make_accelerator, total_steps
+from peftx.training.global_batch import loss_term
+from peftx.training.loop import total_steps
+from peftx.training.session import make_accelerator
 from tests.support.distributed_worker import SCENARIOS, run_scenario
 from tests.support.helpers import build
 from tests.support.tiny import tiny_recipe
@@ -79,9 +81,9 @@ def test_process_loss_terms_average_to_the_global_mean():
     torch.manual_seed(0)
     logits, labels = torch.randn(25, 10), torch.randint(0, 10, (25,))
     parts = [slice(0, 13), slice(13, 25)]
-    terms = [_loss(logits[p], labels[p], len(labels[p]), 25, 2) for p in parts]
+    terms = [loss_term(logits[p], labels[p], len(labels[p]), 25, 2) for p in parts]
     torch.testing.assert_close(sum(terms) / 2, F.cross_entropy(logits, labels))
-    stand_in = _loss(logits[:1], labels[:1], 0, 25, 2)  # a process with no example of the batch
+    stand_in = loss_term(logits[:1], labels[:1], 0, 25, 2)  # a process with no example of the batch
     assert stand_in.item() == 0.0
 
 

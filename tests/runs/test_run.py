@@ -1,6 +1,8 @@
-"""End to end through the Python API: result file, reload to identical predictions."""
+"""End to end through the Python API: result file, reload to identical predictions, typed points."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -9,8 +11,11 @@ from safetensors.torch import load_file
 
 from peftx.model.loading import load_backbone
 from peftx.recipe import validate_recipe
+from peftx.runs.display import RunDisplay
 from peftx.runs.predict import Predictor
+from peftx.runs.record import RunRecord
 from peftx.runs.run import run
+from peftx.training.points import EvalPoint, Point, TrainPoint
 from tests.support.tiny import TINY, tiny_recipe
 
 EXPRS = ["[MAX 2 9 ]", "[MIN 4 [SM 3 8 ] 7 ]", "[MED 1 5 3 [MAX 0 0 ] ]", "5"]
@@ -52,8 +57,6 @@ def test_reload_gives_identical_predictions(tmp_path, family, pretrained_body, p
 
 
 def test_failed_run_records_status(tmp_path, monkeypatch):
-    import json
-
     import peftx.runs.run as run_mod
 
     def boom(*a, **k):
@@ -72,3 +75,36 @@ def test_epochs_and_grad_accum(tmp_path):
     raw["train"] = {**raw["train"], "steps": None, "epochs": 0.5, "grad_accum": 2, "batch_size": 16}
     res = run(validate_recipe(raw)).result
     assert res["timing"]["steps"] == 4  # 256 examples / (16 x 2) = 8 steps an epoch
+
+
+class RecordingDisplay(RunDisplay):
+    """A quiet display that keeps every point the run shows it."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.points: list[Point] = []
+
+    def step(self, point: Point) -> None:
+        self.points.append(point)
+        super().step(point)
+
+
+def test_a_runs_points_are_typed_and_are_what_it_records(tmp_path):
+    raw = tiny_recipe("gpt2", tmp_path)
+    raw["train"] = {**raw["train"], "steps": 6, "log_every": 2, "eval_every": 3}
+    display = RecordingDisplay()
+    out = run(validate_recipe(raw), display=display)
+    points = display.points
+    assert [(type(p), p.step) for p in points] == [
+        (TrainPoint, 2),
+        (EvalPoint, 3),
+        (TrainPoint, 4),
+        (TrainPoint, 6),
+        (EvalPoint, 6),
+    ]
+    # result.json holds exactly these points, and metrics.jsonl one line each, in the order they came
+    record = RunRecord.read(out.run_dir)
+    assert record.train_log == [p for p in points if isinstance(p, TrainPoint)]
+    assert record.history == [p for p in points if isinstance(p, EvalPoint)]
+    lines = [json.loads(line) for line in (out.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"kind": "eval" if isinstance(p, EvalPoint) else "train", **p.model_dump()} for p in points]

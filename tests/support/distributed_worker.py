@@ -30,7 +30,10 @@ from peftx.recipe import validate_recipe
 from peftx.training.batching import make_split
 from peftx.training.builder import build_model
 from peftx.training.evaluation import evaluate, infer_rows
-from peftx.training.loop import make_accelerator, train
+from peftx.training.job import TrainJob
+from peftx.training.loop import train
+from peftx.training.points import Point, TrainPoint
+from peftx.training.session import make_accelerator
 from tests.support.tiny import tiny_recipe
 
 NO_DROPOUT = {
@@ -93,11 +96,11 @@ def run_scenario(family: str, global_batch: int, grad_accum: int, steps: int, n_
     lr: dict[int, float] = {}
     loss: dict[int, float] = {}
 
-    def on_step(step: int, info: dict) -> None:
-        if "loss" in info:
-            lr[step], loss[step] = info["lr"], info["loss"]
+    def on_point(point: Point) -> None:
+        if isinstance(point, TrainPoint):
+            lr[point.step], loss[point.step] = point.lr, point.loss
 
-    outcome = train(model, splits["train"], splits["validation"], cfg, recipe.seed, accelerator, on_step=on_step)
+    outcome = train(TrainJob(model, splits["train"], splits["validation"], cfg, recipe.seed, accelerator), on_point)
     val = evaluate(model, splits["validation"], cfg, accelerator)
     test = evaluate(model, splits["test"], cfg, accelerator)
     ids = {
@@ -113,13 +116,13 @@ def run_scenario(family: str, global_batch: int, grad_accum: int, steps: int, n_
         "lr": lr,
         "loss": loss,
         "seen": [sorted(i for part in parts for i in part) for parts in zip(*per_process)],
-        "history": outcome.history,
+        "history": [p.model_dump() for p in outcome.history],
         "initial_val": initial_val,
         "val": val,
         "test": test,
         "val_ids": ids["validation"],
         "test_ids": ids["test"],
-        "outcome": {k: v for k, v in asdict(outcome).items() if k not in ("history", "best")},
+        "outcome": {k: v for k, v in asdict(outcome).items() if k not in ("history", "train_log", "best")},
     }
 
 

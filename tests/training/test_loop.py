@@ -1,4 +1,4 @@
-"""The training loop's options: precision, selection of the best checkpoint, schedules."""
+"""The training loop's options: precision, selection of the best checkpoint, schedules; its single step."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import torch.nn.functional as F
 
 from peftx.recipe import validate_recipe
 from peftx.runs.run import run
-from peftx.training.loop import make_accelerator
+from peftx.training.job import TrainJob
+from peftx.training.loop import Trainer, train
+from peftx.training.points import EvalPoint, TrainPoint
+from peftx.training.session import make_accelerator
 from peftx.util import env
 from peftx.util.env import resolve_precision
 from tests.support.helpers import build
@@ -101,3 +104,27 @@ def test_cpu_bf16_is_fast_only_where_measured_so(monkeypatch, tmp_path):
 def test_bf16_matmul_speedup_is_measured():
     speedup = env.bf16_matmul_speedup(side=64, repeats=2)
     assert math.isfinite(speedup) and speedup > 0
+
+
+def test_trainer_step_is_the_loops_step():
+    """Benchmarks call `Trainer.step` one optimizer step at a time: it computes what the loop computes,
+    the same losses and the same weights."""
+    raw = tiny_recipe("bert")
+    raw["train"].update(steps=5, grad_accum=2, log_every=1, eval_every=100)  # one evaluation, after step 5
+
+    def job() -> TrainJob:
+        recipe, _, model, split = build(raw)
+        return TrainJob(model, split, split, recipe.train, recipe.seed, make_accelerator("fp32", grad_accum=2))
+
+    looped, points = job(), []
+    outcome = train(looped, points.append)
+    assert [type(p) for p in points] == [TrainPoint] * 5 + [EvalPoint]
+    assert points == [*outcome.train_log, *outcome.history]
+    stepped = job()
+    trainer = Trainer(stepped)
+    results = [trainer.step() for _ in range(5)]
+    assert [r.step for r in results] == [1, 2, 3, 4, 5] and not any(r.skipped for r in results)
+    # a log point's loss is the mean of its step's micro-batch terms
+    assert [p.loss for p in outcome.train_log] == [r.loss.item() / 2 for r in results]
+    for (name, a), b in zip(looped.model.named_parameters(), stepped.model.parameters(), strict=True):
+        assert torch.equal(a, b), name

@@ -18,10 +18,12 @@ from peftx.methods import METHODS
 from peftx.recipe import load_recipe, validate_recipe
 from peftx.runs.run import run
 from peftx.studies.sweep import load_sweep
-from peftx.training.batching import make_split
+from peftx.training.batching import make_split, pad_multiple
 from peftx.training.builder import build_model, norm_params
-from peftx.training.loop import make_accelerator, train
-from peftx.training.speed import pad_multiple
+from peftx.training.job import TrainJob
+from peftx.training.loop import train
+from peftx.training.points import Point, TrainPoint
+from peftx.training.session import make_accelerator
 from tests.methods.test_methods import INERT
 from tests.model.test_loading import HAS_OFFLINE
 from tests.support.helpers import changed, snapshot
@@ -87,12 +89,13 @@ def train_briefly(family: str, method: dict, dtype: str, precision: str, lr: flo
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     losses = []
 
-    def on_step(step: int, info: dict) -> None:
-        if "loss" in info:
-            losses.append(info["loss"])
+    def on_point(point: Point) -> None:
+        if isinstance(point, TrainPoint):
+            losses.append(point.loss)
 
-    outcome = train(model, splits["train"], splits["validation"], recipe.train, recipe.seed, accelerator, on_step)
-    return accelerator.unwrap_model(model), before, dtypes, losses, outcome.history[-1]["val_loss"]
+    job = TrainJob(model, splits["train"], splits["validation"], recipe.train, recipe.seed, accelerator)
+    outcome = train(job, on_point)
+    return accelerator.unwrap_model(model), before, dtypes, losses, outcome.history[-1].val_loss
 
 
 def check_training(family: str, model, before, dtypes, losses, val_loss) -> None:

@@ -1,0 +1,46 @@
+"""What the training loop reports as it goes: a `TrainPoint` at every log step, an `EvalPoint` at every
+evaluation. Whoever listens (the run record, the display, trackers, benchmark scripts) reads their
+fields; the run record stores them as they are (result.json's `train_log` and `history`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Record(BaseModel):
+    """Base of everything written to a run's result.json.
+
+    Unknown keys are kept (a newer peftx may add fields; an older one still reads the file). A
+    non-finite number (a diverged loss) is written as null: result.json stays strict JSON.
+    """
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="null")
+
+
+class EvalPoint(Record):
+    """One evaluation on the validation split during training."""
+
+    step: int
+    val_accuracy: float
+    val_loss: float
+    lr: float
+    train_seconds: float = 0.0
+
+
+class TrainPoint(Record):
+    """Training loss and learning rate, every `train.log_every` steps (loss: mean since the last point,
+    over every process)."""
+
+    step: int
+    loss: float | None  # null: not finite (a diverged step), or every step of the window skipped
+    lr: float
+    grad_norm: float | None = None  # mean over the window's steps, before clipping
+    examples_per_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+Point = TrainPoint | EvalPoint
+OnPoint = Callable[[Point], None]  # called with each point as the loop makes it (main process only)
