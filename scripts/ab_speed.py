@@ -1,96 +1,98 @@
-"""Old against new speed code on the same batches, alternating in one process: training steps (forward
-and backward, no optimizer) of a recipe with some of `peftx/training/speed.py`'s names taken from another git
-revision. For changes too small to see across processes (a few percent) on a machine whose speed moves.
+"""Old against new code on the same training steps, taking turns: one worker process per git revision
+(the old one checked out in a temporary worktree), each stepping the library's own loop
+(`peftx.training.loop.Trainer.step`) through the same batch stream, one round each in turn. For changes
+too small to see across separate runs (a few percent) on a machine whose speed drifts: only one worker
+computes at a time, and drift falls on both alike.
 
-    python scripts/ab_speed.py --rev HEAD~1 --swap _FastDropout
-    python scripts/ab_speed.py --rev HEAD~1 --swap _FastDropout --set task.preset=lra512 \\
-        --set task.n_train=600 --set train.batch_size=8
+    python scripts/ab_speed.py --rev HEAD~1
+    python scripts/ab_speed.py --rev HEAD~1 --set task.preset=lra512 --set task.n_train=600 \\
+        --set train.batch_size=8
 
-The old names run with the old module's globals (what they call comes from the old revision too).
+Both revisions must have `Trainer.step` (the public step of the loop).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 
-def old_module(rev: str):
-    """peftx/training/speed.py as it was at `rev`, loaded as a module of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:peftx/training/speed.py"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speed_old.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location("speed_old", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
+def worker(recipe_path: str, overrides: list[str], steps: int) -> None:
+    """Build the recipe's model from the checkout in the working directory, then answer each line on
+    stdin (a number of steps) with the seconds those optimizer steps took."""
+    sys.path.insert(0, os.getcwd())  # this checkout's peftx, not the one beside this script
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from peftx.recipe import load_recipe
+    from peftx.tasks.base import SPLITS
+    from peftx.training.job import TrainJob
+    from peftx.training.loop import Trainer
+    from peftx.training.session import open_session
+
+    recipe = load_recipe(recipe_path, [f"train.steps={steps}", *overrides])
+    session = open_session(recipe)
+    splits = session.splits(SPLITS)
+    job = TrainJob(session.model, splits["train"], splits["validation"], recipe.train, recipe.seed, session.accelerator)
+    trainer = Trainer(job)
+    print(json.dumps({"precision": session.precision}), flush=True)
+    for line in sys.stdin:
+        seconds = sum(trainer.step().seconds for _ in range(int(line)))
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
+def start(cwd: Path, a: argparse.Namespace, total: int) -> subprocess.Popen:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--recipe", a.recipe, "--steps", str(total)]
+    cmd += [x for s in a.set for x in ("--set", s)]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    json.loads(proc.stdout.readline())  # built
+    return proc
+
+
+def ask(proc: subprocess.Popen, steps: int) -> float:
+    proc.stdin.write(f"{steps}\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())["seconds"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rev", required=True, help="git revision of the old peftx/training/speed.py")
-    p.add_argument("--swap", action="append", required=True, help="a name in peftx.training.speed to take from --rev")
+    p.add_argument("--rev", help="git revision of the old code")
     p.add_argument("--recipe", default=str(ROOT / "recipes" / "listops_lora.yaml"))
     p.add_argument("--set", action="append", default=[])
-    p.add_argument("--batches", type=int, default=6)
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per round")
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2, help="steps each worker takes before the rounds")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
-
-    import peftx.training.speed as speed
-    from peftx.recipe import load_recipe
-    from peftx.training.session import open_session
-
-    old = old_module(a.rev)
-    variants = {"old": {n: getattr(old, n) for n in a.swap}, "new": {n: getattr(speed, n) for n in a.swap}}
-    recipe = load_recipe(a.recipe, ["train.steps=10", *a.set])
-    session = open_session(recipe)
-    model, accelerator = session.model, session.accelerator
-    split = session.splits(["train"])["train"]
-    fast = speed.prepare_model(model, recipe.train, accelerator.device)
-    model.train()
-    bs = recipe.train.batch_size
-    order = np.argsort(split.lengths)  # batches of similar lengths, as peftx's sampler makes them
-    starts = np.random.default_rng(0).integers(0, len(split) // bs, a.batches)
-    batches = [split.collate(order[i * bs : (i + 1) * bs].tolist()) for i in starts]
-
-    def step(batch: dict) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        with accelerator.autocast(), fast():
-            loss = torch.nn.functional.cross_entropy(model(**batch).float(), labels)
-        loss.backward()
-        for param in model.parameters():
-            param.grad = None
-
-    for batch in batches[:2]:  # warm-up
-        step(batch)
-    seconds: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(a.rounds):
-        for name, names in variants.items():
-            for attr, value in names.items():
-                setattr(speed, attr, value)
-            t = time.perf_counter()
-            for batch in batches:
-                step(batch)
-            seconds[name].append(time.perf_counter() - t)
-    print(f"precision {session.precision}, threads {torch.get_num_threads()}, {len(batches)} batches of {bs}")
+    total = a.warmup + a.steps * a.rounds
+    if a.worker:
+        return worker(a.recipe, a.set, total)
+    if not a.rev:
+        p.error("--rev is required")
+    with tempfile.TemporaryDirectory() as tmp:
+        old_tree = Path(tmp) / "old"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), a.rev], cwd=ROOT, check=True)
+        try:
+            workers = {"old": start(old_tree, a, total), "new": start(ROOT, a, total)}
+            for proc in workers.values():
+                ask(proc, a.warmup)
+            seconds: dict[str, list[float]] = {k: [] for k in workers}
+            for _ in range(a.rounds):
+                for name, proc in workers.items():
+                    seconds[name].append(ask(proc, a.steps))
+            for proc in workers.values():
+                proc.stdin.close()
+                proc.wait()
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
+    print(f"{a.steps} optimizer steps per round, {a.rounds} rounds, taking turns")
     for name, s in seconds.items():
         print(f"{name}: " + " ".join(f"{x:.3f}" for x in s) + f" s, median {statistics.median(s):.3f}")
     print(f"old / new: {statistics.median(seconds['old']) / statistics.median(seconds['new']):.3f}x")

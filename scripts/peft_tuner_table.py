@@ -1,5 +1,6 @@
 """The tuner x family table of docs/methods.md's "Every peft tuner": every peft type through the `peft` method on
-a tiny random model of each family (hidden 32, 2 layers), the tiny ListOps task, a few AdamW steps.
+a tiny random model of each family (hidden 32, 2 layers), the tiny ListOps task, a few optimizer steps of
+the library's own loop (`Trainer.step`).
 
 A cell reads "ran: <trained tuner parameters>" when the model built, trained, the loss stayed finite and
 only the tuner's parameters and the head moved; otherwise the one-line error peftx gives (shortened).
@@ -20,14 +21,13 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
-from accelerate.utils import set_seed
 from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from peftx.errors import PeftxError
 from peftx.recipe import validate_recipe
-from peftx.training.batching import LengthGroupedBatches, make_split
-from peftx.training.builder import build_model
+from peftx.training.job import TrainJob
+from peftx.training.loop import Trainer
+from peftx.training.session import open_session
 
 TINY = {
     "bert": ("bert-base-uncased", dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -65,32 +65,23 @@ def cell(family: str, tuner: str, steps: int) -> str:
         },
         "task": {"name": "listops", "preset": "tiny"},
         "method": {"name": "peft", "tuner": tuner.lower(), "config": SMALL.get(tuner, {})},
-        "train": {"lr": 1e-2, "batch_size": 16, "steps": steps, "precision": "fp32"},
+        "train": {"lr": 1e-2, "batch_size": 16, "steps": steps, "warmup": 0, "precision": "fp32"},
         "output": {"dir": tempfile.mkdtemp()},
     }
     try:
         recipe = validate_recipe(raw)
-        set_seed(0)
-        task = recipe.task.load()
-        model, _ = build_model(recipe, task.info, "fp32")
+        session = open_session(recipe)
     except PeftxError as e:
         return short(str(e))
+    model = session.model
     infos = model.param_infos()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    split = make_split(task.splits["train"], task.info.input_spec, model.specials, model.max_length, 1)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    batches = iter(LengthGroupedBatches(split.lengths, 16, seed=0))
-    losses = []
-    model.train()
-    for _ in range(steps):
-        batch = split.collate(next(batches))
-        y = batch.pop("labels")
-        loss = F.cross_entropy(model(**batch), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    splits = session.splits(["train", "validation"])
+    trainer = Trainer(
+        TrainJob(model, splits["train"], splits["validation"], recipe.train, recipe.seed, session.accelerator)
+    )
+    losses = [trainer.step().loss.item() for _ in range(steps)]  # the library's own optimizer steps
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     tuner_params = sum(p.numel() for n, p in model.named_parameters() if n in trainable and infos[n].role == "adapter")
     ok = moved <= trainable and any(infos[n].role == "adapter" for n in moved) and all(x == x for x in losses)
