@@ -19,9 +19,11 @@ renamed into place, so a failure leaves no half export.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,12 +77,31 @@ class Export:
     files: list[str] = field(default_factory=list)
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an OUT_DIR that is a file, or a non-empty directory unless `overwrite`."""
+def is_export(path: Path) -> bool:
+    """Whether `path` holds an export of peftx's own: its loading template and a task.json with an
+    `export` section."""
+    try:
+        task = json.loads((path / TASK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (path / SNIPPET).is_file() and isinstance(task, dict) and "export" in task
+
+
+def check_out_dir(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse an OUT_DIR that would lose something the user has: the run being exported (or a folder
+    holding it, or a folder inside it), a file, or a non-empty directory that is not a previous export
+    (or is one, without `overwrite`)."""
+    out, run = out_dir.resolve(), run_dir.resolve()
+    if out == run or out.is_relative_to(run) or run.is_relative_to(out):
+        raise PeftxError(f"{out_dir}: is, holds or lies inside the run being exported ({run_dir}); export elsewhere")
     if out_dir.exists() and not out_dir.is_dir():
         raise PeftxError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise PeftxError(f"{out_dir}: exists and is not empty; pass --overwrite to replace it")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not is_export(out_dir):
+        raise PeftxError(f"{out_dir}: exists, is not empty and is not a peftx export; choose another OUT_DIR")
+    if not overwrite:
+        raise PeftxError(f"{out_dir}: holds an export already; pass --overwrite to replace it")
 
 
 def base_reference(recipe) -> str | None:
@@ -225,7 +246,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
     record = RunRecord.read(run_dir)
     if not record.completed:
         raise PeftxError(f"{run_dir}: run status is {record.status!r}, not 'completed'; nothing to export")
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, run_dir, overwrite)
     recipe = validate_recipe(read_raw(run_dir / RECIPE, EXPORT_OVERRIDES), str(run_dir / RECIPE))
     session = open_session(recipe, load_task=False)
     model = session.model
@@ -235,9 +256,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
     base = base_reference(recipe) if adapter else None
     body_exported = base is None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))  # one per writer
     try:
         if body_exported:
             save_body(model, tmp)
@@ -255,23 +274,31 @@ def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
         cmd = command or f"peftx export {run_dir} {out_dir}" + (" --overwrite" if overwrite else "")
         (tmp / "README.md").write_text(model_card(record, info, task, cmd), encoding="utf-8")
         info.files = sorted(p.name for p in tmp.iterdir())
-        _replace_dir(tmp, out_dir)
+        _move_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a finished export into place: the old directory (if any) is renamed aside first and
-    removed only once the new one is in place."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move a finished export into place. A new target is taken by one rename, which fails where another
+    writer put something there meanwhile (so of two racing exports, the second refuses); a previous
+    export (with `overwrite`) is renamed aside first and removed only once the new one is in place."""
+    if overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        if not is_export(out_dir):  # something else was written there meanwhile
+            raise PeftxError(f"{out_dir}: was written by another process meanwhile; nothing replaced")
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent)) / "export"
         os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old.parent, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, out_dir)  # onto nothing or an empty folder; never onto a non-empty one
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        raise PeftxError(f"{out_dir}: was written by another process meanwhile; nothing replaced") from None
 
 
 def load_lines(info: Export, task: dict) -> list[str]:

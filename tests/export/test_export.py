@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,14 +242,24 @@ def test_model_card_snippet_runs(tmp_path, monkeypatch):
     assert len(scope["predicted"]) == 1 and scope["predicted"][0] in LABELS
 
 
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_never_overwrites_and_leaves_no_half_export(tmp_path, monkeypatch):
     run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    for overwrite in (False, True):  # what is not an export is never replaced
+        with pytest.raises(PeftxError, match="is not a peftx export; choose another OUT_DIR"):
+            export_run(run_dir, mine, overwrite=overwrite)
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
     out_dir = tmp_path / "export"
-    out_dir.mkdir()
-    (out_dir / "keep.txt").write_text("mine")
-    with pytest.raises(PeftxError, match="not empty; pass --overwrite"):
+    export_run(run_dir, out_dir)
+    with pytest.raises(PeftxError, match="holds an export already; pass --overwrite"):
         export_run(run_dir, out_dir)
-    assert (out_dir / "keep.txt").read_text() == "mine"
+    before = files_of(out_dir)
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -256,11 +267,42 @@ def test_never_overwrites_and_leaves_no_half_export(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "model_card", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         export_run(run_dir, out_dir, overwrite=True)
-    assert sorted(p.name for p in out_dir.iterdir()) == ["keep.txt"]  # the old export stands
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "runs"]  # no temporary left
+    assert files_of(out_dir) == before  # the old export stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mine", "runs"]  # no temporary left
     monkeypatch.undo()
+    (out_dir / "README.md").write_text("an older card")
     export_run(run_dir, out_dir, overwrite=True)
-    assert not (out_dir / "keep.txt").exists() and (out_dir / "adapter_config.json").is_file()
+    assert (out_dir / "README.md").read_text() != "an older card"
+
+
+@pytest.mark.parametrize("where", ["run", "inside", "parent"])
+def test_a_target_that_is_holds_or_lies_in_the_run_is_refused(tmp_path, where):
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    (tmp_path / "runs" / "notes.txt").write_text("keep")
+    target = {"run": run_dir, "inside": run_dir / "export", "parent": run_dir.parent}[where]
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(PeftxError, match="is, holds or lies inside the run being exported"):
+        export_run(run_dir, target, overwrite=True)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_of_two_racing_exports_the_second_refuses(tmp_path, monkeypatch):
+    """Both start while OUT_DIR does not exist; the one that finishes second finds it taken."""
+    run_dir = trained_run(tmp_path, "bert", PEFT_METHODS["lora"])
+    out_dir = tmp_path / "export"
+    card = export_mod.model_card
+
+    def meanwhile(*a, **k):  # the other export lands while this one writes its files
+        monkeypatch.setattr(export_mod, "model_card", card)
+        export_run(run_dir, out_dir)
+        return card(*a, **k)
+
+    monkeypatch.setattr(export_mod, "model_card", meanwhile)
+    with pytest.raises(PeftxError, match="was written by another process meanwhile"):
+        export_run(run_dir, out_dir)
+    first = {p.name for p in out_dir.iterdir()}
+    assert "adapter_model.safetensors" in first and export_mod.is_export(out_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "runs"]  # no temporary left
 
 
 def test_unfinished_run_is_refused(tmp_path):
@@ -288,7 +330,7 @@ def test_cli_export_and_offline_push(tmp_path):
     ]
     assert not (tmp_path / "e2").exists()
     again = runner.invoke(app, ["export", str(run_dir), str(tmp_path / "e1")])
-    assert again.exit_code == 2 and "not empty; pass --overwrite" in again.stderr
+    assert again.exit_code == 2 and "holds an export already; pass --overwrite" in again.stderr
 
 
 def test_push_uses_the_hub_api(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from peftx.cli import app
+from peftx.errors import PeftxError
 from peftx.runs.record import Metrics, RunRecord
 from peftx.studies.report.writer import load_results, summarize, write_report
 
@@ -137,3 +138,23 @@ def test_a_section_set_in_some_runs_and_null_in_others_is_a_difference():
     _mark_sections(flats)
     assert [f["input.align"] for f in flats] == ["off", "on"]
     assert flats[1]["input.align.objective"] == "mmd" and "input.align.objective" not in flats[0]
+
+
+def test_a_report_replaces_its_own_files_and_nothing_else(runs_dir, tmp_path):
+    out = tmp_path / "rep"
+    write_report(runs_dir, out)
+    again = write_report(runs_dir, out)  # a previous report of peftx's own is replaced
+    assert out / "report.md" in again
+    hand = tmp_path / "notes"
+    hand.mkdir()
+    (hand / "report.md").write_text("# My notes\n")
+    result = runner.invoke(app, ["report", str(runs_dir), "--out", str(hand)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {hand / 'report.md'}: exists and is not a peftx report; choose another --out"
+    assert (hand / "report.md").read_text() == "# My notes\n" and len(list(hand.iterdir())) == 1
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "training_curves.png").write_bytes(b"mine")
+    with pytest.raises(PeftxError, match="exists beside no peftx report"):
+        write_report(runs_dir, plots)
+    assert (plots / "training_curves.png").read_bytes() == b"mine"

@@ -32,6 +32,9 @@ def _baselines(ax, baselines: dict[str, float]) -> None:
         )
 
 
+PLOT_FILES = ("accuracy_vs_trainable.png", "pretrained_vs_scratch.png", "rate_curves.png", "training_curves.png")
+
+
 def plot(rows: list[Row], out_dir: Path) -> list[Path]:
     """PNG plots: accuracy vs trainable parameters per task, pretrained vs scratch, the rate curves of
     tuned configurations, training curves (validation accuracy with its spread over seeds and the
@@ -42,12 +45,8 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     colors = {r.key: f"C{i % 10}" for i, r in enumerate(rows)}
-    figures = {
-        "accuracy_vs_trainable.png": _accuracy_vs_trainable(plt, rows, colors),
-        "pretrained_vs_scratch.png": _pretrained_vs_scratch(plt, rows),
-        "rate_curves.png": _rate_curves(plt, rows, colors),
-        "training_curves.png": _training_curves(plt, rows, colors),
-    }
+    drawers = (_accuracy_vs_trainable, _pretrained_vs_scratch, _rate_curves, _training_curves)
+    figures = {name: draw(plt, rows, colors) for name, draw in zip(PLOT_FILES, drawers)}
     written = []
     for name, fig in figures.items():
         if fig is None:
@@ -101,7 +100,7 @@ def _accuracy_vs_trainable(plt, rows: list[Row], colors: dict):
     return fig
 
 
-def _pretrained_vs_scratch(plt, rows: list[Row]):
+def _pretrained_vs_scratch(plt, rows: list[Row], colors: dict):
     pairs = pretrained_pairs(rows)
     if not pairs:
         return None

@@ -17,7 +17,7 @@ from pathlib import Path
 from peftx.errors import PeftxError
 from peftx.recipe import result_neutral_keys
 from peftx.runs.record import RESULT, RunRecord
-from peftx.studies.report.plots import plot, pretrained_pairs
+from peftx.studies.report.plots import PLOT_FILES, plot, pretrained_pairs
 from peftx.studies.report.rows import Row, mean, sem, short, stopped_label, welch_interval
 from peftx.studies.selection import choose
 
@@ -299,6 +299,29 @@ def not_reported_section(runs: list[tuple[Path, RunRecord]], root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPORT_FILES = ("report.md", *PLOT_FILES)
+
+
+def is_report(md: Path) -> bool:
+    """Whether `md` is a report.md that `peftx report` wrote (its heading and its "Made by" line)."""
+    try:
+        head = md.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    return head.startswith("# Report: ") and "\nMade by `" in head and " result file(s): " in head
+
+
+def check_report_dir(out: Path) -> None:
+    """Refuse to write where a report's files would replace files that are not a previous report's: a
+    report.md of someone else's, or plot files with no peftx report beside them."""
+    md = out / "report.md"
+    if md.exists() and not is_report(md):
+        raise PeftxError(f"{md}: exists and is not a peftx report; choose another --out")
+    taken = [name for name in REPORT_FILES if (out / name).exists()]
+    if taken and not md.exists():
+        raise PeftxError(f"{out / taken[0]}: exists beside no peftx report; choose another --out")
+
+
 def write_report(root: str | Path, out_dir: str | Path | None = None, command: str | None = None) -> list[Path]:
     """Write report.md and the PNG plots for the runs under `root`: completed runs in the tables and
     plots, the others listed apart.
@@ -319,6 +342,7 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, command: s
         raise PeftxError(f"{root}: no completed runs (no result.json with status 'completed')")
     rows, varying = summarize(completed)
     out = Path(out_dir) if out_dir is not None else root
+    check_report_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     command = command or f"peftx report {root}" + (f" --out {out_dir}" if out_dir is not None else "")
     md = out / "report.md"
