@@ -96,6 +96,10 @@ def module_of(path: str, package_dir: Path) -> str | None:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# Methods torch calls on its own (a TorchFunctionMode sees every torch call): no reader follows them.
+DISPATCHED = {"__torch_function__", "__torch_dispatch__"}
+
+
 def trace_run(recipe_path: str, out_dir: str) -> list[tuple[str, str]]:
     """Cross-file calls (caller module, callee module), each call site once, in first-taken order."""
     import importlib
@@ -123,7 +127,7 @@ def trace_run(recipe_path: str, out_dir: str) -> list[tuple[str, str]]:
         return modules[f]
 
     def hook(frame, event, arg):  # noqa: ANN001  (sys.setprofile's protocol)
-        if event != "call" or frame.f_back is None:
+        if event != "call" or frame.f_back is None or frame.f_code.co_name in DISPATCHED:
             return
         callee = mod(frame.f_code)
         if callee is None:
@@ -149,14 +153,14 @@ def trace_run(recipe_path: str, out_dir: str) -> list[tuple[str, str]]:
 
 def summarize(moves: list[tuple[str, str]], floors: dict[str, int], stack: list[list[str]]) -> dict:
     files, left, up, back, up_layers = [], set(), 0, 0, 0
-    covered = all(layer_of(m, stack) is not None for m in floors if m != "peftx")
+    walked = {m for move in moves for m in move} - {"peftx", "peftx.__main__"}
     for caller, callee in moves:
         if not files:
             files.append(caller)
         left.add(caller)
         up += floors[callee] > floors[caller]
-        if covered and caller != "peftx" and callee != "peftx":
-            up_layers += layer_of(callee, stack) < layer_of(caller, stack)
+        a, b = layer_of(caller, stack), layer_of(callee, stack)
+        up_layers += a is not None and b is not None and b < a  # moves between modules the layers place
         back += callee in left
         if callee not in files:
             files.append(callee)
@@ -164,7 +168,8 @@ def summarize(moves: list[tuple[str, str]], floors: dict[str, int], stack: list[
         "files": len(files),
         "moves": len(moves),
         "up_floors": up,
-        "up_layers": up_layers if covered else None,
+        "up_layers": up_layers,
+        "outside_the_layers": sorted(m for m in walked if layer_of(m, stack) is None),
         "back_into_a_file_left": back,
         "visited": files,
     }
@@ -181,7 +186,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         moves = trace_run(a.recipe, tmp)
     summary = summarize(moves, floors, stack)
-    up_layers = summary["up_layers"] if summary["up_layers"] is not None else "n/a (some module is in no layer)"
+    outside = summary["outside_the_layers"]
+    up_layers = str(summary["up_layers"])
+    if outside:
+        up_layers += f" (moves between placed modules only; {len(outside)} walked modules are in no layer)"
     print(
         f"{summary['files']} files, {summary['moves']} moves between them; up the import floors: "
         f"{summary['up_floors']}; up the stated layers: {up_layers}; "

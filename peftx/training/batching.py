@@ -322,3 +322,10 @@ class ContinuousCollator(SymbolCollator):
         if self.split.labels is not None:
             batch["labels"] = self.split.labels[indices]
         return batch
+
+
+def draw_like_a_data_loader() -> None:
+    """Take from the global torch generator what a DataLoader's iterator takes (one int64, its base
+    seed). The loop feeds batches itself (each process its part of the global batch); drawing as a
+    DataLoader would keeps a seed's dropout masks, and so its results, those of a DataLoader-fed loop."""
+    torch.empty((), dtype=torch.int64).random_()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, send_to_device
 
-from peftx.training.batching import Split, eval_batches, eval_shard
+from peftx.training.batching import Split, draw_like_a_data_loader, eval_batches, eval_shard
 
 if TYPE_CHECKING:
     from peftx.recipe import TrainSection
@@ -87,10 +87,3 @@ def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -
         "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
         "loss": F.cross_entropy(logits, labels).item(),
     }
-
-
-def draw_like_a_data_loader() -> None:
-    """Take from the global torch generator what a DataLoader's iterator takes (one int64, its base
-    seed). The loop feeds batches itself (each process its part of the global batch); drawing as a
-    DataLoader would keeps a seed's dropout masks, and so its results, those of a DataLoader-fed loop."""
-    torch.empty((), dtype=torch.int64).random_()

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
 
-from peftx.training.batching import LengthGroupedBatches, Split, shard
-from peftx.training.evaluation import draw_like_a_data_loader
+from peftx.training.batching import LengthGroupedBatches, Split, draw_like_a_data_loader, shard
 
 if TYPE_CHECKING:
     from peftx.recipe import TrainSection
