@@ -20,6 +20,8 @@ from rich.markup import escape
 
 from peftx import __version__
 from peftx.errors import EXIT_DIVERGED, EXIT_USER_ERROR, Diverged, Interrupted, PeftxError
+from peftx.util.echo import MESSAGE_CHARS, printable, shorten
+from peftx.util.user_paths import expand_path
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 recipe_app = typer.Typer(no_args_is_help=True, help="What a recipe may hold: every field, its type, default and help.")
@@ -38,9 +40,23 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Parameter-efficient fine-tuning of pretrained language models on non-language tasks."""
 
 
+def one_line(e: BaseException) -> str:
+    """An error's message as one printable line of at most about `MESSAGE_CHARS` characters (it may
+    quote user data: control characters are escaped, a huge value loses its middle)."""
+    return escape(shorten(str(e), MESSAGE_CHARS))
+
+
 def print_error(e: PeftxError) -> None:
     """`error: <message>` on one line of stderr."""
-    err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
+
+
+def user_path(path: Path, what: str) -> Path:
+    """A path from the command line with `~` and `$VAR` expanded, as in recipes (`what` names it)."""
+    try:
+        return expand_path(path)
+    except ValueError as e:
+        raise PeftxError(f"{what}: {e}") from None
 
 
 def user_errors(fn):
@@ -52,16 +68,14 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Diverged as e:
-            err.print(f"[red]diverged:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err.print(f"[red]diverged:[/] {one_line(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_DIVERGED) from None
         except PeftxError as e:
             print_error(e)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except Interrupted as e:
-            err.print(f"[yellow]interrupted:[/] {escape(str(e))}; continue with --resume", highlight=False)
+            err.print(f"[yellow]interrupted:[/] {one_line(e)}; continue with --resume", highlight=False)
             raise typer.Exit(128 + getattr(signal, e.signal_name, signal.SIGINT)) from None
-
-    return wrapper
 
     return wrapper
 
@@ -93,6 +107,7 @@ def run(
     from peftx.recipe import load_recipe
     from peftx.runs.display import RunDisplay
     from peftx.runs.run import run as run_recipe
+    from peftx.runs.validate import check_global_batch
 
     if overwrite and resume:
         raise PeftxError("--overwrite starts the run again and --resume continues it: choose one")
@@ -105,6 +120,7 @@ def run(
             raise PeftxError(f"--name: {e}") from None
     overrides = list(set_ or []) + ([f"output.name={name}"] if name is not None else [])
     loaded = load_recipe(recipe, overrides)
+    check_global_batch(loaded)  # before the run directory is made: the split's size is known without data
     run_recipe(loaded, overwrite=overwrite, resume=resume, display=RunDisplay(err, enabled=not quiet))
 
 
@@ -125,7 +141,7 @@ def validate(
         try:
             points = load_sweep(path, list(set_ or []))
             check_recipes([p.recipe for p in points], str(path))
-            print(f"ok: {path}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
+            print(f"ok: {printable(str(path))}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
         except PeftxError as e:
             failed += 1
             print_error(e)
@@ -188,9 +204,10 @@ def export(
 
     if push_to_hub:
         check_hub(push_to_hub)  # before minutes of exporting
+    out_dir = user_path(out_dir, "OUT_DIR")
     done = export_run(run_dir, out_dir, overwrite=overwrite)
     for name in done.files:
-        print(f"written: {out_dir / name}")
+        print(f"written: {printable(str(out_dir / name))}")
     if push_to_hub:
         print(f"pushed: {push(done.out_dir, push_to_hub, private)}")
 
@@ -224,9 +241,15 @@ def sweep(
 
     from peftx.model.budget import fmt_count
     from peftx.runs.display import RunDisplay
+    from peftx.runs.validate import check_global_batch
     from peftx.studies.sweep import load_sweeps, plan, run_sweep, run_workers
 
     points = load_sweeps(recipes, list(set_ or []))
+    for point in points:
+        try:
+            check_global_batch(point.recipe)
+        except PeftxError as e:
+            raise PeftxError(f"{point.name}: {e}") from None
     if dry_run:
         table = Table(title=f"{len(points)} runs")
         for col in ("run", "state", "trainable", "total", "trainable %"):
@@ -238,7 +261,7 @@ def sweep(
     if workers > 1:
         if overwrite:
             raise PeftxError("--overwrite with --workers: each worker would redo every point; run one worker")
-        raise typer.Exit(run_workers(recipes, list(set_ or []), workers))
+        raise typer.Exit(run_workers(recipes, list(set_ or []), workers, points, log=err.print))
     out = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
     if out.diverged:
         err.print(f"[yellow]{len(out.diverged)} run(s) diverged:[/] {', '.join(out.diverged)}")
@@ -311,7 +334,7 @@ def budget(
     )
     sys.stdout.write(out.text)
     for path in out.written:
-        err.print(f"written: {escape(str(path))}", highlight=False)
+        err.print(f"written: {escape(printable(str(path)))}", highlight=False)
 
 
 @app.command()
@@ -324,8 +347,9 @@ def report(
     source) and PNG plots from result files; runs that did not complete are listed apart."""
     from peftx.studies.report.writer import write_report
 
+    out = user_path(out, "--out") if out is not None else None
     for path in write_report(runs, out):
-        print(f"written: {path}")
+        print(f"written: {printable(str(path))}")
 
 
 @recipe_app.command("show")

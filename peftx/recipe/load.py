@@ -5,7 +5,9 @@ becomes a `PeftxError` whose one line names the file and the key path (and the l
 
 One YAML loader reads files and `--set` values alike (`RecipeLoader`): PyYAML's safe loader, refusing
 duplicate keys (PyYAML keeps the last one silently) and reading numbers as YAML 1.2 does (`1e-5` is a
-float; YAML 1.1, which PyYAML follows, wants `1.0e-5` and reads `1e-5` as a string).
+float; YAML 1.1, which PyYAML follows, wants `1.0e-5` and reads `1e-5` as a string). Aliases are
+counted before they are expanded: a document whose aliases would expand past `MAX_YAML_NODES` values (an
+"alias bomb", a few lines that expand to billions) or that refer to themselves is refused at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from peftx.errors import PeftxError
 from peftx.inputs import INPUTS
 from peftx.recipe.grid import find_axes, reject_grid
 from peftx.recipe.schema import PLUGINS, RecipeBase, recipe_class
+from peftx.util.echo import quoted
 from peftx.util.text_files import read_text
 
 # YAML 1.2's core-schema float: a dot or an exponent, either optional sign (`1e-5`, `3E4`, `.5`, `2.`).
@@ -55,9 +58,70 @@ class RecipeLoader(yaml.SafeLoader):
 RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
+MAX_YAML_NODES = 100_000
+"""The most values (scalars, lists, mappings) a recipe may expand to with its aliases; a large sweep
+recipe has a few thousand."""
+
+
+def _expanded_size(root: yaml.Node) -> None:
+    """Refuse a node tree whose aliases expand past `MAX_YAML_NODES` values, counting each shared node
+    once per use without expanding it (a node is counted once, its size reused at every alias).
+
+    Raises:
+        yaml.constructor.ConstructorError: too large, or an alias inside the node it refers to.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    # iterative post-order walk: an alias chain nested thousands deep must not hit the recursion limit
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if not children_done:
+            if key in open_nodes:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "an alias refers to a node that contains it", node.start_mark
+                )
+            open_nodes.add(key)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in open_nodes and id(child) not in sizes:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "an alias refers to a node that contains it", child.start_mark
+                    )
+                stack.append((child, False))
+            continue
+        open_nodes.discard(key)
+        sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+        if sizes[key] > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand to more than {MAX_YAML_NODES:,} values", node.start_mark
+            )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def parse_yaml(text: str) -> Any:
-    """YAML text as data, read by `RecipeLoader`."""
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+    """YAML text as data, read by `RecipeLoader`, refusing aliases that expand too far (see
+    `MAX_YAML_NODES`) before expanding them."""
+    loader = RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _yaml_error(where: str, e: Exception, text: str) -> PeftxError:
@@ -88,7 +152,7 @@ def _format_error(err: dict, where: str, raw: dict) -> str:
         return f"{where}: {key}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) and err["type"] != "value_error" else ""
+    shown = f" (got {quoted(value)})" if not isinstance(value, dict | list) and err["type"] != "value_error" else ""
     if not key:  # a check across sections: its message starts with the keys it is about
         return f"{where}: {msg}{shown}"
     return f"{where}: {key}: {msg}{shown}"
@@ -116,18 +180,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key = key.strip()
         parts = key.split(".")
         if not sep or not key or not all(parts):
-            raise PeftxError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+            raise PeftxError(f"--set {quoted(item)}: expected KEY=VALUE, e.g. train.lr=3e-4")
         try:
             value = parse_yaml(text)
         except yaml.constructor.ConstructorError as e:  # valid YAML syntax, refused content (a duplicate key)
-            raise PeftxError(f"--set {item!r}: {e.problem}") from None
+            raise PeftxError(f"--set {quoted(item)}: {e.problem}") from None
         except (yaml.YAMLError, RecursionError):
             value = text  # not YAML: the text itself (the schema says whether a string fits)
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise PeftxError(f"--set {item!r}: {part} is not a section")
+                raise PeftxError(f"--set {quoted(item)}: {part} is not a section")
             node = child
         node[parts[-1]] = value
     return raw

@@ -19,6 +19,7 @@ from peftx.families import FAMILIES
 from peftx.inputs import INPUTS
 from peftx.methods import METHODS
 from peftx.tasks import TASKS
+from peftx.util.user_paths import UserPath, expand_path
 
 # More optimizer steps than any run takes (a year at 30 steps a second); a warm-up longer is a mistake.
 MAX_STEPS = 1_000_000_000
@@ -80,6 +81,12 @@ class ModelSection(Section):
             if not isinstance(key, str) or not key.isidentifier():
                 raise ValueError(f"{key!r} is not a config field name")
         return v
+
+    @field_validator("source")
+    @classmethod
+    def _expand_source(cls, v: str) -> str:
+        # `$VAR` in a local directory, as in every path of a recipe (`~` is expanded where it is loaded)
+        return str(expand_path(v)) if "$" in v else v
 
     @field_validator("sha256")
     @classmethod
@@ -249,8 +256,8 @@ Tracker = Literal["csv", "tensorboard", "wandb", "mlflow"]
 
 
 class OutputSection(Section):
-    dir: Path = Field(Path("runs"), json_schema_extra=RESULT_NEUTRAL)
-    """Runs are written to <dir>/<name>/."""
+    dir: UserPath = Field(Path("runs"), json_schema_extra=RESULT_NEUTRAL)
+    """Runs are written to <dir>/<name>/ (`~` and `$VAR` expanded, as in every path of a recipe)."""
     name: str | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
     """Run name; default: the recipe's `name`, else the recipe file's stem."""
     trackers: list[Tracker] = Field(default_factory=list, json_schema_extra=RESULT_NEUTRAL)

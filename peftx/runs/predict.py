@@ -18,7 +18,8 @@ from peftx.training.evaluation import evaluate, infer
 from peftx.training.session import open_session
 from peftx.training.speed import prepare_model
 from peftx.util import text_files
-from peftx.util.text_files import decode_text
+from peftx.util.echo import printable
+from peftx.util.text_files import decode_text, split_lines
 
 
 class Predictor:
@@ -108,12 +109,13 @@ class Inputs:
 
 def read_inputs(text: str, where: str) -> Inputs:
     """Parse `peftx predict`'s input text (non-empty lines; a TSV whose header starts with `Source`).
+    Lines end at LF, CRLF or a bare CR (`split_lines`), so each input's `where` is its line.
 
     Raises:
         PeftxError: a TSV row whose Source is empty, or whose fields do not match the header (naming
             its line).
     """
-    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    numbered = [(n, line) for n, line in enumerate(split_lines(text), start=1) if line.strip()]
     if not numbered or numbered[0][1].split("\t")[0] != "Source":
         return Inputs([line for _, line in numbered], where=[f"{where}:{n}" for n, _ in numbered])
     header = numbered[0][1].split("\t")
@@ -145,10 +147,12 @@ class Predictions:
         return sum(p == y for p, y in zip(self.labels, t)) / max(len(t), 1)
 
     def rows(self) -> list[list[str]]:
-        """TSV rows: header, then input, prediction[, target]."""
+        """TSV rows: header, then input, prediction[, target], each cell `printable` (a control
+        character in an input or a label is shown escaped, never sent to the terminal)."""
         head = ["input", "prediction"] + (["target"] if self.inputs.targets is not None else [])
         body = [
-            [x, p] + ([self.inputs.targets[i]] if self.inputs.targets is not None else [])
+            [printable(x), printable(p)]
+            + ([printable(self.inputs.targets[i])] if self.inputs.targets is not None else [])
             for i, (x, p) in enumerate(zip(self.inputs.texts, self.labels))
         ]
         return [head, *body]

@@ -2,7 +2,7 @@
 built on the meta device by the one builder (`peftx.training.builder.build_model`: its config with
 `model.config_overrides`, its layers, the input layer, pooling and method, its storage dtypes), the
 safety of a local model directory (custom code, pickles, safetensors headers), the task's description,
-the warm-up against the run's length where the task's size is known, and whether the weights,
+the warm-up and the global batch against the training split where its size is known, and whether the weights,
 gradients and optimizer state fit in this machine's memory.
 
 What needs the data (labels in range, empty splits, malformed rows) is checked when the task loads.
@@ -120,6 +120,7 @@ def check_recipe(recipe: RecipeBase) -> Checked:
             f"method: {recipe.method.name} on {m.source!r} needs at least {need / GB:,.1f} GB for weights, gradients "
             f"and optimizer state ({trainable:,} trained parameters); this machine has {have / GB:,.1f} GB"
         )
+    check_global_batch(recipe)
     n_train = recipe.task.train_size()
     train = recipe.train
     if n_train is not None and train.warmup >= 1:
@@ -130,6 +131,28 @@ def check_recipe(recipe: RecipeBase) -> Checked:
                 f"epoch(s) of {n_train} examples in batches of {train.batch_size * train.grad_accum})"
             )
     return Checked(need, trainable)
+
+
+def check_global_batch(recipe: RecipeBase) -> None:
+    """Refuse accumulating more micro-batches per step than the training split holds, where its size is
+    known without loading data (`TaskConfig.train_size`): one step would go round the split more than
+    once, and `train.grad_accum: 1e9` would run for days before its first step. A batch_size alone
+    beyond the split is fine (the batch is the whole split).
+
+    Raises:
+        PeftxError: one line naming train.grad_accum, the global batch and the split's size.
+    """
+    train = recipe.train
+    n_train = recipe.task.train_size()
+    if n_train is None or train.grad_accum <= 1:
+        return
+    global_batch = train.batch_size * train.grad_accum
+    if global_batch > n_train:
+        raise PeftxError(
+            f"train.grad_accum: {train.grad_accum:,} x train.batch_size {train.batch_size} = {global_batch:,} "
+            f"examples per step, more than the {n_train:,} of the training split "
+            f"(at most {max(n_train // train.batch_size, 1):,} at this batch size)"
+        )
 
 
 def _key(recipe: RecipeBase) -> str:

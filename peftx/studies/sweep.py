@@ -309,13 +309,26 @@ def _run_point(point: Point, tag: str, overwrite: bool, display_factory, log, ou
     return True
 
 
-def run_workers(recipes: list[Path], overrides: list[str], workers: int) -> int:
+def run_workers(recipes: list[Path], overrides: list[str], workers: int, points: list[Point], log=print) -> int:
     """`peftx sweep R... --workers N`: N worker processes on the grids (each a plain `peftx sweep R...`).
 
-    On a machine with at least N GPUs each worker sees one (`CUDA_VISIBLE_DEVICES`); on CPUs each gets
-    an equal share of the cores. SIGINT and SIGTERM are passed on to every worker (each checkpoints its
-    point). Returns the largest exit code of the workers.
+    N is capped by the points left to run (a worker with no point would only hold memory), and the cap
+    is said in one line. On a machine with at least N GPUs each worker sees one (`CUDA_VISIBLE_DEVICES`);
+    on CPUs each gets an equal share of the cores. SIGINT and SIGTERM are passed on to every worker (each
+    checkpoints its point). A worker killed by a signal is named in one line.
+
+    Args:
+        points: the grids' points (`load_sweeps`), to count those left.
+        log: one-line messages.
+
+    Returns:
+        The largest exit code of the workers, a worker killed by signal N counting as 128 + N (137 for
+        SIGKILL), as a shell reports it.
     """
+    left = sum(point_state(p) not in ("done", "diverged") for p in points)
+    if workers > max(left, 1):
+        log(f"--workers {workers}: {left} point(s) left to run, starting {max(left, 1)} worker(s)")
+        workers = max(left, 1)
     command = [sys.executable, "-m", "peftx", "sweep", *map(str, recipes), "--quiet"]
     for item in overrides:
         command += ["--set", item]
@@ -340,4 +353,15 @@ def run_workers(recipes: list[Path], overrides: list[str], workers: int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return max(codes)
+    for i, (p, code) in enumerate(zip(procs, codes), start=1):
+        if code < 0:  # Popen's way of saying "killed by signal -code"
+            name = _signal_name(-code)
+            log(f"worker {i} of {workers} (pid {p.pid}) was killed by {name}; its point resumes on the next sweep")
+    return max(128 - code if code < 0 else code for code in codes)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

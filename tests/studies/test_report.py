@@ -150,7 +150,8 @@ def test_a_report_replaces_its_own_files_and_nothing_else(runs_dir, tmp_path):
     (hand / "report.md").write_text("# My notes\n")
     result = runner.invoke(app, ["report", str(runs_dir), "--out", str(hand)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {hand / 'report.md'}: exists and is not a peftx report; choose another --out"
+    refused = f"error: {hand / 'report.md'}: exists and is not a peftx report; choose another --out"
+    assert result.stderr.strip() == refused
     assert (hand / "report.md").read_text() == "# My notes\n" and len(list(hand.iterdir())) == 1
     plots = tmp_path / "plots"
     plots.mkdir()

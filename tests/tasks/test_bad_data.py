@@ -4,6 +4,7 @@ file:line, empty splits, labels outside the task's classes, and ListOps generati
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import datasets
 import pytest
 
 from peftx.errors import PeftxError
+from peftx.tasks import TASKS
 from peftx.tasks.base import check_splits
 from peftx.tasks.listops.task import generate_splits, load_lra_tsv, parse_expression
 from peftx.tasks.protein.files import read_fasta, read_labels, read_tape_json
@@ -142,3 +144,23 @@ def test_protein_text_files_refuse_bytes_and_name_lines(tmp_path):
     js.write_text('[{"primary": "MKV", "fold_label": 1},\n{"primary": ]')
     with pytest.raises(PeftxError, match=r"x.json: not valid JSON \(line 2"):
         read_tape_json(js)
+
+
+def test_vector_values_beyond_float32_are_data_errors_at_file_and_line(tmp_path):
+    """1e308 is a finite float64 but inf in float32: a data error at its line, not a divergence."""
+
+    path = tmp_path / "v.jsonl"
+    rows = [{"x": [[0.5, 1.0]], "y": i % 2} for i in range(6)]
+    rows[3]["x"] = [[0.5, 1e308]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = TASKS.get("sequences").model_validate(
+        {
+            "name": "sequences",
+            "data_files": {s: str(path) for s in ("train", "validation", "test")},
+            "input_column": "x",
+            "label_column": "y",
+        }
+    )
+    with pytest.raises(PeftxError, match=r"v.jsonl:4: column 'x': 1e\+308 is too large for float32") as e:
+        task.load()
+    assert "\n" not in str(e.value)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Literal
 
 import datasets
@@ -38,6 +37,7 @@ from peftx.tasks.listops.symbols import (
 )
 from peftx.tasks.registry import TASKS
 from peftx.util.cache import cached_dataset_dict
+from peftx.util.user_paths import UserPath
 
 # Re-exported: the task's symbols and LRA's files are reached through this module.
 __all__ = [
@@ -219,7 +219,7 @@ class ListOpsConfig(TaskConfig):
     `cpu` and `tiny`)."""
     data_seed: int = Field(0, ge=0)
     """Seed of the generator; fixed apart from the training seed so that all runs share one dataset."""
-    data_dir: Path | None = None
+    data_dir: UserPath | None = None
     """Read LRA's basic_{train,val,test}.tsv from here instead of generating."""
 
     @model_validator(mode="after")

@@ -18,7 +18,6 @@ the run's data notes.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import datasets
@@ -38,6 +37,7 @@ from peftx.tasks.base import (
 )
 from peftx.tasks.protein import files as protein_files
 from peftx.tasks.registry import TASKS
+from peftx.util.user_paths import UserPath
 
 AMINO_ACIDS = tuple("ABCDEFGHIKLMNOPQRSTUVWXYZ")
 VOCAB = SymbolVocab(symbols=AMINO_ACIDS, version="amino-acids-v1")
@@ -89,7 +89,7 @@ class ProteinConfig(TaskConfig):
     name: Literal["protein"] = "protein"
     dataset: Literal["scl2205", "remote_homology"] = "scl2205"
     """scl2205: 13 subcellular locations (offline, p-scldata); remote_homology: TAPE's 1,195 folds."""
-    data_dir: Path | None = None
+    data_dir: UserPath | None = None
     """remote_homology: folder of TAPE's files (required); scl2205: None = the installed p-scldata."""
     format: Literal["auto", "json", "lmdb", "fasta"] = "auto"
     """remote_homology file format; auto: the first of lmdb, json, fasta found."""

@@ -134,7 +134,7 @@ def vectors(cell: object, width: int | None) -> np.ndarray:
 
     Raises:
         ValueError: a cell of another shape, a flat list without `width` or not a multiple of it,
-            or a value that is not a finite number.
+            or a value that is not a finite number (or too large for float32).
     """
     if isinstance(cell, str):
         text = cell.strip()
@@ -156,6 +156,9 @@ def vectors(cell: object, width: int | None) -> np.ndarray:
         arr = np.asarray(cell, dtype=np.float64).reshape(-1, width)
     if not np.isfinite(arr).all():
         raise ValueError("a value is not a finite number")
+    big = np.abs(arr) > np.finfo(np.float32).max  # finite here, infinite once stored as float32
+    if big.any():
+        raise ValueError(f"{float(arr[big][0]):g} is too large for float32 (at most about 3.4e38)")
     return arr.astype(np.float32)
 
 

@@ -41,6 +41,7 @@ from peftx.tasks.sequences.files import (
     split_symbols,
     vectors,
 )
+from peftx.util.user_paths import UserPath
 
 Table = tuple[datasets.Dataset, Where]
 
@@ -49,7 +50,7 @@ class SequencesConfig(TaskConfig):
     """Sequence classification from files or a hub data set: one input column, one label column."""
 
     name: Literal["sequences"] = "sequences"
-    data_files: dict[str, Path] | Path | None = None
+    data_files: dict[str, UserPath] | UserPath | None = None
     """Local files: {train: a.csv, validation: b.csv, test: c.csv}, or one file (or a train file
     alone) split by `holdout`. Type by suffix: .csv .tsv .jsonl/.json (JSON Lines) .parquet."""
     path: str | None = None

@@ -38,6 +38,7 @@ from peftx.tasks.base import (
 from peftx.tasks.registry import TASKS
 from peftx.tasks.vision import image_files
 from peftx.util.cache import cached_dataset_dict
+from peftx.util.user_paths import UserPath
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "digits": (8, 8, 1)}  # (height, width, channels)
@@ -84,7 +85,7 @@ class VisionConfig(TaskConfig):
     name: Literal["vision"] = "vision"
     dataset: Literal["fashion_mnist", "cifar10", "digits"] = "fashion_mnist"
     """fashion_mnist (60k/10k, 28x28 grey), cifar10 (50k/10k, 32x32 RGB), digits (1,797, 8x8 grey)."""
-    data_dir: Path | None = None
+    data_dir: UserPath | None = None
     """fashion_mnist: folder of idx files (default: Debian's /usr/share/datasets/fashion-mnist);
     cifar10: the cifar-10-batches-py folder (default: load `hub_id`)."""
     hub_id: str = "uoft-cs/cifar10"
