@@ -27,6 +27,7 @@ from peftx.runs.display import RunDisplay
 from peftx.runs.record import RunRecord
 from peftx.runs.recorder import RunRecorder
 from peftx.runs.trackers import hyperparameters, make_trackers, tracker_values
+from peftx.runs.validate import check_global_batch
 from peftx.tasks.base import SPLITS
 from peftx.training.align import align_input, reference
 from peftx.training.batching import Split
@@ -148,6 +149,7 @@ def _build(recipe: RecipeBase, run_dir: Path, decision: RunDirDecision, recorder
         task = session.load_task()
         load_peak = {f"load_{k}": v for k, v in peak_memory().items()}
         splits = session.splits(SPLITS)
+        check_global_batch(recipe, len(splits["train"]))  # sizes known only once the data is read
     except BaseException as e:
         if decision.plan == "new":
             recorder.fail_before_start(e)

@@ -133,17 +133,20 @@ def check_recipe(recipe: RecipeBase) -> Checked:
     return Checked(need, trainable)
 
 
-def check_global_batch(recipe: RecipeBase) -> None:
-    """Refuse accumulating more micro-batches per step than the training split holds, where its size is
-    known without loading data (`TaskConfig.train_size`): one step would go round the split more than
-    once, and `train.grad_accum: 1e9` would run for days before its first step. A batch_size alone
-    beyond the split is fine (the batch is the whole split).
+def check_global_batch(recipe: RecipeBase, n_train: int | None = None) -> None:
+    """Refuse accumulating more micro-batches per step than the training split holds: one step would go
+    round the split more than once, and `train.grad_accum: 1e9` would run for days before its first
+    step. A batch_size alone beyond the split is fine (the batch is the whole split).
+
+    Args:
+        n_train: the training split's size; None: as far as it is known without loading data
+            (`TaskConfig.train_size`), so that `validate` checks it; `run` checks again once loaded.
 
     Raises:
         PeftxError: one line naming train.grad_accum, the global batch and the split's size.
     """
     train = recipe.train
-    n_train = recipe.task.train_size()
+    n_train = recipe.task.train_size() if n_train is None else n_train
     if n_train is None or train.grad_accum <= 1:
         return
     global_batch = train.batch_size * train.grad_accum

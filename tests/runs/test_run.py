@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from peftx.errors import PeftxError
 from peftx.model.loading import load_backbone
 from peftx.recipe import validate_recipe
 from peftx.runs.display import RunDisplay
 from peftx.runs.predict import Predictor
 from peftx.runs.record import RunRecord
 from peftx.runs.run import run
+from peftx.tasks.listops.task import ListOpsConfig
 from peftx.training.points import EvalPoint, Point, TrainPoint
 from tests.support.tiny import TINY, tiny_recipe
 
@@ -108,3 +110,13 @@ def test_a_runs_points_are_typed_and_are_what_it_records(tmp_path):
     assert record.history == [p for p in points if isinstance(p, EvalPoint)]
     lines = [json.loads(line) for line in (out.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines == [{"kind": "eval" if isinstance(p, EvalPoint) else "train", **p.model_dump()} for p in points]
+
+
+def test_a_global_batch_beyond_a_split_known_only_once_loaded_is_refused_before_a_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(ListOpsConfig, "train_size", lambda self: None)  # as for data read from files
+    raw = tiny_recipe("bert", tmp_path)
+    raw["train"]["grad_accum"] = 1000  # the tiny preset trains on 256 examples
+    with pytest.raises(PeftxError, match=r"train\.grad_accum: 1,000 x train\.batch_size 16 = 16,000 examples"):
+        run(validate_recipe(raw))
+    record = RunRecord.read(tmp_path / "runs" / "tiny_bert")
+    assert record.status == "failed" and not record.train_log
