@@ -9,7 +9,13 @@ import copy
 import pytest
 import torch
 
-from tests.support.helpers import build, snapshot, train_steps
+from peftx.export.exporter import export_run
+from peftx.recipe import validate_recipe
+from peftx.runs.run import run
+from peftx.training.builder import recipe_budget
+from tests.export.test_export import assert_same_logits
+from tests.model.test_budget import real_budget
+from tests.support.helpers import build, fixed_logits, snapshot, train_steps
 from tests.support.tiny import LLAMA_SHAPED, tiny_recipe
 
 CASES = {
@@ -54,14 +60,6 @@ def intended(case: str, arch: str, infos: dict) -> set[str]:
     return {n for n, i in infos.items() if i.role == "head" or pick(i)}
 
 
-def fixed_logits(model, split) -> torch.Tensor:
-    model.eval()
-    batch = split.collate(list(range(6)))
-    batch.pop("labels")
-    with torch.no_grad():
-        return model(**batch)
-
-
 @pytest.mark.parametrize("arch", LLAMA_SHAPED)
 @pytest.mark.parametrize("case", CASES)
 def test_every_method_trains_the_intended_parameters_and_moves_the_logits(case, arch):
@@ -92,10 +90,6 @@ def test_prefix_reaches_every_layer_with_grouped_query_attention(pooling):
 @pytest.mark.parametrize("arch", LLAMA_SHAPED)
 @pytest.mark.parametrize("method", [{"name": "lora", "r": 2}, {"name": "ia3"}])
 def test_lora_and_ia3_export_and_reload_in_plain_peft(tmp_path, arch, method):
-    from peftx.export.exporter import export_run
-    from peftx.recipe import validate_recipe
-    from peftx.runs.run import run
-    from tests.export.test_export import assert_same_logits
 
     raw = llama_recipe(arch, method)
     raw["output"] = {"dir": str(tmp_path / "runs")}
@@ -108,9 +102,6 @@ def test_lora_and_ia3_export_and_reload_in_plain_peft(tmp_path, arch, method):
 @pytest.mark.parametrize("arch", LLAMA_SHAPED)
 @pytest.mark.parametrize("case", ["lora", "ia3", "prefix", "full", "bitfit"])
 def test_meta_budget_equals_counting_the_real_model(arch, case):
-    from peftx.recipe import validate_recipe
-    from peftx.training.builder import recipe_budget
-    from tests.model.test_budget import real_budget
 
     recipe = validate_recipe(llama_recipe(arch, CASES[case]))
     real, model = real_budget(recipe)
@@ -123,8 +114,6 @@ def test_meta_budget_equals_counting_the_real_model(arch, case):
     [("smollm2-135m", 134_515_008), ("qwen2.5-0.5b", 494_032_768), ("llama-3.2-1b", 1_235_814_400)],
 )
 def test_budget_of_the_standard_configs_counts_the_real_models(source, body):
-    from peftx.recipe import validate_recipe
-    from peftx.training.builder import recipe_budget
 
     raw = tiny_recipe("bert", method={"name": "full"})
     raw["model"] = {"family": "llama", "source": source, "pretrained": False}

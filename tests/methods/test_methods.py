@@ -15,7 +15,7 @@ from peftx.methods import METHODS
 from peftx.runs.record import load_weights, save_weights
 from peftx.studies.budget import model_budget
 from tests.model.test_loading import HAS_OFFLINE
-from tests.support.helpers import build, changed, snapshot, train_steps
+from tests.support.helpers import build, changed, fixed_logits, snapshot, train_steps
 from tests.support.tiny import tiny_recipe
 
 CASES = {
@@ -78,14 +78,6 @@ def trained(case: str, family: str):
     before = snapshot(model)
     train_steps(model, split, 3, weight_decay=0.0)
     return model, before, split
-
-
-def fixed_logits(model, split) -> torch.Tensor:
-    model.eval()
-    batch = split.collate(list(range(6)))
-    batch.pop("labels")
-    with torch.no_grad():
-        return model(**batch)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -70,3 +70,12 @@ def logits(model, batch) -> torch.Tensor:
     """The model's logits for a collated batch (without labels), with no gradient."""
     with torch.no_grad():
         return model(**on_device(batch, model))
+
+
+def fixed_logits(model, split) -> torch.Tensor:
+    """Eval-mode logits of a fixed batch (the split's first six examples)."""
+    model.eval()
+    batch = split.collate(list(range(6)))
+    batch.pop("labels")
+    with torch.no_grad():
+        return model(**batch)
