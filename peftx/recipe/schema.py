@@ -19,6 +19,7 @@ from peftx.families import FAMILIES
 from peftx.inputs import INPUTS
 from peftx.methods import METHODS
 from peftx.tasks import TASKS
+from peftx.util.echo import quoted
 from peftx.util.user_paths import UserPath, expand_path
 
 # More optimizer steps than any run takes (a year at 30 steps a second); a warm-up longer is a mistake.
@@ -246,7 +247,7 @@ def check_run_name(v: str | None) -> str | None:
     """A plain name (letters, digits and `._=+,@-`, not starting with a dot), or ValueError."""
     if v is not None and (not isinstance(v, str) or not RUN_NAME.fullmatch(v) or len(v) > 200):
         raise ValueError(
-            f"{v!r} is not a plain run name (letters, digits and ._=+,@- only, not starting with '.', "
+            f"{quoted(v)} is not a plain run name (letters, digits and ._=+,@- only, not starting with '.', "
             "at most 200 characters)"
         )
     return v
