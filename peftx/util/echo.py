@@ -16,9 +16,10 @@ import re
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
-MESSAGE_CHARS = 300
-"""The most characters of one error line; a longer one loses its middle (its start names the place,
-its end usually says what to do)."""
+MESSAGE_CHARS = 1000
+"""The most characters of one error line, a backstop for values no message shortened: a longer one loses
+its middle (its start names the place, its end usually says what to do). Long enough for a message
+naming two deep paths whole."""
 
 VALUE_CHARS = 120
 """The most characters of one value quoted inside a message."""

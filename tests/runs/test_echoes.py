@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from peftx.cli import app
 from peftx.errors import PeftxError
 from peftx.runs.predict import Inputs, Predictions, read_inputs
-from peftx.util.echo import printable, quoted, shorten
+from peftx.util.echo import MESSAGE_CHARS, printable, quoted, shorten
 from peftx.util.text_files import decode_text, split_lines
 from tests.support.tiny import tiny_recipe
 
@@ -71,7 +71,7 @@ def test_error_messages_escape_controls_and_are_capped(tmp_path):
     err = result.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "train.lr" in err
     assert "\x1b" not in err and "\x07" not in err and "\\x1b[2J" in err
-    assert len(err) < 400
+    assert len(err) < MESSAGE_CHARS + 100
 
     raw = tiny_recipe("bert", tmp_path)
     raw["method"]["r"] = "4\r\nerror: forged"
@@ -107,4 +107,4 @@ def test_predict_echoes_nothing_that_acts_on_the_terminal(run_dir, tmp_path):
     huge = tmp_path / "huge.txt"
     huge.write_text("[MAX 2 " + "9 " * 2_000_000 + "x ]\n")
     out = runner.invoke(app, ["predict", str(run_dir), str(huge)])
-    assert out.exit_code == 2 and len(out.stderr.strip()) < 400, out.stderr[:500]
+    assert out.exit_code == 2 and len(out.stderr.strip()) < MESSAGE_CHARS + 100, out.stderr[:500]
