@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from peftx.model.loading import offline_model_dir
+from peftx.model.sources import offline_model_dir
 from peftx.recipe import load_recipe
 from peftx.tasks.listops.task import VOCAB
 

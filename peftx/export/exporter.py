@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
 from peft import get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
@@ -38,7 +36,8 @@ from peftx import __version__
 from peftx.errors import PeftxError
 from peftx.export import template
 from peftx.inputs import exported_input
-from peftx.model.loading import OFFLINE, OFFLINE_DECODER, OFFLINE_NAME, hub_reachable, is_local
+from peftx.model.loading import OFFLINE_DECODER
+from peftx.model.sources import OFFLINE, OFFLINE_NAME, is_local
 from peftx.model.task_model import PeftxModel
 from peftx.recipe import read_raw, validate_recipe
 from peftx.runs.record import RECIPE, RESULT, RunRecord, load_weights
@@ -383,31 +382,3 @@ def model_card(record: RunRecord, info: Export, task: dict, command: str) -> str
         "",
     ]
     return "\n".join(lines)
-
-
-def check_hub(repo: str) -> None:
-    """Fail fast, before exporting, where `--push-to-hub REPO` cannot succeed.
-
-    Raises:
-        PeftxError: a repository id that is not `owner/name`, or an unreachable hub (offline).
-    """
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise PeftxError(f"--push-to-hub: {repo!r} is not a repository id (owner/name)")
-    if not hub_reachable():
-        raise PeftxError(f"--push-to-hub: cannot reach the Hugging Face hub for {repo} (offline or HF_HUB_OFFLINE=1)")
-
-
-def push_to_hub(out_dir: Path, repo: str, private: bool = False) -> str:
-    """Upload an export to a hub repository (created if missing); returns the repository's URL.
-
-    Raises:
-        PeftxError: the hub is unreachable, or refuses (one line).
-    """
-    check_hub(repo)
-    api = HfApi()
-    try:
-        url = api.create_repo(repo, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(out_dir), repo_id=repo, commit_message=f"peftx export of {out_dir.name}")
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise PeftxError(f"--push-to-hub: {repo}: {str(e).splitlines()[0]}") from None
-    return str(url)

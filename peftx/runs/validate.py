@@ -21,7 +21,8 @@ import torch
 from peftx.errors import PeftxError
 from peftx.model.budget import model_budget
 from peftx.model.files import check_local_dir, weights_files
-from peftx.model.loading import OFFLINE, is_local, load_tokenizer, offline_model_dir
+from peftx.model.loading import load_tokenizer
+from peftx.model.sources import OFFLINE, is_local, offline_model_dir
 from peftx.training.builder import build_model
 from peftx.training.loop import total_steps
 

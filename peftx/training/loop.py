@@ -30,7 +30,7 @@ from peftx.training.checkpoints import LoopState, StopRequests
 from peftx.training.evaluation import evaluate
 from peftx.training.global_batch import loss_term, micro_batches
 from peftx.training.job import StepResult, TrainJob, TrainOutcome
-from peftx.training.optimizers import build_optimizer, optimizer_state_bytes
+from peftx.training.optimizers import make_optimizer, optimizer_state_bytes
 from peftx.training.points import EvalPoint, OnPoint, TrainPoint
 from peftx.training.speed import ThreadTuner, prepare_model
 
@@ -45,15 +45,6 @@ def total_steps(cfg: TrainSection, n_train: int, num_processes: int = 1) -> int:
         return cfg.steps
     per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum * num_processes))
     return max(1, math.ceil(cfg.epochs * per_epoch))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
-    """`train.optimizer` (AdamW or an 8-bit one); matrices decay, biases, norms and 1-d vectors do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return build_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)
 
 
 def _configure_deepspeed(accelerator: Accelerator, cfg: TrainSection) -> None:

@@ -5,8 +5,12 @@ for Adam's two moments instead of 8; tensors under 4096 elements keep 32-bit sta
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from peftx.recipe import TrainSection
 
 # name -> (module, class); imported on first use so bitsandbytes loads only when asked for.
 OPTIMIZERS = {
@@ -40,3 +44,12 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
                 seen.add(value.data_ptr())
                 total += value.numel() * value.element_size()
     return total
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
+    """`train.optimizer` (AdamW or an 8-bit one); matrices decay, biases, norms and 1-d vectors do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return build_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)

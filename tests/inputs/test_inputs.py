@@ -162,7 +162,7 @@ def test_linear_frames_with_the_models_own_special_tokens():
 
 def test_pixel_vocab_maps_intensities_to_number_tokens():
     """With the offline MiniLM and 256 levels, pixel value v is embedded as the token "v"."""
-    from peftx.model.loading import offline_model_dir
+    from peftx.model.sources import offline_model_dir
 
     try:
         offline_model_dir()

@@ -61,7 +61,7 @@ def context(family: str, tokenizer, specials: SpecialIds) -> InputContext:
 def minilm():
     from transformers import AutoTokenizer
 
-    from peftx.model.loading import offline_model_dir
+    from peftx.model.sources import offline_model_dir
 
     tok = AutoTokenizer.from_pretrained(offline_model_dir())
     return "bert", tok, SpecialIds(pad=tok.pad_token_id, bos=tok.cls_token_id, eos=tok.sep_token_id)

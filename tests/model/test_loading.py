@@ -29,7 +29,7 @@ def test_offline_default_loads_verified_pretrained_weights():
 
 @pytest.mark.skipif(not HAS_OFFLINE, reason="offline model package not installed")
 def test_offline_weights_with_wrong_hash_are_refused(monkeypatch):
-    import peftx.model.loading as loading
+    import peftx.model.sources as loading
 
     loading.offline_model_dir.cache_clear()
     monkeypatch.setattr(loading, "OFFLINE_SHA256", "0" * 64)

@@ -12,8 +12,7 @@ from peftx.model.memory import enable_gradient_checkpointing
 from peftx.recipe import TrainSection, validate_recipe
 from peftx.runs.predict import Predictor
 from peftx.runs.run import run
-from peftx.training.loop import make_optimizer
-from peftx.training.optimizers import OPTIMIZERS, build_optimizer, optimizer_state_bytes
+from peftx.training.optimizers import OPTIMIZERS, build_optimizer, make_optimizer, optimizer_state_bytes
 from tests.model.test_quantization import grads, quantized_recipe
 from tests.support.helpers import build, changed, snapshot
 from tests.support.tiny import tiny_recipe
