@@ -199,8 +199,9 @@ def export(
 ) -> None:
     """Write a run as plain peft / transformers files (adapter or body, input layer and head, task.json,
     a loading snippet, a model card)."""
-    from peftx.export.exporter import check_hub, export_run
-    from peftx.export.exporter import push_to_hub as push
+    from peftx.export.exporter import export_run
+    from peftx.export.hub import check_hub
+    from peftx.export.hub import push_to_hub as push
 
     if push_to_hub:
         check_hub(push_to_hub)  # before minutes of exporting

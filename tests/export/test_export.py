@@ -16,6 +16,7 @@ from transformers import AutoModel
 from typer.testing import CliRunner
 
 import peftx.export.exporter as export_mod
+import peftx.export.hub as hub_mod
 from peftx.cli import app
 from peftx.errors import PeftxError
 from peftx.export.exporter import export_run, task_layers
@@ -346,8 +347,8 @@ def test_push_uses_the_hub_api(tmp_path, monkeypatch):
             calls.append(("upload", folder_path, repo_id))
 
     monkeypatch.setattr(export_mod, "hub_reachable", lambda: True)
-    monkeypatch.setattr(export_mod, "HfApi", FakeApi)
-    url = export_mod.push_to_hub(tmp_path, "me/tiny", private=True)
+    monkeypatch.setattr(hub_mod, "HfApi", FakeApi)
+    url = hub_mod.push_to_hub(tmp_path, "me/tiny", private=True)
     assert url == "https://huggingface.co/me/tiny"
     assert calls == [("create", "me/tiny", True, True), ("upload", str(tmp_path), "me/tiny")]
     with pytest.raises(PeftxError, match="not a repository id"):
