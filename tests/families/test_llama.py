@@ -5,6 +5,7 @@ grouped-query attention."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -119,3 +120,20 @@ def test_budget_of_the_standard_configs_counts_the_real_models(source, body):
     raw["model"] = {"family": "llama", "source": source, "pretrained": False}
     budget = recipe_budget(validate_recipe(raw))
     assert budget.total - budget.by_group["head"]["trainable"] == body  # the published parameter counts
+
+
+@pytest.mark.parametrize("arch", LLAMA_SHAPED)
+def test_lora_trains_in_bf16_with_frozen_weights_stored_in_bf16(tmp_path, arch):
+    """`precision: auto` picks bf16 where the hardware has it (GPUs, AVX512-BF16 and AMX CPUs): the
+    llama family trains there with a bf16 frozen body, finite losses and fp32 trained weights."""
+    raw = llama_recipe(arch, CASES["lora"])
+    raw["train"] = {**raw["train"], "precision": "bf16", "steps": 4}
+    raw["output"] = {"dir": str(tmp_path / "runs")}
+    result = run(validate_recipe(raw))
+    record = result.record
+    assert record.status == "completed" and record.precision == "bf16"
+    assert all(math.isfinite(t.loss) for t in record.train_log)
+    _, _, model, _ = build(raw)
+    dtypes = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "norm" not in n}
+    assert dtypes == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
