@@ -346,10 +346,10 @@ def test_push_uses_the_hub_api(tmp_path, monkeypatch):
         def upload_folder(self, folder_path, repo_id, commit_message):
             calls.append(("upload", folder_path, repo_id))
 
-    monkeypatch.setattr(export_mod, "hub_reachable", lambda: True)
+    monkeypatch.setattr(hub_mod, "hub_reachable", lambda: True)
     monkeypatch.setattr(hub_mod, "HfApi", FakeApi)
     url = hub_mod.push_to_hub(tmp_path, "me/tiny", private=True)
     assert url == "https://huggingface.co/me/tiny"
     assert calls == [("create", "me/tiny", True, True), ("upload", str(tmp_path), "me/tiny")]
     with pytest.raises(PeftxError, match="not a repository id"):
-        export_mod.check_hub("no-owner")
+        hub_mod.check_hub("no-owner")
