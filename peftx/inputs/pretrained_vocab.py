@@ -3,26 +3,30 @@
 This is the paper's key finding: the input layer must reuse the language model's embedding table. Each
 symbol is spelled as text (the task's default spelling, overridable in the recipe) and tokenised by the
 model's tokenizer. A spelling that becomes several tokens is embedded as the mean of their embeddings
-(`pieces: mean`) or as its first token (`pieces: first`); `pieces: error` refuses it.
+(`pieces: mean`) or as its first token (`pieces: first`); `pieces: error` refuses it. A leading piece
+that is a word boundary alone is dropped first: vocabularies with no "space + digit" token (SmolLM2's
+byte-level BPE, T5's SentencePiece) spell " 7" as a bare `Ġ` or `▁` and then `7`, and that piece,
+shared by every such symbol, says nothing about which symbol it is. Two symbols that end up with the
+same token ids are refused (with `pieces: first` that happens to words that share a first piece).
 
 Without a tokenizer (a from-scratch model whose vocabulary is not available offline) symbol i takes
 the i-th token id not used by a special token: the weights are random anyway, so only a fixed one-to-one
-map matters. The map is a buffer, saved with the run, so a reloaded run embeds exactly as it trained.
+map matters. The map is a buffer, saved with the run, so a reloaded run embeds exactly as it trained,
+and `task.json` records it (`input.token_ids`), so an export says which tokens each symbol stands for.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from peftx.errors import PeftxError
 from peftx.inputs.base import InputConfig, InputContext
 from peftx.inputs.registry import INPUTS
 from peftx.spec.index_space import BOS, EOS, NUM_FRAMING, PAD
 from peftx.spec.input_spec import SymbolVocab
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def spell_tokens(ctx: InputContext, spellings: list[str], pieces: str) -> list[list[int]]:
@@ -35,42 +39,22 @@ def spell_tokens(ctx: InputContext, spellings: list[str], pieces: str) -> list[l
                 f"input: {len(spellings)} symbols need as many tokens; the model's vocabulary has {len(free)} free"
             )
         return [[i] for i in free[: len(spellings)]]
-    out = []
+    out: list[list[int]] = []
     unk = getattr(ctx.tokenizer, "unk_token_id", None)
     for text in spellings:
         ids = ctx.tokenizer(" " + text if ctx.family.space_prefix else text, add_special_tokens=False).input_ids
+        if len(ids) > 1 and not ctx.tokenizer.decode(ids[:1]).strip():
+            ids = ids[1:]  # a word boundary alone (`Ġ`, `▁`): see the module docstring
         if not ids or (unk is not None and unk in ids):
             raise PeftxError(f"input.spelling: {text!r} is not in the model's vocabulary")
         if len(ids) > 1 and pieces == "error":
             raise PeftxError(f"input.spelling: {text!r} is {len(ids)} tokens and input.pieces is 'error'")
-        out.append(ids[:1] if pieces == "first" else ids)
+        ids = ids[:1] if pieces == "first" else ids
+        if ids in out:  # two symbols the model could not tell apart
+            other = spellings[out.index(ids)]
+            raise PeftxError(f"input.spelling: {other!r} and {text!r} are both token(s) {ids} (input.pieces: {pieces})")
+        out.append(ids)
     return out
-
-
-class PretrainedVocabEmbedding(nn.Module):
-    """Looks symbols up in the backbone's own embedding module (not registered here: it stays the
-    backbone's parameter, counted once, under the `token_embedding` role)."""
-
-    def __init__(self, embed: nn.Module, token_ids: list[list[int]]) -> None:
-        super().__init__()
-        self._embed = [embed]  # a list hides the module from registration
-        width = max(len(t) for t in token_ids)
-        ids = torch.zeros(len(token_ids), width, dtype=torch.long)
-        mask = torch.zeros(len(token_ids), width)
-        for i, t in enumerate(token_ids):
-            ids[i, : len(t)] = torch.tensor(t)
-            mask[i, : len(t)] = 1.0
-        self.register_buffer("token_ids", ids)  # (index, pieces)
-        self.register_buffer("piece_mask", mask)  # (index, pieces)
-
-    def table(self) -> torch.Tensor:
-        """(index, hidden): the embedding of every index, pieces averaged."""
-        pieces = self._embed[0](self.token_ids)  # (index, pieces, hidden)
-        weights = self.piece_mask / self.piece_mask.sum(1, keepdim=True)
-        return torch.einsum("iph,ip->ih", pieces, weights.to(pieces.dtype))
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.embedding(batch["input_ids"], self.table())  # (batch, seq, hidden)
 
 
 def framing_tokens(ctx: InputContext) -> list[list[int]]:
@@ -106,6 +90,8 @@ class PretrainedVocabConfig(VocabMapping):
     name: Literal["pretrained_vocab"] = "pretrained_vocab"
 
     def build(self, ctx: InputContext) -> nn.Module:
+        from peftx.inputs.layers import PretrainedVocabEmbedding  # torch, when a model is built
+
         return PretrainedVocabEmbedding(ctx.backbone.get_input_embeddings(), self.index_tokens(ctx))
 
     def trained_roles(self) -> set[str]:

@@ -24,10 +24,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-import torch
 from filelock import FileLock
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from peftx.errors import PeftxError
 from peftx.util.cache import cache_root
@@ -57,6 +54,11 @@ def gguf_path() -> Path:
     raise PeftxError(f"model.source: {OFFLINE_DECODER!r} needs the offline decoder package: {_INSTALL}")
 
 
+def converted_dir() -> Path:
+    """Where the converted copy lives in peftx's cache (whether or not it is there yet)."""
+    return cache_root() / "models" / _CACHE_NAME
+
+
 def has_offline_decoder() -> bool:
     """Whether the package carrying the offline decoder and the `gguf` reader are installed."""
     return (
@@ -68,6 +70,11 @@ def _convert(gguf: Path, out: Path) -> None:
     """Dequantise the GGUF file and save the body (float32 safetensors), its config and tokenizer in `out`."""
     if importlib.util.find_spec("gguf") is None:
         raise PeftxError(f"model.source: {OFFLINE_DECODER!r} needs the `gguf` package to read {gguf.name}: {_INSTALL}")
+    # here, not at the top: where sources live (`peftx.model.sources`) is read without torch
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -110,8 +117,8 @@ def offline_decoder_dir() -> Path:
         PeftxError: the package or `gguf` is missing, or the copy differs from the pinned conversion.
     """
     gguf = gguf_path()
-    root = cache_root() / "models"
-    path = root / _CACHE_NAME
+    path = converted_dir()
+    root = path.parent
     if _verified(path):
         return path
     root.mkdir(parents=True, exist_ok=True)

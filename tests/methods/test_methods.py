@@ -30,12 +30,12 @@ CASES = {
     "layers": {"name": "layers", "top": 1},
     "composed": {"name": "frozen", "preset": "head_only", "train_roles": ["bias", "layer_norm"]},
 }
-TOP_LAYER = {"bert": (None, 1), "gpt2": (None, 1), "t5": ("decoder", 1), "bart": ("decoder", 1)}
+TOP_LAYER = {"bert": (None, 1), "gpt2": (None, 1), "t5": ("decoder", 1), "bart": ("decoder", 1), "llama": (None, 1)}
 
 
 def intended(case: str, family: str, infos: dict) -> set[str]:
     """The parameters each case must train, written out from the method's definition."""
-    has_bias = family != "t5"
+    has_bias = family not in ("t5", "llama")  # no biases: bitfit trains the (RMS) norm scales instead
 
     def pick(i) -> bool:
         match case:
@@ -68,6 +68,7 @@ INERT = {
     "gpt2": r"$^",  # nothing: its key bias is fused with the query and value biases
     "t5": r".*decoder\.block\.\d+\.layer\.0\.SelfAttention\.(q|k|relative_attention_bias)\..*",
     "bart": r".*(k_proj\.bias|decoder\.layers\.\d+\.self_attn\.(q|k)_proj\..*)",
+    "llama": r"$^",  # nothing: no key bias, and every position attends causally over several keys
 }
 
 
@@ -115,6 +116,7 @@ END_TO_END = {
     "prompt": "gpt2",
     "layers": "bart",
     "composed": "bert",
+    "prefix": "llama",
 }
 
 
@@ -139,44 +141,60 @@ def test_run_then_predict_reproduces_the_test_accuracy(case, tmp_path):
 
 H, L, FF, VOCAB, CLASSES = 32, 2, 64, 128, 10
 HEAD = H * CLASSES + CLASSES
-SITES = {"bert": L, "gpt2": L, "t5": 3 * L, "bart": 3 * L}  # attention modules (T5/BART: enc, dec, cross)
-FF_OF = {"bert": FF, "gpt2": 4 * H, "t5": FF, "bart": FF}  # GPT-2's inner width is 4 x hidden
+# attention modules (T5/BART: encoder, decoder, cross)
+SITES = {"bert": L, "gpt2": L, "t5": 3 * L, "bart": 3 * L, "llama": L}
+FF_OF = {"bert": FF, "gpt2": 4 * H, "t5": FF, "bart": FF, "llama": FF}  # GPT-2's inner width is 4 x hidden
+# keys and values: as wide as the hidden state, but for llama's 2 key-value heads of 8 (grouped-query)
+KV = {"bert": H, "gpt2": H, "t5": H, "bart": H, "llama": 2 * 8}
 
 
 def layer_norms(family: str) -> tuple[int, int]:
     """(number of layer norms, parameters each)."""
-    count = {"bert": 2 * L + 1, "gpt2": 2 * L + 1, "t5": 2 * L + 1 + 3 * L + 1, "bart": 2 * L + 1 + 3 * L + 1}
-    return count[family], H if family == "t5" else 2 * H
+    count = 2 * L + 1 + (3 * L + 1 if family in ("t5", "bart") else 0)  # encoder-decoders: both stacks
+    return count, H if family in ("t5", "llama") else 2 * H  # RMS norms: a scale, no bias
 
 
 def expected_roles(case: str, family: str) -> dict[str, int]:
     ff = FF_OF[family]
     n_ln, per_ln = layer_norms(family)
     ln_bias = n_ln * H
-    pos = {"bert": (128 + 2) * H, "gpt2": 128 * H, "t5": 2 * 32 * 4, "bart": 2 * (128 + 2) * H}[family]
-    if case == "frozen":
-        return {"layer_norm": n_ln * per_ln, "position_embedding": pos, "head": HEAD}
+    pos = {"bert": (128 + 2) * H, "gpt2": 128 * H, "t5": 2 * 32 * 4, "bart": 2 * (128 + 2) * H, "llama": 0}[family]
+    if case == "frozen":  # llama: rotary positions, no position parameters to train
+        roles = {"layer_norm": n_ln * per_ln, "position_embedding": pos, "head": HEAD}
+        return {role: count for role, count in roles.items() if count}
     if case == "bitfit":
-        if family == "t5":  # no biases: the layer-norm scales
+        if family in ("t5", "llama"):  # no biases: the layer-norm scales
             return {"layer_norm": n_ln * H, "head": HEAD}
         attn = {"bert": 4 * H * L, "gpt2": 4 * H * L, "bart": 12 * H * L}[family]  # q k v o (gpt2: c_attn 3h + h)
         mlp = (ff + H) * L * (2 if family == "bart" else 1)
         return {"attention": attn, "feed_forward": mlp, "layer_norm": ln_bias, "head": HEAD}
     if case == "ia3":  # keys + values scaled at the output, the feed-forward output projection at its input
-        kv = {"bert": 2 * H * L, "gpt2": 3 * H * L, "t5": 2 * H * SITES["t5"], "bart": 2 * H * SITES["bart"]}[family]
+        kv = {
+            "bert": 2 * H * L,
+            "gpt2": 3 * H * L,
+            "t5": 2 * H * SITES["t5"],
+            "bart": 2 * H * SITES["bart"],
+            "llama": 2 * KV["llama"] * L,
+        }[family]
         stacks = 2 if family in ("t5", "bart") else 1
         return {"adapter": kv + ff * L * stacks, "head": HEAD}
     if case == "prefix":
-        return {"prefix": SITES[family] * 2 * 2 * H, "head": HEAD}  # sites x (k, v) x length x heads*hd
-    if case == "prefix_mlp":  # embedding (2, H) -> Linear(H, 8) -> tanh -> Linear(8, sites x 2 x H)
-        out = SITES[family] * 2 * H
+        return {"prefix": SITES[family] * 2 * 2 * KV[family], "head": HEAD}  # sites x (k, v) x length x heads*hd
+    if case == "prefix_mlp":  # embedding (2, H) -> Linear(H, 8) -> tanh -> Linear(8, sites x 2 x KV)
+        out = SITES[family] * 2 * KV[family]
         return {"prefix": 2 * H + (H * 8 + 8) + (8 * out + out), "head": HEAD}
     if case == "prompt":
         return {"prompt": 2 * H, "head": HEAD}
     if case == "layers":  # the top layer: the last decoder layer for T5/BART
-        attn = {"bert": 4 * (H * H + H), "gpt2": 4 * (H * H + H), "t5": 8 * H * H, "bart": 8 * (H * H + H)}[family]
-        mlp = 2 * H * ff + (0 if family == "t5" else ff + H)
-        norms = {"bert": 2, "gpt2": 2, "t5": 3, "bart": 3}[family]
+        attn = {
+            "bert": 4 * (H * H + H),
+            "gpt2": 4 * (H * H + H),
+            "t5": 8 * H * H,
+            "bart": 8 * (H * H + H),
+            "llama": 2 * H * H + 2 * H * KV["llama"],  # q, o (H x H), k, v (H x KV), no biases
+        }[family]
+        mlp = 3 * H * ff if family == "llama" else 2 * H * ff + (0 if family == "t5" else ff + H)  # gated
+        norms = {"bert": 2, "gpt2": 2, "t5": 3, "bart": 3, "llama": 2}[family]
         return {"attention": attn, "feed_forward": mlp, "layer_norm": norms * per_ln, "head": HEAD}
     raise KeyError(case)
 
@@ -249,7 +267,7 @@ def test_unknown_train_role_names_the_key():
 
 def test_train_roles_choices_come_from_the_families(family):
     """The family roles, the pseudo-role `bias` and the layers around the backbone; each picks
-    parameters on every family."""
+    parameters on every family, bar the position embeddings of llama's rotary positions (none)."""
     from peftx.families import CORE_ROLES, OUTER_ROLES
     from peftx.methods.base import TRAIN_ROLE_CHOICES, role_selected
 
@@ -258,7 +276,7 @@ def test_train_roles_choices_come_from_the_families(family):
     _, _, model, _ = build(tiny_recipe(family, input={"name": "learned"}, method=method))
     infos = model.param_infos().values()
     idle = [r for r in TRAIN_ROLE_CHOICES if not any(role_selected(i, [r]) for i in infos)]
-    assert idle == []
+    assert idle == (["position_embedding"] if family == "llama" else [])
 
 
 def test_methods_that_update_body_weights_refuse_a_quantized_body():

@@ -39,6 +39,7 @@ from tests.support.tiny import tiny_recipe
 NO_DROPOUT = {
     "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
     "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "llama": {"attention_dropout": 0.0},
 }
 
 SCENARIOS = {
@@ -47,6 +48,9 @@ SCENARIOS = {
     "uneven": dict(family="bert", global_batch=32, grad_accum=1, steps=12, n_train=249, n_val=50, n_test=37),
     # 225 = 14 x 16 + 1: the epoch's last micro-batch holds one example, so one process has none of it
     "accum": dict(family="gpt2", global_batch=16, grad_accum=2, steps=8, n_train=225, n_val=41, n_test=23),
+    # the llama family (grouped-query attention, last-token pooling): 97 = 6 x 16 + 1 again ends an epoch
+    # on a one-example batch
+    "llama": dict(family="llama", global_batch=16, grad_accum=1, steps=7, n_train=97, n_val=30, n_test=21),
 }
 
 

@@ -58,10 +58,9 @@ TINY = {
         },
     },
 }
-FAMILY_NAMES = tuple(TINY)
 # The llama family's architectures (Llama, Qwen2 with q/k/v biases, Mistral with a sliding window),
-# shrunk the same way. Kept apart from TINY: the family x method tables over FAMILY_NAMES do not list
-# llama yet; tests/families/test_llama.py runs the methods on these.
+# shrunk the same way. The family x method x precision tables over FAMILY_NAMES run the Llama one;
+# tests/families/test_llama.py runs every method on all three.
 _LLAMA_TINY = {
     "vocab_size": 128,
     "hidden_size": 32,
@@ -84,6 +83,8 @@ LLAMA_SHAPED = {
     },
     "mistral": {"source": "mistral-7b-v0.1", "config_overrides": dict(_LLAMA_TINY)},
 }
+TINY["llama"] = LLAMA_SHAPED["llama"]
+FAMILY_NAMES = tuple(TINY)
 
 
 def tiny_model(family: str, **extra) -> dict:
