@@ -26,5 +26,20 @@ class Interrupted(Exception):
         self.signal_name = signal_name
 
 
+class Pruned(Exception):
+    """A sweep's pruner stopped a run at an evaluation: its trial looks worse than its group's at the
+    same step. Final, like a completed run, but with no result to rank (status 'pruned').
+
+    Attributes:
+        step: the evaluation's step.
+        reason: one line saying why (the pruner, the metric and its value).
+    """
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3

@@ -1,4 +1,5 @@
-"""Sweeps: a recipe whose values may be lists expands into a grid of runs.
+"""Sweeps: a recipe whose values may be lists expands into a grid of runs, or, with a `search:` section,
+into runs whose values a sampler draws; either way the sweep is an Optuna study (`peftx.studies.study`).
 
 A list is a grid axis wherever the schema expects a single value: `seed: [0, 1, 2]`, `train.lr:
 [1e-3, 3e-4]`, a whole section (`method: [{name: lora}, {name: full}]`), or a field inside one
@@ -7,16 +8,19 @@ lists by nature (`method.targets`) stay as they are; sweep over them with an exp
 dotted keys (`grid: {method.targets: [[attention], [attention, feed_forward]]}`).
 
 A `tune:` section runs the tuning protocol: every value of one axis (`train.lr` by default) on the
-first seed(s), the value chosen on validation accuracy (`peftx.studies.selection.choose`), then the other seeds
-at the chosen value only:
+first seed(s), the value chosen on the validation metric (`peftx.studies.selection.choose`), then the
+other seeds at the chosen value only; with a `prune:` section the first stage is a pruned search (runs
+that fall behind their configuration's others stop early) and the later seeds run to their end:
 
     train: {lr: [1.0e-4, 3.0e-4, 1.0e-3]}
     seed: [0, 1, 2]
     tune: {key: train.lr, seeds: 1}
+    prune: {kind: asha}
 
-Every point runs into `<output.dir>/<sweep name>/<point name>/`. Finished points are skipped and an
-unfinished one resumes from its checkpoint, so an interrupted sweep goes on where it stopped; several
-workers (processes, machines on one file system) share a grid through the run directories' locks.
+Every point runs into `<output.dir>/<sweep name>/<point name>/`. Finished points count as done (a run
+finished before its study existed is told to the study from its record), and an unfinished one resumes
+from its checkpoint, so an interrupted sweep goes on where it stopped. Any number of workers, on any
+machines that share the study's storage, run one sweep together.
 """
 
 from __future__ import annotations
@@ -30,18 +34,43 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from peftx.errors import Diverged, Interrupted, PeftxError
-from peftx.recipe import PLUGINS, find_axes, read_raw, validate_recipe
-from peftx.recipe.grid import SECTIONS
-from peftx.runs.directory import RunLocked
+from peftx.errors import PeftxError
+from peftx.recipe import find_axes, read_raw, validate_recipe
+from peftx.recipe.grid import SECTIONS, SWEEP_KEYS, read_prune, read_search
 from peftx.runs.run import run
-from peftx.studies.sweep_state import Point, point_state, read_tune, tuning_verdict
-from peftx.training.builder import recipe_budget
+from peftx.studies.study import SweepStudy
+from peftx.studies.study_run import SweepOutcome, TrialRun, next_trial
+from peftx.studies.study_storage import HEARTBEAT_SECONDS
+from peftx.studies.study_trial import set_key
+from peftx.studies.sweep_state import (
+    PlannedPoint,
+    Point,
+    SweepSpec,
+    objective_direction,
+    plan,
+    point_state,
+    read_tune,
+    several_sweeps,
+    shown_name,
+)
+
+# the sweep's API in one place (the CLI and scripts import it from here)
+__all__ = [
+    "PlannedPoint",
+    "Point",
+    "SweepOutcome",
+    "expand",
+    "find_axes",
+    "load_sweep",
+    "load_sweeps",
+    "plan",
+    "run_sweep",
+    "run_workers",
+]
 
 
 def _label(value, keys: list[str] | None = None) -> str:
@@ -83,46 +112,73 @@ def _axis_label(key: str, value, keys: list[str] | None) -> str:
 
 
 def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
-    """Every point of the grid, validated. Raises PeftxError naming the point that is invalid."""
+    """Every point of the grid, validated (a `search:` sweep: the one point its trials start from).
+
+    Raises:
+        PeftxError: naming the point that is invalid, or the sweep section that is.
+    """
     axes = find_axes(raw)
+    search, prune = read_search(raw), read_prune(raw)
+    if search is not None and (axes or "tune" in raw):
+        lists = ", ".join(k for k, _ in axes) or "tune"
+        raise PeftxError(
+            f"search: a sweep draws its values or lists them, not both ({lists}); list values as "
+            "`{type: categorical, choices: [...]}` under search.params"
+        )
     # seeds vary slowest: an interrupted sweep has every configuration at its first seeds
     axes.sort(key=lambda axis: axis[0] != "seed")
     tune = read_tune(raw, axes)
-    tuning_seeds = dict(axes)["seed"][: tune.seeds] if tune else []
-    label_keys = {key: _differing_keys(values) for key, values in axes}
-    base = {k: v for k, v in raw.items() if k not in ("grid", "tune")}
-    for key, _ in axes:  # remove the axes; each point sets them again
+    base = _without_axes({k: v for k, v in raw.items() if k not in SWEEP_KEYS}, axes)
+    name = str(raw.get("name") or "sweep")
+    out_dir = Path((raw.get("output") or {}).get("dir", "runs")) / name
+    spec = SweepSpec(name, out_dir, where, base=base, tune=tune, prune=prune, search=search)
+    points = _search_start(spec) if search is not None else _grid(spec, axes)
+    direction = (search and search.direction) or objective_direction(points[0].recipe)
+    spec = SweepSpec(name, out_dir, where, base=base, tune=tune, prune=prune, search=search, direction=direction)
+    for p in points:
+        p.sweep = spec
+    return points
+
+
+def _without_axes(base: dict, axes: list[tuple[str, list]]) -> dict:
+    """The raw recipe with its axes removed (each point sets them again)."""
+    for key, _ in axes:
         head, _, tail = key.partition(".")
         if not tail:
             base.pop(head, None)
         elif isinstance(base.get(head), dict) and tail in base[head] and isinstance(base[head][tail], list):
             base[head] = {k: v for k, v in base[head].items() if k != tail}
-    sweep_name = str(raw.get("name") or "sweep")
-    out_dir = Path((raw.get("output") or {}).get("dir", "runs")) / sweep_name
+    return base
+
+
+def _grid(spec: SweepSpec, axes: list[tuple[str, list]]) -> list[Point]:
+    tune = spec.tune
+    tuning_seeds = dict(axes)["seed"][: tune.seeds] if tune else []
+    label_keys = {key: _differing_keys(values) for key, values in axes}
     points, seen = [], set()
     for combo in itertools.product(*(values for _, values in axes)):
-        point = copy.deepcopy(base)
+        point = copy.deepcopy(spec.base)
         values = dict(zip((k for k, _ in axes), combo))
         for key, value in values.items():
-            _set(point, key, copy.deepcopy(value))
+            set_key(point, key, copy.deepcopy(value))
         name = "__".join(_axis_label(key, v, label_keys[key]) for key, v in values.items()) or "point"
         unique, i = name, 2
         while unique in seen:
             unique, i = f"{name}_{i}", i + 1
         seen.add(unique)
-        point["output"] = {**(point.get("output") or {}), "dir": str(out_dir), "name": unique}
-        point["name"] = sweep_name
-        recipe = validate_recipe(point, f"{where} [{unique}]" if axes else where)
-        p = Point(unique, values, recipe)
+        point["output"] = {**(point.get("output") or {}), "dir": str(spec.dir), "name": unique}
+        point["name"] = spec.name
+        recipe = validate_recipe(point, f"{spec.where} [{unique}]" if axes else spec.where)
+        params = {k: v if isinstance(v, bool | int | float) else _label(v, label_keys[k]) for k, v in values.items()}
+        p = Point(unique, values, recipe, params=params)
         if tune:
             p.stage = 1 if values["seed"] in tuning_seeds else 2
             rest = {k: v for k, v in values.items() if k not in (tune.key, "seed")}
-            p.config = json.dumps([str(out_dir), rest], sort_keys=True, default=str)  # one sweep's alone
+            p.config = json.dumps([str(spec.dir), rest], sort_keys=True, default=str)  # one sweep's alone
         points.append(p)
     if tune:
-        # configuration after configuration, each one's tuning points before its other seeds: a point
-        # that waits on another worker's tuning run is passed over for the next configuration's, so no
-        # worker idles, and an interrupted sweep leaves whole configurations rather than first seeds
+        # configuration after configuration, each one's tuning points before its other seeds: workers
+        # take the later seeds of a configuration whose tuning is done before the next one's tuning
         first = {}
         for p in points:
             first.setdefault(p.config, len(first))
@@ -132,17 +188,23 @@ def expand(raw: dict, where: str = "<sweep>") -> list[Point]:
     return points
 
 
-def _set(raw: dict, key: str, value) -> None:
-    head, _, tail = key.partition(".")
-    if not tail:
-        if isinstance(value, str) and head in PLUGINS:
-            value = {"name": value}
-        raw[head] = value
-        return
-    node = raw.setdefault(head, {})
-    if not isinstance(node, dict):
-        raise PeftxError(f"grid: {key}: {head} is not a section")
-    _set(node, tail, value)
+def _search_start(spec: SweepSpec) -> list[Point]:
+    """A search's starting point: its recipe with every drawn key at its first value, after checking
+    each key's ends (and each choice) make a valid recipe."""
+    params = spec.search.params
+    probes = {k: [p.low, p.high] if p.type != "categorical" else p.choices for k, p in params.items()}
+    start = {k: values[0] for k, values in probes.items()}
+    first = None
+    for key, values in probes.items():
+        for value in values:
+            raw = copy.deepcopy(spec.base)
+            for k, v in {**start, key: value}.items():
+                set_key(raw, k, v)
+            raw["output"] = {**(raw.get("output") or {}), "dir": str(spec.dir), "name": "search"}
+            raw["name"] = spec.name
+            recipe = validate_recipe(raw, f"{spec.where} [search.params.{key}={value}]")
+            first = first or recipe
+    return [Point("search", dict(start), first)]
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Point]:
@@ -161,7 +223,7 @@ def load_sweeps(paths: list[Path], overrides: list[str] | None = None) -> list[P
     points, owner = [], {}
     for path in paths:
         for point in load_sweep(path, overrides):
-            where = Path(point.recipe.output.dir) / point.name
+            where = point.run_dir
             if where in owner and owner[where] != str(path):
                 raise PeftxError(
                     f"{path}: writes into {where.parent}, as {owner[where]} does; give one of them another `name`"
@@ -171,171 +233,126 @@ def load_sweeps(paths: list[Path], overrides: list[str] | None = None) -> list[P
     return points
 
 
-def _several_sweeps(points: list[Point]) -> bool:
-    return len({p.recipe.output.dir for p in points}) > 1
-
-
-def _shown_name(point: Point, several: bool) -> str:
-    """The point's name, after its sweep's where several sweeps share the queue (names repeat there)."""
-    return f"{Path(point.recipe.output.dir).name}/{point.name}" if several else point.name
-
-
-@dataclass
-class PlannedPoint:
-    """A point as `peftx sweep --dry-run` shows it."""
-
-    name: str
-    state: str
-    trainable: int
-    total: int
-    trainable_pct: float
-
-
-def plan(points: list[Point]) -> list[PlannedPoint]:
-    """Each point's state and trainable budget (counted without weights), running nothing."""
-    out = []
-    several = _several_sweeps(points)
-    for p in points:
-        b = recipe_budget(p.recipe)
-        state = point_state(p)
-        if p.stage == 2 and state == "todo":
-            verdict, _ = tuning_verdict(p, points)
-            state = {"wait": "after tuning", "skip": "not chosen"}.get(verdict, state)
-        out.append(PlannedPoint(_shown_name(p, several), state, b.trainable, b.total, b.trainable_pct))
-    return out
-
-
-@dataclass
-class SweepOutcome:
-    """What one worker of a sweep did: points it ran to the end, and those that failed or diverged."""
-
-    completed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    diverged: list[str] = field(default_factory=list)
-
-
-POLL_SECONDS = 2.0  # how often a worker looks again at a point another worker holds
+POLL_SECONDS = 2.0  # how often a worker with nothing to take looks at its studies again
 
 
 def run_sweep(
-    points: list[Point], overwrite: bool = False, display_factory=None, log=print, poll: float = POLL_SECONDS
+    points: list[Point],
+    overwrite: bool = False,
+    display_factory=None,
+    log=print,
+    poll: float = POLL_SECONDS,
+    storage: str | None = None,
+    heartbeat: int = HEARTBEAT_SECONDS,
 ) -> SweepOutcome:
-    """Run every point not yet finished, in order; any number of workers may run the same grid at once.
+    """One worker of the sweeps `points` belong to: join (or create) each sweep's study, then run
+    trials, the first sweep's before the next one's, until no trial is queued or running anywhere.
 
-    Each point runs under its run directory's lock, so a point another worker holds is passed over and
-    looked at again once this worker has nothing else to do: if that worker finished it, it is done;
-    if it died, its point is free again, and resumes here from its last checkpoint. A worker returns
-    when every point is finished (completed, failed or diverged).
+    A worker that finds nothing queued while other workers' trials run waits for them: a finished
+    tuning stage queues its later seeds, and a worker that died leaves its trial to be queued again
+    (after 3 missed heartbeats), which this one then resumes from its checkpoint.
 
     Args:
-        overwrite: redo finished points too (and points finished with a different recipe); meant for
-            one worker.
+        overwrite: start the studies afresh and redo every point; meant for one worker.
         display_factory: () -> RunDisplay for each run (None: quiet).
         log: one-line progress messages.
+        storage: the studies' storage URL (None: a journal file in each sweep's directory).
+        heartbeat: seconds between a running trial's heartbeats.
 
     Raises:
-        PeftxError: a point finished with a different recipe (without `overwrite`), or a user error
-            in a point (which would repeat in every point).
-        Interrupted: SIGINT or SIGTERM: the current point wrote its checkpoint; the sweep stops.
+        PeftxError: a point finished with a different recipe (without `overwrite`), a user error in a
+            point (which would repeat in every point), or a study that cannot be opened.
+        Interrupted: SIGINT or SIGTERM: the current point wrote its checkpoint and is queued again.
     """
-    stale = [p for p in points if point_state(p) == "stale"]
-    if stale and not overwrite:
-        where = Path(stale[0].recipe.output.dir) / stale[0].name
-        raise PeftxError(f"{where}: finished with a different recipe; pass --overwrite to redo it, or rename the sweep")
-    out = SweepOutcome()
-    finished: set[int] = set()  # points (by id: names repeat across sweeps) done by this worker, in this call
+    _refuse_stale(points, overwrite)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PeftxError("peftx sweep: each point runs in one process; start workers with --workers N, not a launcher")
+    tag = _tagger(points)
+
+    def say(point: Point, text: str) -> None:
+        log(f"{tag(point)}: {text}")
+
+    sweeps: dict[SweepSpec, list[Point]] = {}
+    for p in points:
+        sweeps.setdefault(p.sweep, []).append(p)
+    studies = [SweepStudy.join(spec, pts, storage, heartbeat, overwrite, say) for spec, pts in sweeps.items()]
+    out, waiting = SweepOutcome(), False
+    run_trial = TrialRun(run, overwrite, display_factory, log, poll)
+    while True:
+        job = next_trial(studies)
+        if job is not None:
+            study, trial, point = job
+            run_trial(study, trial, point, tag(point), out)
+            study.sync(say=say)
+            waiting = False
+            continue
+        if not any(s.running() for s in studies):
+            return out
+        if not waiting:
+            log("waiting for the points other workers run (a finished tuning stage, or a dead worker's point)")
+            waiting = True
+        time.sleep(poll)
+        for s in studies:
+            s.sync(say=say)
+
+
+def _tagger(points: list[Point]):
+    """`[3/36] name` for a point of the queue (a search's trial: its name alone)."""
     index = {id(p): i for i, p in enumerate(points, start=1)}
-    several = _several_sweeps(points)
-    pending = list(points)
-    while pending:
-        held = []
-        for point in pending:
-            tag = f"[{index[id(point)]}/{len(points)}] {_shown_name(point, several)}"
-            action = _next_action(point, points, overwrite, finished, tag, log)
-            if action == "run" and _run_point(point, tag, overwrite, display_factory, log, out):
-                finished.add(id(point))
-            elif action != "skip":  # held by another worker, or waiting on its tuning points
-                held.append(point)
-        if held:
-            log(f"{len(held)} point(s) held by other workers: {', '.join(p.name for p in held)}; waiting for them")
-            time.sleep(poll)
-        pending = held
-    return out
+    several = several_sweeps(points)
+
+    def tag(point: Point) -> str:
+        at = f"[{index[id(point)]}/{len(points)}] " if id(point) in index else ""
+        return at + shown_name(point, several)
+
+    return tag
 
 
-def _next_action(point: Point, points: list[Point], overwrite: bool, finished: set[int], tag: str, log) -> str:
-    """'run', 'skip' (finished, or not to run after its tuning stage) or 'hold' (its configuration's
-    tuning points are still running elsewhere)."""
-    state = point_state(point)
-    if state in ("done", "diverged") and not (overwrite and id(point) not in finished):
-        if id(point) not in finished:
-            log(f"{tag}: {state}, skipped")
-        return "skip"
-    if point.stage == 2 and id(point) not in finished:
-        verdict, why = tuning_verdict(point, points)
-        if verdict == "wait":
-            return "hold"
-        if verdict == "skip":
-            log(f"{tag}: not run ({why})")
-            finished.add(id(point))
-            return "skip"
-    return "run"
+def _refuse_stale(points: list[Point], overwrite: bool) -> None:
+    stale = [p for p in points if (p.sweep is None or p.sweep.search is None) and point_state(p) == "stale"]
+    if stale and not overwrite:
+        where = stale[0].run_dir
+        raise PeftxError(f"{where}: finished with a different recipe; pass --overwrite to redo it, or rename the sweep")
 
 
-def _run_point(point: Point, tag: str, overwrite: bool, display_factory, log, out: SweepOutcome) -> bool:
-    """Run one point, noting how it ended in `out`; False: another worker holds it now."""
-    display = display_factory() if display_factory else None
-
-    def started(plan: str) -> None:
-        log(f"{tag} (resumed)" if plan == "resume" else tag)
-
-    try:
-        result = run(point.recipe, overwrite=overwrite, resume=not overwrite, display=display, on_start=started)
-    except RunLocked:
-        return False
-    except Interrupted:  # SIGINT / SIGTERM: the point wrote its checkpoint; the whole sweep stops
-        raise
-    except Diverged as e:  # this point's settings (its lr), not the sweep's: the rest go on
-        log(f"{tag}: {e}")
-        out.diverged.append(point.name)
-    except PeftxError:
-        raise
-    except Exception as e:  # a crash in one point is recorded in its result.json; the rest go on
-        log(f"{tag}: failed: {type(e).__name__}: {e}")
-        out.failed.append(point.name)
-    else:
-        if result.record.completed:
-            out.completed.append(point.name)
-    return True
-
-
-def run_workers(recipes: list[Path], overrides: list[str], workers: int, points: list[Point], log=print) -> int:
-    """`peftx sweep R... --workers N`: N worker processes on the grids (each a plain `peftx sweep R...`).
+def run_workers(
+    recipes: list[Path],
+    overrides: list[str],
+    workers: int,
+    points: list[Point],
+    log=print,
+    storage: str | None = None,
+    heartbeat: int = HEARTBEAT_SECONDS,
+) -> int:
+    """`peftx sweep R... --workers N`: N worker processes on the sweeps' studies (each a plain `peftx
+    sweep R...`, its index in `PEFTX_SWEEP_WORKER`).
 
     N is capped by the points left to run (a worker with no point would only hold memory), and the cap
     is said in one line. On a machine with at least N GPUs each worker sees one (`CUDA_VISIBLE_DEVICES`);
     on CPUs each gets an equal share of the cores. SIGINT and SIGTERM are passed on to every worker (each
-    checkpoints its point). A worker killed by a signal is named in one line.
+    checkpoints its point). A worker killed by a signal is named in one line; the others resume its point.
 
     Args:
         points: the grids' points (`load_sweeps`), to count those left.
         log: one-line messages.
+        storage, heartbeat: passed on to each worker (`run_sweep`).
 
     Returns:
         The largest exit code of the workers, a worker killed by signal N counting as 128 + N (137 for
         SIGKILL), as a shell reports it.
     """
-    left = sum(point_state(p) not in ("done", "diverged") for p in points)
+    left = sum(_left(p) for p in points)
     if workers > max(left, 1):
         log(f"--workers {workers}: {left} point(s) left to run, starting {max(left, 1)} worker(s)")
         workers = max(left, 1)
     command = [sys.executable, "-m", "peftx", "sweep", *map(str, recipes), "--quiet"]
     for item in overrides:
         command += ["--set", item]
+    command += ["--heartbeat", str(heartbeat)] + (["--storage", storage] if storage else [])
     gpus = torch.cuda.device_count()
     procs = []
     for i in range(workers):
-        env = dict(os.environ)
+        env = dict(os.environ, PEFTX_SWEEP_WORKER=str(i))
         if gpus >= workers:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
         elif gpus == 0:
@@ -356,8 +373,16 @@ def run_workers(recipes: list[Path], overrides: list[str], workers: int, points:
     for i, (p, code) in enumerate(zip(procs, codes), start=1):
         if code < 0:  # Popen's way of saying "killed by signal -code"
             name = _signal_name(-code)
-            log(f"worker {i} of {workers} (pid {p.pid}) was killed by {name}; its point resumes on the next sweep")
+            log(f"worker {i} of {workers} (pid {p.pid}) was killed by {name}; its point resumes in the next worker")
     return max(128 - code if code < 0 else code for code in codes)
+
+
+def _left(point: Point) -> int:
+    """Runs a point still holds: a search's trials, or one unless it is finished."""
+    sweep = getattr(point, "sweep", None)
+    if sweep is not None and sweep.search is not None:
+        return sweep.search.trials
+    return int(point_state(point) not in ("done", "diverged", "pruned"))
 
 
 def _signal_name(number: int) -> str:
