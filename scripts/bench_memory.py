@@ -16,6 +16,14 @@ Usage:
 bf16 runs only where bf16 matmuls are fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX); elsewhere
 it is listed as skipped (bf16 on an AVX2-only CPU is hundreds of times slower than fp32) unless
 --force-bf16 is given.
+
+`--phases` measures something else: the peak resident memory of each phase (load, train, evaluate,
+checkpoint) of one real `peftx run` of recipes/listops_lora.yaml, beside the same run written with
+Hugging Face `Trainer` + peft, each in a fresh process (scripts/memory_phases.py). A contender
+`peftx:key=value;key=value` runs peftx with more `--set` values, to compare settings in one invocation:
+
+    python scripts/bench_memory.py --phases --set train.steps=60 --set train.eval_every=30
+    python scripts/bench_memory.py --phases --contenders 'peftx,peftx:train.keep_freed_memory=false'
 """
 
 from __future__ import annotations
@@ -229,10 +237,16 @@ def main() -> None:
         help="MALLOC_MMAP_THRESHOLD_ for the measured processes (CPU RSS; 0: glibc's default)",
     )
     ap.add_argument("--out", type=Path, default=None, help="also write the table (and raw JSON) here")
+    ap.add_argument("--phases", action="store_true", help="peak memory per phase of one run, beside the Trainer")
+    ap.add_argument("--contenders", default="peftx,trainer", help="--phases: peftx[:key=value;...], trainer")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="--phases: recipe value (repeatable)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(measure(json.loads(args.child))), flush=True)
+        return
+    if args.phases:
+        phases(args)
         return
 
     models = [m for m in args.models.split(",") if m]
@@ -300,6 +314,29 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+def phases(args: argparse.Namespace) -> None:
+    """`--phases`: each contender's peak memory per phase, one fresh process each, as a table."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from memory_phases import measure as measure_run
+    from memory_phases import table as phase_table
+
+    results, loads = {}, []
+    for contender in [c for c in args.contenders.split(",") if c]:
+        name, _, extra = contender.partition(":")
+        t0 = time.perf_counter()
+        results[contender] = measure_run(name, args.overrides + [e for e in extra.split(";") if e])
+        loads.append(os.getloadavg()[1])
+        print(f"{contender}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        head = f"{device_name()}, load average {min(loads):.1f}-{max(loads):.1f} (5 min, after each run)"
+        text = f"{head}; --set {' '.join(args.overrides) or '(none)'}: resident memory (MiB), and how far each "
+        text += f"phase raised the peak\n\n{phase_table(results)}"
+        if args.out is not None:  # after every contender: a long comparison cut short keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+            args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ carry the same sqrt(d_model) scale the model was trained with.
 
 from __future__ import annotations
 
-from transformers import BartConfig, BartModel
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from peftx.families.base import Family, SpecialIds, encoder_decoder_encode
+from peftx.families.base import DeclaredShapes, Family, SpecialIds, encoder_decoder_encode, linear, model_class, norm
 from peftx.families.registry import FAMILIES
+
+if TYPE_CHECKING:
+    from transformers import BartConfig
 
 
 def _special_ids(config: BartConfig, tokenizer) -> SpecialIds:
@@ -21,13 +25,37 @@ def _special_ids(config: BartConfig, tokenizer) -> SpecialIds:
     )
 
 
+_POSITION_OFFSET = 2  # BART's learned positions keep two rows before position 0
+
+
+def _declare(fields: dict) -> DeclaredShapes:
+    c = SimpleNamespace(**fields)
+    d = c.d_model
+    params = {"shared.weight": (c.vocab_size, d)}  # each stack's embed_tokens is this one, tied
+    attention = {}
+    for stack in ("encoder", "decoder"):
+        params[f"{stack}.embed_positions.weight"] = (c.max_position_embeddings + _POSITION_OFFSET, d)
+        heads, ffn = getattr(c, f"{stack}_attention_heads"), getattr(c, f"{stack}_ffn_dim")
+        kinds = ["self_attn"] + (["encoder_attn"] if stack == "decoder" else [])
+        for i in range(getattr(c, f"{stack}_layers")):
+            at = f"{stack}.layers.{i}."
+            for kind in kinds:
+                for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+                    params |= linear(f"{at}{kind}.{proj}", d, d)
+                params |= norm(f"{at}{kind}_layer_norm", d)
+                attention[f"{at}{kind}"] = (heads, d // heads)
+            params |= linear(f"{at}fc1", ffn, d) | linear(f"{at}fc2", d, ffn) | norm(f"{at}final_layer_norm", d)
+        params |= norm(f"{stack}.layernorm_embedding", d)
+    return DeclaredShapes(c, params, attention)
+
+
 _LAYER = r"(encoder|decoder)\.layers\.\d+\."
 
 FAMILY = Family(
     name="bart",
     model_types=("bart",),
-    build=lambda config: BartModel(config),
-    load=lambda path, config, **kw: BartModel.from_pretrained(path, config=config, **kw),
+    build=lambda config: model_class("BartModel")(config),
+    load=lambda path, config, **kw: model_class("BartModel").from_pretrained(path, config=config, **kw),
     roles={
         "token_embedding": r"shared\.weight",
         "position_embedding": r"(encoder|decoder)\.embed_positions\.weight",
@@ -59,6 +87,7 @@ FAMILY = Family(
     attention_shape=lambda m: (m.num_heads, m.head_dim),
     space_prefix=True,
     stacks_run={"encoder_mean": ("encoder",)},
+    declare=_declare,
 )
 
 FAMILIES.register(FAMILY)

@@ -12,10 +12,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+if TYPE_CHECKING:  # declaring a family imports no torch: recipes are read and checked without it
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
 
 # Roles every family has in its backbone. `bias` and the layer index are attributes, not roles.
 CORE_ROLES = ("token_embedding", "position_embedding", "attention", "feed_forward", "layer_norm")
@@ -58,7 +61,8 @@ class SpecialIds:
     decoder_start: int | None = None  # encoder-decoder families only
 
 
-Encode = Callable[[PreTrainedModel, torch.Tensor, torch.Tensor, str, SpecialIds], torch.Tensor]
+if TYPE_CHECKING:
+    Encode = Callable[[PreTrainedModel, torch.Tensor, torch.Tensor, str, SpecialIds], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class Family:
         space_prefix: byte-level BPE vocabularies spell a word inside a sentence with a leading space.
         stacks_run: pooling -> the stacks (keys of `num_layers`) its forward pass runs; a pooling not
             listed runs every stack (T5/BART `encoder_mean` runs the encoder only).
+        declare: a config.json's fields -> the backbone's parameters (`DeclaredShapes`), for budgets
+            counted without building the model (None: budgets build it on the meta device).
     """
 
     name: str
@@ -107,6 +113,7 @@ class Family:
     attention_shape: Callable[[nn.Module], tuple[int, int]]
     space_prefix: bool = False
     stacks_run: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    declare: Callable[[dict], DeclaredShapes] | None = None
 
     @cached_property
     def _role_res(self) -> list[tuple[str, re.Pattern]]:
@@ -161,6 +168,45 @@ class Family:
         return [n for n, _ in backbone.named_modules() if any(rx.fullmatch(n) for rx in res)]
 
 
+@dataclass(frozen=True)
+class DeclaredShapes:
+    """A backbone's parameters declared from its configuration, without torch (`Family.declare`).
+
+    `peftx budget` counts from these; tests/studies/budget/test_declared.py checks every family's
+    against the model built on the meta device, name by name, so the two cannot drift.
+
+    Attributes:
+        config: the config's fields, with the defaults transformers fills for those the family reads.
+        params: name -> shape of every parameter as the backbone's `named_parameters()` lists them (a
+            tied weight once); weight matrices as (out_features, in_features), whatever their stored
+            layout (GPT-2's Conv1D stores (in, out)).
+        attention: attention module name -> (heads, head_dim) of its keys and values.
+        keep_fp32: module names quantization leaves in full precision (`_keep_in_fp32_modules`).
+    """
+
+    config: SimpleNamespace
+    params: dict[str, tuple[int, ...]]
+    attention: dict[str, tuple[int, int]]
+    keep_fp32: tuple[str, ...] = ()
+
+
+def linear(name: str, out_features: int, in_features: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
+    """The parameters of one linear layer, for `DeclaredShapes.params`."""
+    return {f"{name}.weight": (out_features, in_features)} | ({f"{name}.bias": (out_features,)} if bias else {})
+
+
+def norm(name: str, width: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
+    """The parameters of one layer norm (RMS norms have no bias), for `DeclaredShapes.params`."""
+    return {f"{name}.weight": (width,)} | ({f"{name}.bias": (width,)} if bias else {})
+
+
+def model_class(name: str) -> type:
+    """The transformers model class called `name`, imported when a family first builds or loads one."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the sequence of (batch, seq, hidden), counting only positions where mask is 1."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
@@ -170,7 +216,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Hidden state of the last non-pad position of each row (right padding)."""
     index = mask.sum(1).long() - 1  # (batch,)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+    return hidden.gather(1, index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (batch, hidden)
 
 
 def encoder_decoder_encode(
@@ -190,6 +236,8 @@ def encoder_decoder_encode(
     if pooling == "encoder_mean":
         out = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         return masked_mean(out.last_hidden_state, mask)
+    import torch  # at call time: see the imports above
+
     start = torch.full((embeds.shape[0], 1), specials.decoder_start, dtype=torch.long, device=embeds.device)
     out = backbone(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=start, use_cache=False)
     return out.last_hidden_state[:, 0]

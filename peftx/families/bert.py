@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertModel
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from peftx.families.base import Family, SpecialIds, masked_mean
+from peftx.families.base import DeclaredShapes, Family, SpecialIds, linear, masked_mean, model_class, norm
 from peftx.families.registry import FAMILIES
+
+if TYPE_CHECKING:
+    from transformers import BertConfig
 
 
 def _encode(backbone, embeds, mask, pooling, specials):
@@ -22,13 +26,35 @@ def _special_ids(config: BertConfig, tokenizer) -> SpecialIds:
     return SpecialIds(pad=config.pad_token_id or 0, bos=1, eos=2)
 
 
+def _declare(fields: dict) -> DeclaredShapes:
+    c = SimpleNamespace(**({"type_vocab_size": 2} | fields))
+    h, inner = c.hidden_size, c.intermediate_size
+    params = {
+        "embeddings.word_embeddings.weight": (c.vocab_size, h),
+        "embeddings.position_embeddings.weight": (c.max_position_embeddings, h),
+        "embeddings.token_type_embeddings.weight": (c.type_vocab_size, h),
+    } | norm("embeddings.LayerNorm", h)
+    attention = {}
+    for i in range(c.num_hidden_layers):
+        at = f"encoder.layer.{i}."
+        for proj in ("query", "key", "value"):
+            params |= linear(f"{at}attention.self.{proj}", h, h)
+        params |= linear(f"{at}attention.output.dense", h, h) | norm(f"{at}attention.output.LayerNorm", h)
+        params |= linear(f"{at}intermediate.dense", inner, h) | linear(f"{at}output.dense", h, inner)
+        params |= norm(f"{at}output.LayerNorm", h)
+        attention[f"{at}attention.self"] = (c.num_attention_heads, h // c.num_attention_heads)
+    return DeclaredShapes(c, params, attention)
+
+
 _LAYER = r"encoder\.layer\.\d+\."
 
 FAMILY = Family(
     name="bert",
     model_types=("bert",),
-    build=lambda config: BertModel(config, add_pooling_layer=False),
-    load=lambda path, config, **kw: BertModel.from_pretrained(path, config=config, add_pooling_layer=False, **kw),
+    build=lambda config: model_class("BertModel")(config, add_pooling_layer=False),
+    load=lambda path, config, **kw: model_class("BertModel").from_pretrained(
+        path, config=config, add_pooling_layer=False, **kw
+    ),
     roles={
         "token_embedding": r"embeddings\.word_embeddings\.weight",
         # The segment (token type) embedding is a constant added to every position; it sits with the
@@ -53,6 +79,7 @@ FAMILY = Family(
     num_layers=lambda c: {"encoder": c.num_hidden_layers},
     attention_modules={"encoder_self": _LAYER + r"attention\.self"},
     attention_shape=lambda m: (m.num_attention_heads, m.attention_head_size),
+    declare=_declare,
 )
 
 FAMILIES.register(FAMILY)

@@ -3,10 +3,14 @@ only position that has seen the whole sequence."""
 
 from __future__ import annotations
 
-from transformers import GPT2Config, GPT2Model
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from peftx.families.base import Family, SpecialIds, last_token, masked_mean
+from peftx.families.base import DeclaredShapes, Family, SpecialIds, last_token, linear, masked_mean, model_class, norm
 from peftx.families.registry import FAMILIES
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config
 
 
 def _encode(backbone, embeds, mask, pooling, specials):
@@ -20,13 +24,27 @@ def _special_ids(config: GPT2Config, tokenizer) -> SpecialIds:
     return SpecialIds(pad=eos, bos=None, eos=None)
 
 
+def _declare(fields: dict) -> DeclaredShapes:
+    c = SimpleNamespace(**({"n_inner": None} | fields))
+    e = c.n_embd
+    inner = c.n_inner or 4 * e
+    params = {"wte.weight": (c.vocab_size, e), "wpe.weight": (c.n_positions, e)}
+    attention = {}
+    for i in range(c.n_layer):
+        at = f"h.{i}."
+        params |= norm(f"{at}ln_1", e) | linear(f"{at}attn.c_attn", 3 * e, e) | linear(f"{at}attn.c_proj", e, e)
+        params |= norm(f"{at}ln_2", e) | linear(f"{at}mlp.c_fc", inner, e) | linear(f"{at}mlp.c_proj", e, inner)
+        attention[f"{at}attn"] = (c.n_head, e // c.n_head)
+    return DeclaredShapes(c, params | norm("ln_f", e), attention)
+
+
 _LAYER = r"h\.\d+\."
 
 FAMILY = Family(
     name="gpt2",
     model_types=("gpt2",),
-    build=lambda config: GPT2Model(config),
-    load=lambda path, config, **kw: GPT2Model.from_pretrained(path, config=config, **kw),
+    build=lambda config: model_class("GPT2Model")(config),
+    load=lambda path, config, **kw: model_class("GPT2Model").from_pretrained(path, config=config, **kw),
     roles={
         "token_embedding": r"wte\.weight",
         "position_embedding": r"wpe\.weight",
@@ -50,6 +68,7 @@ FAMILY = Family(
     attention_modules={"decoder_self": _LAYER + r"attn"},
     attention_shape=lambda m: (m.num_heads, m.head_dim),
     space_prefix=True,
+    declare=_declare,
 )
 
 FAMILIES.register(FAMILY)

@@ -9,10 +9,14 @@ the only position that has seen the whole sequence.
 
 from __future__ import annotations
 
-from transformers import AutoModel, PretrainedConfig
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from peftx.families.base import Family, SpecialIds, last_token, masked_mean
+from peftx.families.base import DeclaredShapes, Family, SpecialIds, last_token, linear, masked_mean, model_class, norm
 from peftx.families.registry import FAMILIES
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 def _encode(backbone, embeds, mask, pooling, specials):
@@ -37,13 +41,38 @@ def _special_ids(config: PretrainedConfig, tokenizer) -> SpecialIds:
     return SpecialIds(pad=pad, bos=bos, eos=None)
 
 
+def _declare(fields: dict) -> DeclaredShapes:
+    defaults = {"attention_bias": False, "mlp_bias": False, "head_dim": None}
+    c = SimpleNamespace(**(defaults | fields))
+    if c.num_key_value_heads is None:
+        c.num_key_value_heads = c.num_attention_heads
+    h, heads, kv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
+    hd = c.head_dim or h // heads
+    qkv_bias = c.attention_bias or c.model_type == "qwen2"  # Qwen2 always biases q, k and v
+    params = {"embed_tokens.weight": (c.vocab_size, h)}
+    attention = {}
+    for i in range(c.num_hidden_layers):
+        at = f"layers.{i}."
+        params |= linear(f"{at}self_attn.q_proj", heads * hd, h, qkv_bias)
+        params |= linear(f"{at}self_attn.k_proj", kv * hd, h, qkv_bias) | linear(
+            f"{at}self_attn.v_proj", kv * hd, h, qkv_bias
+        )
+        params |= linear(f"{at}self_attn.o_proj", h, heads * hd, c.attention_bias and c.model_type != "qwen2")
+        for proj in ("gate_proj", "up_proj"):
+            params |= linear(f"{at}mlp.{proj}", c.intermediate_size, h, c.mlp_bias)
+        params |= linear(f"{at}mlp.down_proj", h, c.intermediate_size, c.mlp_bias)
+        params |= norm(f"{at}input_layernorm", h, bias=False) | norm(f"{at}post_attention_layernorm", h, bias=False)
+        attention[f"{at}self_attn"] = (kv, hd)
+    return DeclaredShapes(c, params | norm("norm", h, bias=False), attention)
+
+
 _LAYER = r"layers\.\d+\."
 
 FAMILY = Family(
     name="llama",
     model_types=("llama", "qwen2", "mistral"),
-    build=lambda config: AutoModel.from_config(config),
-    load=lambda path, config, **kw: AutoModel.from_pretrained(path, config=config, **kw),
+    build=lambda config: model_class("AutoModel").from_config(config),
+    load=lambda path, config, **kw: model_class("AutoModel").from_pretrained(path, config=config, **kw),
     roles={
         "token_embedding": r"embed_tokens\.weight",
         "position_embedding": r"(?!)",  # rotary: no parameters
@@ -69,6 +98,7 @@ FAMILY = Family(
     # repeats them for the query heads there), so a prefix has that many heads.
     attention_shape=lambda m: (m.config.num_key_value_heads, m.head_dim),
     space_prefix=True,
+    declare=_declare,
 )
 
 FAMILIES.register(FAMILY)

@@ -14,17 +14,19 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
-from transformers import PreTrainedModel
 
 from peftx.errors import PeftxError
 from peftx.families import Family, SpecialIds
 from peftx.spec.index_space import NUM_FRAMING
 from peftx.spec.input_spec import InputSpec, SymbolVocab
+
+if TYPE_CHECKING:  # input configs import no torch: recipes are read and checked without it
+    import torch
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -100,7 +102,10 @@ class InputConfig(BaseModel):
 
     def build(self, ctx: InputContext) -> nn.Module:
         """The input layer: a module called with a batch (keys `input_ids` or `values`, and
-        `attention_mask`) that returns its (batch, seq, hidden) embeddings."""
+        `attention_mask`) that returns its (batch, seq, hidden) embeddings. A layer that changes the
+        sequence's length (patches, digit tokens) returns `(embeddings, attention_mask)` for its new
+        positions, and has `max_input_length(positions) -> int`: the longest batch width (framing
+        included) whose output fits in `positions` (`peftx.inputs.series_layers`)."""
         raise NotImplementedError
 
     def trained_roles(self) -> set[str]:
@@ -148,6 +153,17 @@ class ExportableInput(Protocol):
         ...
 
 
+@runtime_checkable
+class TokenMappedInput(Protocol):
+    """An input layer that embeds each shared index by tokens of the model's own vocabulary
+    (`pretrained_vocab`, `pixel_vocab`); `task.json` records the map."""
+
+    def token_map(self) -> list[list[int]]:
+        """The vocabulary ids each shared index is embedded from (framing first, then 3 + i); an
+        index of several ids is embedded as their mean."""
+        ...
+
+
 def exported_input(layer: nn.Module, spec: InputSpec) -> ExportedInput:
     """What an input layer contributes to an export: its own `export_spec(spec)` where it has one;
     else, on a symbol task, its output for every shared index as a "table", which reproduces any layer
@@ -163,6 +179,8 @@ def exported_input(layer: nn.Module, spec: InputSpec) -> ExportedInput:
     if isinstance(layer, ExportableInput):
         return layer.export_spec(spec)
     if isinstance(spec, SymbolVocab):
+        import torch  # at call time: see the imports above
+
         ids = torch.arange(NUM_FRAMING + len(spec.symbols)).unsqueeze(0)  # (1, index)
         table = layer({"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0]  # (index, hidden)
         return ExportedInput("table", {"table": table})

@@ -9,11 +9,9 @@ trains by default (`trainable: false` keeps it at its random values, which are s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.inputs.base import InputConfig, InputContext
@@ -21,32 +19,8 @@ from peftx.inputs.registry import INPUTS
 from peftx.spec.index_space import NUM_FRAMING
 from peftx.spec.input_spec import SymbolVocab
 
-
-def embedding_std(ctx: InputContext) -> float:
-    """Standard deviation of the vectors the backbone's own embedding module produces."""
-    embed = ctx.backbone.get_input_embeddings()
-    scale = float(getattr(embed, "embed_scale", 1.0) or 1.0)  # BART/T5-style scaled embeddings
-    if embed.weight.is_meta:  # counting parameters without weights: there are no values to measure
-        return scale
-    return float(embed.weight.detach().float().std()) * scale
-
-
-class LearnedEmbedding(nn.Module):
-    """A table of its own, looked up by the shared indices; its output takes the backbone's dtype.
-
-    Args:
-        weight: (index, hidden) initial rows.
-        like: the backbone's embedding module (only its dtype is used; not registered here).
-    """
-
-    def __init__(self, weight: torch.Tensor, like: nn.Module) -> None:
-        super().__init__()
-        self.embed = nn.Embedding.from_pretrained(weight.detach().float().clone(), freeze=False)
-        self._like = [like]  # a list hides the module from registration
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.embed(batch["input_ids"])  # (batch, seq, hidden)
-        return out.to(self._like[0].weight.dtype)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class LearnedConfig(InputConfig):
@@ -61,6 +35,10 @@ class LearnedConfig(InputConfig):
     def build(self, ctx: InputContext) -> nn.Module:
         if not isinstance(ctx.spec, SymbolVocab):
             raise PeftxError("input.name: learned needs a task with discrete symbols")
+        import torch  # when a model is built: reading a recipe imports no torch (`peftx.inputs.layers`)
+
+        from peftx.inputs.layers import LearnedEmbedding, embedding_std
+
         std = self.init_std if self.init_std is not None else embedding_std(ctx)
         weight = torch.randn(NUM_FRAMING + len(ctx.spec.symbols), ctx.hidden_size) * std
         return LearnedEmbedding(weight, ctx.backbone.get_input_embeddings())

@@ -9,15 +9,14 @@ shared pretrained table" (this adapter vs `pretrained_vocab` with `trainable: tr
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from peftx.inputs.base import InputContext
-from peftx.inputs.learned import LearnedEmbedding
-from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, VocabMapping
+from peftx.inputs.pretrained_vocab import VocabMapping
 from peftx.inputs.registry import INPUTS
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class LearnedFromVocabConfig(VocabMapping):
@@ -28,6 +27,10 @@ class LearnedFromVocabConfig(VocabMapping):
     """Train the table (default); false freezes it (then it equals `pretrained_vocab`, frozen)."""
 
     def build(self, ctx: InputContext) -> nn.Module:
+        import torch  # when a model is built: reading a recipe imports no torch (`peftx.inputs.layers`)
+
+        from peftx.inputs.layers import LearnedEmbedding, PretrainedVocabEmbedding
+
         embed = ctx.backbone.get_input_embeddings()
         with torch.no_grad():
             rows = PretrainedVocabEmbedding(embed, self.index_tokens(ctx)).table()  # (index, hidden)

@@ -11,37 +11,18 @@ backbone's token embeddings: `trainable: true` trains that whole table (role `to
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from peftx.errors import PeftxError
-from peftx.inputs.base import ExportedInput, InputConfig, InputContext
-from peftx.inputs.pretrained_vocab import PretrainedVocabEmbedding, framing_tokens, spell_tokens
+from peftx.inputs.base import InputConfig, InputContext
+from peftx.inputs.pretrained_vocab import framing_tokens, spell_tokens
 from peftx.inputs.registry import INPUTS
-from peftx.spec.index_space import OFFSET, VALUE
-from peftx.spec.input_spec import ContinuousSpec, InputSpec
+from peftx.spec.input_spec import ContinuousSpec
 
-
-class PixelVocabEmbedding(nn.Module):
-    """Bins intensities and looks the bins' number tokens up in the backbone's table."""
-
-    def __init__(self, lookup: PretrainedVocabEmbedding, levels: int) -> None:
-        super().__init__()
-        self.lookup = lookup
-        self.levels = levels
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = batch["input_ids"]  # (batch, seq)
-        intensity = batch["values"][..., 0].float().clamp(0, 1)  # (batch, seq)
-        level = (intensity * self.levels).long().clamp(max=self.levels - 1)
-        return self.lookup({"input_ids": torch.where(ids == VALUE, OFFSET + level, ids)})  # (batch, seq, hidden)
-
-    def export_spec(self, spec: InputSpec) -> ExportedInput:
-        """Kind "intensity_bins": the embedding of every index (framing, then each bin) and the bin count."""
-        return ExportedInput("intensity_bins", {"table": self.lookup.table()}, {"intensity_levels": self.levels})
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class PixelVocabConfig(InputConfig):
@@ -59,6 +40,8 @@ class PixelVocabConfig(InputConfig):
             raise PeftxError(
                 "input.name: pixel_vocab needs one intensity per position (vision task with mode: pixels, greyscale)"
             )
+        from peftx.inputs.layers import PixelVocabEmbedding, PretrainedVocabEmbedding  # torch, when built
+
         numbers = spell_tokens(ctx, [str(b) for b in range(self.levels)], self.pieces)
         lookup = PretrainedVocabEmbedding(ctx.backbone.get_input_embeddings(), framing_tokens(ctx) + numbers)
         return PixelVocabEmbedding(lookup, self.levels)

@@ -1,4 +1,9 @@
-"""Methods (what trains). Each module registers its recipe config class when imported."""
+"""Methods (what trains). Each module registers its recipe config class when imported.
+
+The config modules import no torch, transformers or peft at import time (what a method builds is
+imported when it builds it), so a recipe is read and checked, and `peftx recipe show` prints, without
+them; tests/test_cold_paths.py checks it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ from peftx.methods import (  # noqa: F401  (registration)
 )
 from peftx.methods.base import MethodConfig, role_selected
 from peftx.methods.registry import METHODS
-from peftx.model.quantization import is_quantized
 from peftx.util.peft_shim import peft_without_bitsandbytes
 
 if TYPE_CHECKING:
@@ -32,6 +36,8 @@ def apply_method(model: PeftxModel, method: MethodConfig, input_roles: set[str])
     adapter's `trained_roles()`: the input layer when `input.trainable`). `train_roles` composes any
     method with extra roles, e.g. prefix + layer norms. Returns the trainable parameter names.
     """
+    from peftx.model.quantization import is_quantized  # torch: see the module docstring
+
     with peft_without_bitsandbytes(model):
         method.prepare(model)
     extra = set(method.train_roles) | input_roles | {"head"}

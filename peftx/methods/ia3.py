@@ -5,10 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from peft import IA3Config as PeftIA3Config
-from peft import inject_adapter_in_model
 from pydantic import Field, field_validator
-from transformers.pytorch_utils import Conv1D
 
 from peftx.families import ParamInfo
 from peftx.methods.base import MethodConfig, target_modules
@@ -41,6 +38,11 @@ class IA3Method(MethodConfig):
     adds_modules: ClassVar[bool] = True
 
     def prepare(self, model: PeftxModel) -> None:
+        # peft and transformers when a model is built: reading a recipe imports neither
+        from peft import IA3Config as PeftIA3Config
+        from peft import inject_adapter_in_model
+        from transformers.pytorch_utils import Conv1D
+
         targets = target_modules(model, self.targets)
         feed_forward = re.compile(model.family.linear_modules["feed_forward"])
         modules = dict(model.backbone.named_modules())

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from peft import LoraConfig as PeftLoraConfig
-from peft import inject_adapter_in_model
 from pydantic import Field, field_validator
-from transformers.pytorch_utils import Conv1D
 
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig, target_modules
@@ -48,6 +45,11 @@ class LoraMethod(MethodConfig):
     adds_modules: ClassVar[bool] = True
 
     def prepare(self, model: PeftxModel) -> None:
+        # peft and transformers when a model is built: reading a recipe imports neither
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
+        from transformers.pytorch_utils import Conv1D
+
         targets = target_modules(model, self.targets)
         modules = dict(model.backbone.named_modules())
         config = PeftLoraConfig(

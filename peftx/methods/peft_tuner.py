@@ -22,18 +22,17 @@ import warnings
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType, PromptLearningConfig
-from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from pydantic import Field, model_validator
-from transformers.pytorch_utils import Conv1D
 
 from peftx.errors import PeftxError
 from peftx.families import ParamInfo
 from peftx.methods.base import MethodConfig, target_modules
 from peftx.methods.registry import METHODS
 
+# peft is imported inside the functions that use it, once a recipe names this method: reading and
+# checking any other recipe, and `peftx recipe show`, import no peft (nor torch).
 if TYPE_CHECKING:
-    from peft import PeftConfig
+    from peft import PeftConfig, PeftType
 
     from peftx.model.task_model import PeftxModel
 
@@ -57,6 +56,9 @@ def peft_type(text: str) -> PeftType:
     Raises:
         ValueError: no such peft type (naming the valid ones).
     """
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
     key = str(text).strip().upper().replace("-", "_")
     if key not in PeftType.__members__:
         layer_types = sorted(t.value for t in PEFT_TYPE_TO_CONFIG_MAPPING if t in PEFT_TYPE_TO_TUNER_MAPPING)
@@ -77,6 +79,8 @@ def make_config(kind: PeftType, settings: dict[str, Any], targets: list[str] | N
     Raises:
         ValueError: a field the config class lacks (with the closest valid one), or a value peft refuses.
     """
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
     config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[kind]
     valid = config_fields(config_cls)
     for key in settings:
@@ -96,7 +100,7 @@ def make_config(kind: PeftType, settings: dict[str, Any], targets: list[str] | N
 
 def own_defaults(kind: PeftType, settings: dict[str, Any]) -> dict[str, Any]:
     """Fields peftx fills where a recipe leaves them out and peft has no default that builds."""
-    if kind == PeftType.ADALORA and settings.get("total_step") is None:
+    if kind.value == "ADALORA" and settings.get("total_step") is None:
         # AdaLoRA refuses to build without one; peftx's loop does not reallocate ranks (see docs/methods.md)
         return {"total_step": 1}
     return {}
@@ -117,6 +121,9 @@ class PeftTunerMethod(MethodConfig):
 
     @model_validator(mode="after")
     def _valid_config(self) -> PeftTunerMethod:
+        from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PromptLearningConfig
+        from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
         given = self.config.get("peft_type")
         if (self.tuner is None) == (given is None):
             raise ValueError("give the tuner once: tuner: loha, or config: {peft_type: LOHA}")
@@ -142,7 +149,7 @@ class PeftTunerMethod(MethodConfig):
         given = self.config.get("target_modules")
         if given is None:
             # peft knows no layer norms of BERT-type models; the family's role names them
-            return self.resolve_targets_of(model, ["layer_norm"]) if self.kind == PeftType.LN_TUNING else None
+            return self.resolve_targets_of(model, ["layer_norm"]) if self.kind.value == "LN_TUNING" else None
         return self.resolve_targets_of(model, [given] if isinstance(given, str) else list(given))
 
     def resolve_targets_of(self, model: PeftxModel, targets: list[str]) -> list[str]:
@@ -175,6 +182,9 @@ class PeftTunerMethod(MethodConfig):
 
     def peft_config(self, model: PeftxModel) -> PeftConfig:
         """The tuner's peft config for this model's backbone (targets resolved, GPT-2's Conv1D noted)."""
+        from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+        from transformers.pytorch_utils import Conv1D
+
         settings = {k: v for k, v in self.config.items() if k not in ("peft_type", "target_modules")}
         targets = self.resolve_targets(model)
         config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[self.kind]
@@ -188,6 +198,8 @@ class PeftTunerMethod(MethodConfig):
             raise PeftxError(f"method.config: {e}") from None
 
     def prepare(self, model: PeftxModel) -> None:
+        from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
         config = self.peft_config(model)
         tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[self.kind]
         # `inject_adapter_in_model` refuses tuners with state shared across layers (VeRA's projections)

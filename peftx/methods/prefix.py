@@ -10,94 +10,19 @@ position bias given zero for the prefix positions.
 
 from __future__ import annotations
 
-import functools
-import itertools
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from peftx.errors import PeftxError
 from peftx.families import ParamInfo
 from peftx.methods.base import BudgetKnob, MethodConfig
-from peftx.methods.prefix_attention import ATTENTION, PREFIX_ATTR
 from peftx.methods.registry import METHODS
-from peftx.model.extras import ExportedExtra, MethodExtra
 
 if TYPE_CHECKING:
     from peftx.model.task_model import PeftxModel
 
 AttentionKind = Literal["encoder_self", "decoder_self", "cross"]
-
-
-class Prefixes(MethodExtra):
-    """Key/value prefixes of a list of attention modules ("sites"); lives in `model.extras["prefix"]`.
-
-    Without reparameterisation each site holds its own (2, heads, length, head_dim) tensor. With it,
-    a shared (length, hidden) embedding goes through an MLP (hidden -> reparam_hidden -> tanh ->
-    every site's keys and values); the MLP is what trains and what a run saves, so a reloaded run
-    recomputes exactly the same prefixes.
-
-    Args:
-        sites: names of the attention modules, in order.
-        shapes: (heads, head_dim) of each site.
-        length: prefix positions per site.
-        hidden: width of the reparameterisation embedding (the model's hidden size).
-        reparam_hidden: MLP width, or None for direct prefixes.
-        init_std: standard deviation of the direct prefixes' normal initialisation.
-    """
-
-    def __init__(
-        self,
-        sites: list[str],
-        shapes: list[tuple[int, int]],
-        length: int,
-        hidden: int,
-        reparam_hidden: int | None,
-        init_std: float,
-    ) -> None:
-        super().__init__()
-        self.sites = list(sites)
-        self.shapes = list(shapes)
-        self.length = length
-        self.reparam = reparam_hidden is not None
-        if not self.reparam:
-            self.kv = nn.ParameterList(
-                nn.Parameter(torch.randn(2, heads, length, head_dim) * init_std) for heads, head_dim in shapes
-            )
-        else:
-            widths = [2 * heads * head_dim for heads, head_dim in shapes]
-            self.bounds = [0, *itertools.accumulate(widths)]  # plain ints: works on the meta device too
-            self.embedding = nn.Parameter(torch.randn(length, hidden))
-            self.mlp_in = nn.Linear(hidden, reparam_hidden)
-            self.mlp_out = nn.Linear(reparam_hidden, self.bounds[-1])
-
-    def site(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys, values) of one site, each (heads, length, head_dim)."""
-        heads, head_dim = self.shapes[index]
-        if not self.reparam:
-            kv = self.kv[index]  # (2, heads, length, head_dim)
-        else:
-            lo, hi = self.bounds[index], self.bounds[index + 1]
-            inner = torch.tanh(self.mlp_in(self.embedding))  # (length, reparam_hidden)
-            flat = F.linear(inner, self.mlp_out.weight[lo:hi], self.mlp_out.bias[lo:hi])  # (length, 2*heads*hd)
-            kv = flat.view(self.length, 2, heads, head_dim).permute(1, 2, 0, 3)  # (2, heads, length, head_dim)
-        return kv[0], kv[1]
-
-    def export_spec(self) -> ExportedExtra:
-        """Its state; the prefixes act inside attention, which the exported template cannot apply."""
-        return ExportedExtra(
-            kind=None,
-            tensors=dict(self.state_dict()),
-            needs_peftx="act inside the attention, which plain transformers cannot",
-        )
-
-    def attach(self, modules: list[nn.Module]) -> None:
-        """Give each site module its prefix source (a plain callable: not a registered submodule)."""
-        for index, module in enumerate(modules):
-            setattr(module, PREFIX_ATTR, functools.partial(self.site, index))
 
 
 class PrefixMethod(MethodConfig):
@@ -145,6 +70,9 @@ class PrefixMethod(MethodConfig):
     adds_modules: ClassVar[bool] = True
 
     def prepare(self, model: PeftxModel) -> None:
+        # torch and transformers when a model is built: reading a recipe imports neither
+        from peftx.methods.prefix_attention import ATTENTION, Prefixes
+
         names = self.sites(model)
         modules = dict(model.backbone.named_modules())
         prefixes = Prefixes(

@@ -14,10 +14,16 @@ The matching mask function materialises every mask as a boolean (batch, 1, query
 `sdpa` masks, never skipped), so the prefix columns can be prepended; a `None` mask still works.
 A transformers release that stops routing an attention through the interface would silently drop
 prefixes; tests/test_prefix.py checks that every prefixed module changes the logits.
+
+`Prefixes`, the trained prefixes themselves, lives here too: the `prefix` method's config
+(`peftx.methods.prefix`) imports this module only when it adds prefixes to a model, so reading a
+recipe imports no torch.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +33,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from peftx.model.extras import ExportedExtra, MethodExtra
 
 ATTENTION = "peftx_prefix"
 PREFIX_ATTR = "peftx_prefix"  # on an attention module: () -> (keys, values), each (heads, length, head_dim)
@@ -94,3 +102,71 @@ def _materialised_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
 
 AttentionInterface.register(ATTENTION, prefix_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, _materialised_mask)
+
+
+class Prefixes(MethodExtra):
+    """Key/value prefixes of a list of attention modules ("sites"); lives in `model.extras["prefix"]`.
+
+    Without reparameterisation each site holds its own (2, heads, length, head_dim) tensor. With it,
+    a shared (length, hidden) embedding goes through an MLP (hidden -> reparam_hidden -> tanh ->
+    every site's keys and values); the MLP is what trains and what a run saves, so a reloaded run
+    recomputes exactly the same prefixes.
+
+    Args:
+        sites: names of the attention modules, in order.
+        shapes: (heads, head_dim) of each site.
+        length: prefix positions per site.
+        hidden: width of the reparameterisation embedding (the model's hidden size).
+        reparam_hidden: MLP width, or None for direct prefixes.
+        init_std: standard deviation of the direct prefixes' normal initialisation.
+    """
+
+    def __init__(
+        self,
+        sites: list[str],
+        shapes: list[tuple[int, int]],
+        length: int,
+        hidden: int,
+        reparam_hidden: int | None,
+        init_std: float,
+    ) -> None:
+        super().__init__()
+        self.sites = list(sites)
+        self.shapes = list(shapes)
+        self.length = length
+        self.reparam = reparam_hidden is not None
+        if not self.reparam:
+            self.kv = nn.ParameterList(
+                nn.Parameter(torch.randn(2, heads, length, head_dim) * init_std) for heads, head_dim in shapes
+            )
+        else:
+            widths = [2 * heads * head_dim for heads, head_dim in shapes]
+            self.bounds = [0, *itertools.accumulate(widths)]  # plain ints: works on the meta device too
+            self.embedding = nn.Parameter(torch.randn(length, hidden))
+            self.mlp_in = nn.Linear(hidden, reparam_hidden)
+            self.mlp_out = nn.Linear(reparam_hidden, self.bounds[-1])
+
+    def site(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of one site, each (heads, length, head_dim)."""
+        heads, head_dim = self.shapes[index]
+        if not self.reparam:
+            kv = self.kv[index]  # (2, heads, length, head_dim)
+        else:
+            lo, hi = self.bounds[index], self.bounds[index + 1]
+            inner = torch.tanh(self.mlp_in(self.embedding))  # (length, reparam_hidden)
+            flat = F.linear(inner, self.mlp_out.weight[lo:hi], self.mlp_out.bias[lo:hi])  # (length, 2*heads*hd)
+            kv = flat.view(self.length, 2, heads, head_dim).permute(1, 2, 0, 3)  # (2, heads, length, head_dim)
+        return kv[0], kv[1]
+
+    def export_spec(self) -> ExportedExtra:
+        """Its state; the prefixes act inside attention, which the exported template cannot apply."""
+        return ExportedExtra(
+            kind=None,
+            tensors=dict(self.state_dict()),
+            needs_peftx="act inside the attention, which plain transformers cannot",
+        )
+
+    def attach(self, modules: list[nn.Module]) -> None:
+        """Give each site module its prefix source (a plain callable: not a registered submodule)."""
+        for index, module in enumerate(modules):
+            setattr(module, PREFIX_ATTR, functools.partial(self.site, index))

@@ -20,6 +20,7 @@ SITES = {
     + [f"decoder.block.{i}.layer.{j}.{a}" for i in range(2) for j, a in ((0, "SelfAttention"), (1, "EncDecAttention"))],
     "bart": [f"encoder.layers.{i}.self_attn" for i in range(2)]
     + [f"decoder.layers.{i}.{a}" for i in range(2) for a in ("self_attn", "encoder_attn")],
+    "llama": [f"layers.{i}.self_attn" for i in range(2)],
 }
 
 

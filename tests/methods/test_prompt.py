@@ -27,7 +27,7 @@ def test_prompt_goes_behind_the_start_token_or_first(family):
     prompt = model.extras["prompt"]
     embeds = model.input(batch)  # (batch, seq, hidden)
     out, mask = prompt.transform_inputs(embeds, batch["attention_mask"])
-    at = {"bert": 1, "bart": 1, "gpt2": 0, "t5": 0}[family]  # behind [CLS] / <s>; else first
+    at = {"bert": 1, "bart": 1, "llama": 1, "gpt2": 0, "t5": 0}[family]  # behind [CLS] / <s> / BOS; else first
     assert out.shape[1] == embeds.shape[1] + LENGTH and mask.shape == out.shape[:2]
     assert torch.equal(out[:, :at], embeds[:, :at])
     assert torch.equal(out[:, at : at + LENGTH], prompt.vectors.expand(len(out), -1, -1))

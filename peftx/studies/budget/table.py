@@ -1,11 +1,11 @@
 """`peftx budget`: trainable-parameter budgets of models x methods, and the knob setting of each
 method that comes closest to a target budget without exceeding it.
 
-Every number is counted by `peftx.model.budget` on a model built on the meta device: no weights, no
-network for the standard checkpoints (their configurations ship with peftx). A row's budget depends
-only on peftx's code, the installed torch/transformers/peft/accelerate, and what the request names,
-so rows are cached under `$PEFTX_CACHE/budget/`, keyed by all of these; a repeated table then prints
-without importing torch.
+Every number is counted by `peftx.model.budget`: from the families' declared shapes where they cover
+the row (`declared`: no torch, milliseconds a row), else on a model built on the meta device (no
+weights, no network for the standard checkpoints, whose configurations ship with peftx). A row's
+budget depends only on peftx's code, the installed torch/transformers/peft/accelerate, and what the
+request names, so rows are cached under `$PEFTX_CACHE/budget/`, keyed by all of these.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import yaml
 
 from peftx.errors import PeftxError
 from peftx.model.budget import Budget
+from peftx.studies.budget.declared import BudgetCounter
 from peftx.studies.budget.target import Target, largest_within
 from peftx.util.cache import cache_root
 
 if TYPE_CHECKING:
     from peftx.methods import MethodConfig
     from peftx.recipe import RecipeBase
-    from peftx.training.builder import MetaCounter
 
 DEFAULT_MODELS = ("bert-base-uncased", "gpt2", "t5-small", "t5-base", "facebook/bart-base", "offline")
 DEFAULT_METHODS = ("lora", "prefix", "prompt", "ia3", "bitfit", "frozen", "layers", "full")
@@ -168,7 +168,7 @@ class _Template:
     """The raw recipe rows start from, with the request's task and overrides applied."""
 
     def __init__(self, req: BudgetRequest) -> None:
-        from peftx.recipe import apply_overrides, read_raw, reject_grid  # lazy: imports torch; cached rows need none
+        from peftx.recipe import apply_overrides, read_raw, reject_grid  # lazy: cached rows need no schema
 
         if req.recipe is not None:
             raw = read_raw(req.recipe, req.overrides)
@@ -190,12 +190,14 @@ class _Template:
         if model == FROM_RECIPE or model == section.get("source", "offline"):
             return section
         # another model: only what is not specific to the recipe's architecture carries over
-        return {"source": model} | {k: section[k] for k in ("pretrained", "dtype", "head_dropout") if k in section}
+        return {"source": model} | {
+            k: section[k] for k in ("pretrained", "dtype", "head_dropout", "body") if k in section
+        }
 
     def method_spec(self, method: str) -> dict:
         if method == FROM_RECIPE:
             return dict(self.raw["method"]) if isinstance(self.raw["method"], dict) else {"name": self.raw["method"]}
-        from peftx.methods import METHODS  # lazy, as in `recipe`
+        from peftx.methods import METHODS  # lazy, as in `recipe`: cached rows need none
 
         name = method.split(":")[0].strip()
         spec = parse_method(method, getattr(METHODS.get(name), "budget_variant", None) if name in METHODS else None)
@@ -207,7 +209,7 @@ class _Template:
 
     def recipe(self, model: str, method: str) -> tuple[dict, RecipeBase]:
         """(raw recipe, validated recipe) of one row."""
-        from peftx.methods import METHODS  # lazy, as is the recipe schema: both import torch
+        from peftx.methods import METHODS  # lazy, as in `recipe`: cached rows need none
         from peftx.recipe import validate_recipe
 
         raw = copy.deepcopy(self.raw) | {"model": self.model_section(model), "method": self.method_spec(method)}
@@ -228,7 +230,7 @@ def _row(model: str, family: str, raw: dict, method: MethodConfig, budget: Budge
     return BudgetRow(model, family, method.name, shown_setting(method), budget, raw, **extra)
 
 
-def _matched(counter: MetaCounter, model: str, method: MethodConfig, raw: dict, target: Target) -> BudgetRow:
+def _matched(counter: BudgetCounter, model: str, method: MethodConfig, raw: dict, target: Target) -> BudgetRow:
     """The row of a method at the knob value closest to `target` without exceeding it."""
     family, knob = counter.family.name, method.budget_knob
     if knob is None:
@@ -257,20 +259,18 @@ def _matched(counter: MetaCounter, model: str, method: MethodConfig, raw: dict, 
 
 
 def compute_rows(req: BudgetRequest, pairs: list[tuple[str, str]]) -> list[BudgetRow]:
-    """Count the rows of (model, method) pairs (as `plan` names them), one meta model per model.
+    """Count the rows of (model, method) pairs (as `plan` names them), one counter per model.
 
     Raises:
         PeftxError: an unknown model, method or task, or a recipe that does not validate.
     """
-    from peftx.training.builder import MetaCounter  # lazy: imports torch, which cached tables never need
-
     template = _Template(req)
-    counters: dict[str, MetaCounter] = {}
+    counters: dict[str, BudgetCounter] = {}
     rows = []
     for model, method in pairs:
         raw, recipe = template.recipe(model, method)
         if model not in counters:
-            counters[model] = MetaCounter(recipe)
+            counters[model] = BudgetCounter(recipe)
         counter = counters[model]
         label = recipe.model.source if model == FROM_RECIPE else model
         if req.target is not None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
-from peftx.tasks.listops.symbols import FEATURES, LABELS, parse_expression
+from peftx.tasks.listops.symbols import LABELS, features, parse_expression
 from peftx.util.text_files import read_text
+
+if TYPE_CHECKING:
+    import datasets
 
 LRA_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
 
@@ -64,6 +66,8 @@ def load_lra_tsv(data_dir: Path) -> datasets.DatasetDict:
     """
     if not data_dir.is_dir():
         raise PeftxError(f"task.data_dir: {data_dir}: no such folder (expected {', '.join(LRA_FILES.values())})")
+    import datasets  # here, not at the top: reading a recipe imports no `datasets`
+
     out = {}
     for split, fname in LRA_FILES.items():
         path = data_dir / fname
@@ -72,5 +76,5 @@ def load_lra_tsv(data_dir: Path) -> datasets.DatasetDict:
         exprs, labels = read_lra_file(path)
         if not exprs:
             raise PeftxError(f"{path}: no examples (a header and no rows)")
-        out[split] = datasets.Dataset.from_dict({"tokens": exprs, "label": labels}, features=FEATURES)
+        out[split] = datasets.Dataset.from_dict({"tokens": exprs, "label": labels}, features=features())
     return datasets.DatasetDict(out)

@@ -5,10 +5,14 @@ Shared by the generators (task.py, numpy_generator.py) and the reader of LRA's f
 
 from __future__ import annotations
 
-import datasets
+from functools import cache
+from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import SymbolVocab
+
+if TYPE_CHECKING:
+    import datasets
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -23,9 +27,17 @@ VOCAB = SymbolVocab(
 )
 LABELS = DIGITS
 INDEX = {s: i for i, s in enumerate(VOCAB.symbols)}
-FEATURES = datasets.Features(
-    {"tokens": datasets.Sequence(datasets.Value("int8")), "label": datasets.ClassLabel(names=list(LABELS))}
-)
+
+
+@cache
+def features() -> datasets.Features:
+    """The columns of every ListOps split (`datasets` is imported here, when data is made or read:
+    reading a recipe imports none of it)."""
+    import datasets
+
+    return datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("int8")), "label": datasets.ClassLabel(names=list(LABELS))}
+    )
 
 
 def evaluate(tokens: list[str]) -> int:

@@ -14,30 +14,33 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import datasets
 from pydantic import Field, model_validator
 
 from peftx.tasks.base import TaskConfig, TaskData, TaskInfo, check_splits, majority_accuracy
 from peftx.tasks.listops.lra_files import LRA_FILES, load_lra_tsv, read_lra_file
-from peftx.tasks.listops.numpy_generator import generate_batched, shortage
 from peftx.tasks.listops.symbols import (
     DIGITS,
     END,
-    FEATURES,
     LABELS,
     OPERATORS,
     VALUE_P,
     VOCAB,
     encode,
     evaluate,
+    features,
     parse_expression,
     tokenize,
 )
 from peftx.tasks.registry import TASKS
 from peftx.util.cache import cached_dataset_dict
 from peftx.util.user_paths import UserPath
+
+# `datasets` and numpy are imported by the functions that make data: reading and checking a recipe
+# imports neither.
+if TYPE_CHECKING:
+    import datasets
 
 # Re-exported: the task's symbols and LRA's files are reached through this module.
 __all__ = [
@@ -134,6 +137,10 @@ def generate_splits(
 ) -> datasets.DatasetDict:
     """Unique expressions, split train/validation/test in generation order (no duplicates across splits),
     drawn by generator 1 or 2 (GENERATORS)."""
+    import datasets
+
+    from peftx.tasks.listops.numpy_generator import generate_batched, shortage
+
     total = n_train + n_val + n_test
     bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, total)}
     if generator == 2:
@@ -158,13 +165,16 @@ def generate_splits(
 
 
 def _to_dataset(exprs: list[str]) -> datasets.Dataset:
+    import datasets
+
     return datasets.Dataset.from_dict(
-        {"tokens": [encode(e) for e in exprs], "label": [evaluate(e.split()) for e in exprs]}, features=FEATURES
+        {"tokens": [encode(e) for e in exprs], "label": [evaluate(e.split()) for e in exprs]}, features=features()
     )
 
 
 def _dataset_from_bytes(symbols: list[bytes], values: list[int]) -> datasets.Dataset:
     """Expressions given as symbol-id bytes, straight into Arrow (no Python list per expression)."""
+    import datasets
     import numpy as np
     import pyarrow as pa
 
@@ -177,7 +187,7 @@ def _dataset_from_bytes(symbols: list[bytes], values: list[int]) -> datasets.Dat
             "label": pa.array(values, pa.int64()),
         }
     )
-    return datasets.Dataset(table.cast(FEATURES.arrow_schema), info=datasets.DatasetInfo(features=FEATURES))
+    return datasets.Dataset(table.cast(features().arrow_schema), info=datasets.DatasetInfo(features=features()))
 
 
 def root_operator_accuracy(train: datasets.Dataset, test: datasets.Dataset) -> float:

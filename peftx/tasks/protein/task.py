@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import datasets
 import numpy as np
 from pydantic import Field
 
@@ -151,6 +150,8 @@ class ProteinConfig(TaskConfig):
         return raw, notes
 
     def load(self) -> TaskData:
+        import datasets  # here, not at the top: reading a recipe imports no `datasets`
+
         raw, notes = self._read()
         rng = np.random.default_rng(self.data_seed)
         limits = {"train": self.n_train, "validation": self.n_val, "test": self.n_test}

@@ -18,9 +18,8 @@ carved out of the training images (seeded, `n_val`), the test split is the datas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import datasets
 import numpy as np
 from pydantic import Field
 
@@ -39,6 +38,9 @@ from peftx.tasks.registry import TASKS
 from peftx.tasks.vision import image_files
 from peftx.util.cache import cached_dataset_dict
 from peftx.util.user_paths import UserPath
+
+if TYPE_CHECKING:  # imported where data is made: reading a recipe imports no `datasets`
+    import datasets
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "digits": (8, 8, 1)}  # (height, width, channels)
@@ -178,6 +180,8 @@ class VisionConfig(TaskConfig):
         }
 
     def _build(self) -> datasets.DatasetDict:
+        import datasets
+
         arrays, _ = self._read()
         rng = np.random.default_rng(self.data_seed)
         n_val = self.n_val or DEFAULT_N_VAL[self.dataset]
