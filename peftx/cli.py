@@ -2,6 +2,10 @@
 
 User mistakes (`PeftxError`) print one line and exit with code 2; anything else is a bug and keeps
 its traceback.
+
+Each command imports what it calls inside its own function: `--help`, `--version`, a recipe's schema
+errors, `recipe show` and `report` then answer without importing torch, transformers or peft, which
+only the commands that build a model pay for (tests/test_cold_paths.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from rich.markup import escape
 from peftx import __version__
 from peftx.errors import EXIT_DIVERGED, EXIT_USER_ERROR, Diverged, Interrupted, PeftxError
 from peftx.util.echo import MESSAGE_CHARS, printable, shorten
+from peftx.util.files import storage_problem
 from peftx.util.user_paths import expand_path
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -60,8 +65,9 @@ def user_path(path: Path, what: str) -> Path:
 
 
 def user_errors(fn):
-    """Turn a PeftxError into `error: <message>` and exit code 2; a diverged run into exit code 3; a run
-    stopped by SIGINT or SIGTERM (after its checkpoint) into 130 or 143, as a shell reports them."""
+    """Turn a PeftxError (or a full or read-only disk) into `error: <message>` and exit code 2; a diverged
+    run into exit code 3; a run stopped by SIGINT or SIGTERM (after its checkpoint) into 130 or 143, as a
+    shell reports them."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -76,6 +82,12 @@ def user_errors(fn):
         except Interrupted as e:
             err.print(f"[yellow]interrupted:[/] {one_line(e)}; continue with --resume", highlight=False)
             raise typer.Exit(128 + getattr(signal, e.signal_name, signal.SIGINT)) from None
+        except OSError as e:
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            print_error(PeftxError(f"{problem}; make room (or choose a writable place), then run again"))
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper
 
@@ -133,13 +145,14 @@ def validate(
     """Check recipes (and sweep recipes, every point) without running them: the schema, the model built
     without weights (config overrides, layers, method, memory), the task's settings (exit 2 if any is
     invalid; every file is checked)."""
-    from peftx.runs.validate import check_recipes
     from peftx.studies.sweep import load_sweep
 
     failed = 0
     for path in recipes:
         try:
             points = load_sweep(path, list(set_ or []))
+            from peftx.runs.validate import check_recipes  # builds models (meta device): after the schema
+
             check_recipes([p.recipe for p in points], str(path))
             print(f"ok: {printable(str(path))}" + (f" ({len(points)} runs)" if len(points) > 1 else ""))
         except PeftxError as e:
@@ -174,7 +187,7 @@ def evaluate(
     set_: SetOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
 ) -> None:
-    """Reload a trained run and score it on its task's splits (accuracy, loss), as trained or rebuilt
+    """Reload a trained run and score it on its task's splits (its objective's metrics, loss), as trained or rebuilt
     with --set changes."""
     from peftx.runs.predict import Predictor, score_lines
 
@@ -213,6 +226,18 @@ def export(
         print(f"pushed: {push(done.out_dir, push_to_hub, private)}")
 
 
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The sweeps' Optuna storage: a database URL (sqlite:///f.db, postgresql://..., mysql://...) that "
+        "workers on many machines share, or a journal file (default: optuna-journal.log in each sweep's directory)."
+    ),
+]
+HeartbeatOption = Annotated[
+    int, typer.Option(min=1, help="Seconds between a running trial's heartbeats; 3 missed: its worker is dead.")
+]
+
+
 @app.command()
 @user_errors
 def sweep(
@@ -231,13 +256,16 @@ def sweep(
         int, typer.Option(min=1, help="Worker processes sharing the grid (one GPU each where there are enough).")
     ] = 1,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    storage: StorageOption = None,
+    heartbeat: HeartbeatOption = 60,
 ) -> None:
-    """Run a grid of runs (models x methods x seeds x lr ...); finished points are skipped and unfinished
-    ones resume from their checkpoints. Several `peftx sweep` processes may share one grid. Several
-    recipes are one queue: a worker waiting on one sweep's tuning stage runs the next sweep's points.
+    """Run a grid of runs (models x methods x seeds x lr ...), or a search (`search:`), as an Optuna study
+    named after the sweep; finished points are skipped, unfinished ones resume from their checkpoints.
+    Any number of `peftx sweep` processes, on any machines sharing --storage, run one sweep together.
+    Several recipes are one queue: a worker waiting on one sweep's tuning stage runs the next sweep's.
 
-    Exit codes: 0 every point finished (diverged points are listed), 1 a point failed, 2 a mistake in
-    the input, 130 / 143 stopped by SIGINT / SIGTERM."""
+    Exit codes: 0 every point finished (diverged and pruned points are listed), 1 a point failed, 2 a
+    mistake in the input, 130 / 143 stopped by SIGINT / SIGTERM."""
     from rich.table import Table
 
     from peftx.model.budget import fmt_count
@@ -259,11 +287,14 @@ def sweep(
             table.add_row(p.name, p.state, fmt_count(p.trainable), fmt_count(p.total), f"{p.trainable_pct:.3f}")
         Console().print(table)
         return
+    shared = {"storage": storage, "heartbeat": heartbeat}
     if workers > 1:
         if overwrite:
             raise PeftxError("--overwrite with --workers: each worker would redo every point; run one worker")
-        raise typer.Exit(run_workers(recipes, list(set_ or []), workers, points, log=err.print))
-    out = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print)
+        raise typer.Exit(run_workers(recipes, list(set_ or []), workers, points, log=err.print, **shared))
+    out = run_sweep(points, overwrite, lambda: RunDisplay(err, enabled=not quiet), log=err.print, **shared)
+    if out.pruned:
+        err.print(f"{len(out.pruned)} run(s) pruned: {', '.join(out.pruned)}")
     if out.diverged:
         err.print(f"[yellow]{len(out.diverged)} run(s) diverged:[/] {', '.join(out.diverged)}")
     if out.failed:
@@ -349,8 +380,11 @@ def report(
     from peftx.studies.report.writer import write_report
 
     out = user_path(out, "--out") if out is not None else None
-    for path in write_report(runs, out):
+    unreadable: list[str] = []
+    for path in write_report(runs, out, unreadable=unreadable):
         print(f"written: {printable(str(path))}")
+    for line in unreadable:  # also listed in report.md
+        err.print(f"unreadable: {escape(printable(line))}", highlight=False)
 
 
 @recipe_app.command("show")
@@ -368,4 +402,15 @@ def recipe_show(
 
 
 def main() -> None:
-    app()
+    """The `peftx` command. Usage mistakes (a missing argument, an unknown option, a bad value) are
+    printed as one line, exit code 2, like every other mistake in the input."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # typer's vendored click exceptions: matched by what they offer, not by a private path
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "peftx"
+        print_error(PeftxError(f"{where}: {e.format_message()} (see {where} --help)"))
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

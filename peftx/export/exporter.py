@@ -43,6 +43,7 @@ from peftx.recipe import read_raw, validate_recipe
 from peftx.runs.record import RECIPE, RESULT, RunRecord, load_weights
 from peftx.runs.task_file import TASK_FILE, task_description
 from peftx.spec.input_spec import InputSpec
+from peftx.spec.objective import format_metric
 from peftx.training.session import open_session
 
 ADAPTER_NAME = "default"  # the name peftx's methods inject their peft adapter under
@@ -105,9 +106,9 @@ def check_out_dir(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
 
 def base_reference(recipe) -> str | None:
     """The hub id or path the body loads from; None where the body itself must be exported (from
-    scratch, or a config changed by `model.config_overrides`)."""
+    scratch, shuffled or self-pretrained weights, or a config changed by `model.config_overrides`)."""
     m = recipe.model
-    if not m.pretrained or m.config_overrides or m.source == OFFLINE_DECODER:  # no hub holds its dequantised weights
+    if m.init != "pretrained" or m.config_overrides or m.source == OFFLINE_DECODER:  # no hub holds these weights
         return None
     if m.source == OFFLINE:
         return OFFLINE_NAME
@@ -212,6 +213,8 @@ def task_layers(model: PeftxModel, spec: InputSpec, body_exported: bool) -> tupl
         _add(out, notes, "input", inp.tensors, inp.settings, "input")
         head = model.head[1]
         out["head.weight"], out["head.bias"] = head.weight, head.bias
+        if model.output_scale is not None:  # regression: the targets' training mean and deviation
+            out["output_scale.loc"], out["output_scale.scale"] = model.output_scale.loc, model.output_scale.scale
         for role, extra in model.extras.items():
             exported = extra.export_spec()
             what = f"method extra {role!r}"
@@ -247,6 +250,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
         raise PeftxError(f"{run_dir}: run status is {record.status!r}, not 'completed'; nothing to export")
     check_out_dir(out_dir, run_dir, overwrite)
     recipe = validate_recipe(read_raw(run_dir / RECIPE, EXPORT_OVERRIDES), str(run_dir / RECIPE))
+    if recipe.model.body != "full":  # no transformers class holds the ablated stack
+        raise PeftxError(
+            f"{run_dir}: model.body: {recipe.model.body} has no plain transformers form; use peftx predict"
+        )
     session = open_session(recipe, load_task=False)
     model = session.model
     load_weights(model, run_dir)
@@ -323,10 +330,43 @@ def load_lines(info: Export, task: dict) -> list[str]:
     return lines
 
 
+def _what_it_outputs(task: dict) -> str:
+    objective = task.get("objective", {"kind": "classification"})
+    n = len(task["labels"])
+    return {
+        "classification": f"{n} classes",
+        "multilabel": f"any of {n} labels",
+        "regression": f"{n} target value(s)",
+        "forecasting": f"{objective.get('horizon')} steps of {n} series",
+    }[objective["kind"]]
+
+
+def _results_table(record: RunRecord) -> list[str]:
+    """The model card's results: every test metric of the objective, the selected validation value and
+    the task's baselines."""
+    m, lines = record.metrics, []
+    if m is not None:
+        test = m.test or {"accuracy": m.test_accuracy}
+        lines += [
+            "| metric | value |",
+            "|---|---:|",
+            *(f"| test {k} | {format_metric(k, v)} |" for k, v in test.items()),
+            f"| test loss | {m.test_loss:.4f} |",
+            f"| validation {m.primary} (selected step {m.selected_step}, {m.selection}) | "
+            f"{format_metric(m.primary, m.value('val'))} |",
+            *(
+                f"| baseline: {k} (test {m.primary}) | {format_metric(m.primary, v)} |"
+                for k, v in record.baselines.items()
+            ),
+            "",
+        ]
+    return lines
+
+
 def model_card(record: RunRecord, info: Export, task: dict, command: str) -> str:
     """README.md of an export: what it is, how to load it, how it was trained and how it scored."""
     r = record.recipe
-    m, b = record.metrics, record.budget
+    b = record.budget
     method = r.get("method", {})
     model = r.get("model", {})
     lines = [
@@ -339,7 +379,7 @@ def model_card(record: RunRecord, info: Export, task: dict, command: str) -> str
         f"# {record.name}",
         "",
         f"A {task['family']} model fine-tuned with peftx {__version__} ({method.get('name')}) on the task "
-        f"`{r.get('task', {}).get('name')}`: {len(task['labels'])} classes.",
+        f"`{r.get('task', {}).get('name')}`: {_what_it_outputs(task)}.",
         "",
         "## Load it",
         "",
@@ -363,16 +403,7 @@ def model_card(record: RunRecord, info: Export, task: dict, command: str) -> str
     if b is not None:
         lines.append(f"- trainable parameters: {b.trainable:,} of {b.total:,} ({b.trainable_pct:.3g}%)")
     lines += ["", "## Results", ""]
-    if m is not None:
-        lines += [
-            "| metric | value |",
-            "|---|---:|",
-            f"| test accuracy | {100 * m.test_accuracy:.2f}% |",
-            f"| test loss | {m.test_loss:.4f} |",
-            f"| validation accuracy (selected step {m.selected_step}, {m.selection}) | {100 * m.val_accuracy:.2f}% |",
-            *(f"| baseline: {k} | {100 * v:.2f}% |" for k, v in record.baselines.items()),
-            "",
-        ]
+    lines += _results_table(record)
     lines += [
         "## Provenance",
         "",

@@ -1,4 +1,5 @@
-"""`PeftxModel`: input adapter -> backbone -> pooled hidden state -> classification head."""
+"""`PeftxModel`: input adapter -> backbone -> pooled hidden state -> head, the head as wide as the
+task's objective asks, its outputs in the targets' own units."""
 
 from __future__ import annotations
 
@@ -9,16 +10,42 @@ from transformers import PreTrainedModel
 
 from peftx.families import Family, ParamInfo, SpecialIds
 from peftx.model.extras import MethodExtras
+from peftx.spec.index_space import VALUE
+from peftx.spec.objective import Forecasting, InstanceNorm, Objective, Regression
+
+
+class OutputScale(nn.Module):
+    """The head's outputs times `scale` plus `loc`: regression targets' training mean and standard
+    deviation, so the head learns standardised targets and answers in their units. Buffers, saved with
+    the run's weights (`predict` needs them without the training data)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.loc.to(x.dtype)
+
+    def set(self, loc: tuple[float, ...], scale: tuple[float, ...]) -> None:
+        with torch.no_grad():
+            self.loc.copy_(torch.tensor(loc, dtype=self.loc.dtype))
+            self.scale.copy_(torch.tensor(scale, dtype=self.scale.dtype))
 
 
 class PeftxModel(nn.Module):
-    """A backbone of one family with a task's input layer and a classification head.
+    """A backbone of one family with a task's input layer and a head for the task's objective.
+
+    Forecasting models normalise each example's context per channel (mean and standard deviation over
+    its real positions) before the input layer, and put the head's (horizon x channels) outputs back
+    in the context's units (RevIN, Kim et al., ICLR 2022, without its learned affine).
 
     Args:
         family: how this backbone takes `inputs_embeds`, pools, and names its parameters' roles.
         backbone: the transformers model (no LM head, no pooler).
         input_layer: adapter from a task batch to (batch, seq, hidden) embeddings.
-        num_classes: width of the head.
+        objective: what the head outputs (its width; regression's target scale; forecasting's
+            instance normalisation).
         pooling: one of `family.poolings`.
         specials: the model's special token ids (for the decoder start token of T5/BART).
         head_dropout: dropout before the head's linear layer.
@@ -29,7 +56,7 @@ class PeftxModel(nn.Module):
         family: Family,
         backbone: PreTrainedModel,
         input_layer: nn.Module,
-        num_classes: int,
+        objective: Objective,
         pooling: str,
         specials: SpecialIds,
         head_dropout: float = 0.1,
@@ -41,7 +68,10 @@ class PeftxModel(nn.Module):
         self.backbone = backbone
         self.input = input_layer
         hidden = family.hidden_size(backbone.config)
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden, objective.width))
+        self.output_scale = OutputScale(objective.width) if isinstance(objective, Regression) else None
+        self.fit_outputs(objective)
+        self.channels = len(objective.labels) if isinstance(objective, Forecasting) else None
         # Modules a method adds outside the backbone, keyed by their budget role ("prefix", "prompt").
         self.extras = MethodExtras()
 
@@ -51,13 +81,31 @@ class PeftxModel(nn.Module):
         input_ids: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (batch, num_classes) for a padded batch (right padding, mask 1 on real positions)."""
+        """Outputs (batch, objective width) for a padded batch (right padding, mask 1 on real positions):
+        logits, or values in the targets' units."""
+        norm = None
+        if self.channels is not None and values is not None:
+            norm = InstanceNorm.of(values.float(), input_ids == VALUE)
+            values = ((values.float() - norm.loc) / norm.scale).to(values.dtype)
         batch = {"input_ids": input_ids, "values": values, "attention_mask": attention_mask}
         embeds = self.input(batch)  # (batch, seq, hidden)
+        if isinstance(embeds, tuple):  # a layer that changes the length (patches, digit tokens) gives its mask
+            embeds, attention_mask = embeds
         for extra in self.extras.values():  # e.g. soft prompts insert vectors and extend the mask
             embeds, attention_mask = extra.transform_inputs(embeds, attention_mask)
         pooled = self.family.encode(self.backbone, embeds, attention_mask, self.pooling, self.specials)
-        return self.head(pooled.to(self.head[1].weight.dtype))  # (batch, num_classes)
+        out = self.head(pooled.to(self.head[1].weight.dtype))  # (batch, width)
+        if self.output_scale is not None:
+            out = self.output_scale(out)
+        if norm is not None:  # (batch, horizon x channels), time-major
+            out = out.float().reshape(len(out), -1, self.channels) * norm.scale + norm.loc
+            out = out.flatten(1)
+        return out
+
+    def fit_outputs(self, objective: Objective) -> None:
+        """Take a regression objective's target scale (fitted on the training split) into the head."""
+        if self.output_scale is not None and isinstance(objective, Regression) and objective.scale:
+            self.output_scale.set(objective.loc, objective.scale)
 
     @property
     def max_length(self) -> int | None:
@@ -65,7 +113,10 @@ class PeftxModel(nn.Module):
         those a method adds in front of the backbone (soft prompts); None: unbounded."""
         limit = self.family.max_positions(self.backbone.config)
         added = sum(extra.added_positions for extra in self.extras.values())
-        return None if limit is None else limit - added
+        if limit is None:
+            return None
+        fit = getattr(self.input, "max_input_length", None)  # a layer that changes the length says what fits
+        return limit - added if fit is None else fit(limit - added)
 
     def param_infos(self) -> dict[str, ParamInfo]:
         """Role, stack and layer of every parameter, keyed by its name in this module."""

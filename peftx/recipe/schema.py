@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from peftx.families import FAMILIES
 from peftx.inputs import INPUTS
 from peftx.methods import METHODS
+from peftx.recipe.controls import Body, Init, SelfPretrainSection, check_controls, resolve_init
 from peftx.tasks import TASKS
 from peftx.util.echo import quoted
 from peftx.util.user_paths import UserPath, expand_path
@@ -41,7 +42,18 @@ class ModelSection(Section):
     source: str = "offline"
     """'offline' (all-MiniLM-L6-v2, BERT family), a local directory, or a hub id such as 't5-small'."""
     pretrained: bool = True
-    """false: the same architecture with random weights (the from-scratch baseline)."""
+    """false: the same architecture with random weights (the from-scratch baseline); `init` says more."""
+    init: Init = "pretrained"
+    """Where the backbone's weights come from (docs/controls.md): pretrained (the checkpoint), scratch
+    (random; the same as pretrained: false), shuffled (the checkpoint with every tensor's entries
+    permuted by the run's seed), self_pretrained (random, then trained on the task's own training
+    inputs with the family's pretraining objective: see `self_pretrain`)."""
+    body: Body = "full"
+    """The body between the input layer and the head (Tan et al., NeurIPS 2024): full (the backbone),
+    none (nothing: mean of the input vectors), attention1 (one fresh multi-head attention layer),
+    block1 (one fresh transformer block). Fresh layers train in full; the method has no body to adapt."""
+    self_pretrain: SelfPretrainSection | None = None
+    """The self-pretraining stage of init: self_pretrained (filled with its defaults there)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Storage dtype of the backbone's weights. auto: frozen weights in bfloat16 where training runs in
     bf16 (they need no fp32 master copy, and autocast would re-cast them every step), trained ones in
@@ -100,8 +112,14 @@ class ModelSection(Section):
             return {k: d.lower() for k, d in v.items()}
         return v.lower() if v is not None else None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _init_or_pretrained(cls, data: Any) -> Any:
+        return resolve_init(data)
+
     @model_validator(mode="after")
     def _check(self) -> ModelSection:
+        check_controls(self.init, self.body, self.self_pretrain, self.quantization, self.pooling)
         if self.sha256 is not None and not self.pretrained:
             raise ValueError("sha256 pins pretrained weights, and pretrained is false (nothing is loaded)")
         if self.quantization != "4bit":

@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 from peftx.errors import PeftxError
 from peftx.recipe import result_defining
 from peftx.runs.record import METRICS, RECIPE, RESULT, WEIGHTS, RunRecord
-from peftx.training.checkpoints import checkpoint_step, latest_checkpoint
+from peftx.training.checkpoints import checkpoint_step, latest_good_checkpoint
 
 if TYPE_CHECKING:
     from peftx.recipe import RecipeBase
@@ -161,12 +161,14 @@ class RunDirDecision:
         checkpoint: the checkpoint a resumed run continues from.
         step: that checkpoint's step.
         error: why the run may not start (the main process's one-line error, for the other processes).
+        note: a newer checkpoint passed over as damaged, to show the user.
     """
 
     plan: RunDirPlan | None = None
     checkpoint: Path | None = None
     step: int | None = None
     error: str | None = None
+    note: str | None = None
 
 
 def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
@@ -199,10 +201,13 @@ def decide_run_dir(run_dir: Path, recipe: RecipeBase, overwrite: bool, resume: b
     differs = first_difference(result_defining(old.recipe), result_defining(recipe.to_dict()))
     if differs:
         raise PeftxError(f"{run_dir}: cannot resume with another recipe: {differs}; use --overwrite to start again")
-    ckpt = latest_checkpoint(run_dir)
+    ckpt, damaged = latest_good_checkpoint(run_dir)
+    if ckpt is None and damaged:
+        raise PeftxError(f"{damaged[0]}; no intact checkpoint to resume from: use --overwrite to start again")
     if ckpt is None:
         return RunDirDecision(plan="replace")
-    return RunDirDecision(plan="resume", checkpoint=ckpt, step=checkpoint_step(ckpt))
+    note = f"passed over a damaged checkpoint: {damaged[0]}" if damaged else None
+    return RunDirDecision(plan="resume", checkpoint=ckpt, step=checkpoint_step(ckpt), note=note)
 
 
 def agree_on_run_dir(

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from peftx.model.budget import Budget, fmt_count
+from peftx.spec.objective import format_metric
 from peftx.training.points import EvalPoint, Point, TrainPoint
 
 if TYPE_CHECKING:
@@ -33,7 +34,10 @@ class RunDisplay:
         if not self.enabled:
             return
         src = provenance.get("name", provenance["source"])
-        kind = "pretrained" if provenance["pretrained"] else "from scratch"
+        init = provenance.get("init") or ("pretrained" if provenance["pretrained"] else "scratch")
+        kind = {"scratch": "from scratch", "self_pretrained": "self-pretrained"}.get(init, init)
+        if provenance.get("body", "full") != "full":
+            kind += f", body {provenance['body']}"
         self.console.print(
             f"[bold]{escape(name)}[/]: {provenance['family']} {escape(src)} ({kind}), method {method}, "
             f"precision {precision}"
@@ -57,7 +61,7 @@ class RunDisplay:
             TextColumn("train"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  val acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[acc]}  {task.fields[speed]} ex/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -78,14 +82,17 @@ class RunDisplay:
                 last = self.last
                 loss = _num(last.loss if last else None, ".3f")
                 speed = _num(last.examples_per_s if last else None, ".1f")
+                name, value = _primary(point)
                 self.console.print(
-                    f"step {point.step}: train loss {loss}, val acc {100 * point.val_accuracy:.2f}%, {speed} ex/s"
+                    f"step {point.step}: train loss {loss}, val {_short(name)} {format_metric(name, value)}, "
+                    f"{speed} ex/s"
                 )
             else:
                 self.last = point
             return
         if isinstance(point, EvalPoint):
-            self.progress.update(self.task, acc=f"{100 * point.val_accuracy:.1f}%")
+            name, value = _primary(point)
+            self.progress.update(self.task, acc=f"{_short(name)} {format_metric(name, value, digits=1)}")
         else:
             self.progress.update(
                 self.task,
@@ -106,19 +113,30 @@ class RunDisplay:
         m, b, t = record.metrics, record.budget, record.timing
         table = Table(title="result", show_header=True)
         table.add_column("")
-        table.add_column("test accuracy", justify="right")
-        table.add_row("this run", f"{100 * m.test_accuracy:.2f}%")
-        for name, acc in record.baselines.items():
-            table.add_row(f"baseline: {name.replace('_', ' ')}", f"{100 * acc:.2f}%")
+        table.add_column(f"test {m.primary}", justify="right")
+        table.add_row("this run", format_metric(m.primary, m.value("test")))
+        for name, value in record.baselines.items():
+            table.add_row(f"baseline: {name.replace('_', ' ')}", format_metric(m.primary, value))
         self.console.print(table)
         procs = record.processes
         spread = f" over {procs.world_size} processes" if procs.world_size > 1 else ""
         self.console.print(
             f"trainable {fmt_count(b.trainable)} / {fmt_count(b.total)} parameters ({b.trainable_pct:.3f}%); "
-            f"best validation {100 * m.val_accuracy:.2f}% at step {m.selected_step}; "
+            f"best validation {m.primary} {format_metric(m.primary, m.value('val'))} at step {m.selected_step}; "
             f"{t.train_examples_per_s:.1f} train examples/s{spread}; {t.wall_seconds:.0f} s"
         )
         self.console.print(f"written: {run_dir}/")
+
+
+def _primary(point: EvalPoint) -> tuple[str, float | None]:
+    """The evaluation's primary metric (the objective lists it first) and its value."""
+    if not point.val_metrics:
+        return "accuracy", point.val_accuracy
+    return next(iter(point.val_metrics.items()))
+
+
+def _short(name: str) -> str:
+    return "acc" if name == "accuracy" else name
 
 
 def _num(value: float | None, spec: str) -> str:

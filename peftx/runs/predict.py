@@ -3,6 +3,7 @@ of its task with `Predictor(run_dir).evaluate(["test"])`."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
 from peftx.runs.record import RECIPE, RunRecord, load_weights
+from peftx.spec.objective import format_metric
 from peftx.tasks import SPLITS
 from peftx.training.evaluation import evaluate, infer
 from peftx.training.session import open_session
@@ -59,8 +61,8 @@ class Predictor:
         return self.session.precision
 
     def logits(self, texts: list[str], where: list[str] | None = None) -> torch.Tensor:
-        """Logits (n, classes) for inputs written as the task's `parse` reads them (a ListOps expression,
-        a protein sequence, an image file's path).
+        """Outputs (n, objective width: logits, or values in the targets' units) for inputs written as
+        the task's `parse` reads them (a ListOps expression, a protein sequence, an image file's path).
 
         Args:
             where: each input's place for messages (e.g. "inputs.tsv:3"); None: "input 1", "input 2" ...
@@ -69,7 +71,7 @@ class Predictor:
             PeftxError: an input the task cannot parse (naming its place).
         """
         if not texts:
-            return torch.empty(0, len(self.info.labels))
+            return torch.empty(0, self.info.objective.width)
         ids = []
         for i, text in enumerate(texts):
             try:
@@ -80,12 +82,13 @@ class Predictor:
         train = self.recipe.train
         return infer(self.model, split, train.eval_batch_size, self.accelerator, train.eval_batch_tokens)
 
-    def predict(self, texts: list[str], where: list[str] | None = None) -> list[str]:
-        """Predicted label of each input (`where`: as for `logits`)."""
-        return [self.info.labels[i] for i in self.logits(texts, where).argmax(-1).tolist()]
+    def predict(self, texts: list[str], where: list[str] | None = None) -> list:
+        """Each input's prediction as the objective decodes it: a label, the labels present, the
+        target value(s), or a (horizon, channels) forecast (`where`: as for `logits`)."""
+        return self.info.objective.decode(self.logits(texts, where))
 
     def evaluate(self, splits: list[str] | tuple[str, ...] = ("test",)) -> dict[str, dict]:
-        """Accuracy, mean cross-entropy and size of each named split of the run's task, loaded as
+        """The objective's metrics, mean loss and size of each named split of the run's task, loaded as
         training loaded it (the recipe's data settings, with any overrides)."""
         for name in splits:
             if name not in SPLITS:
@@ -136,13 +139,14 @@ def read_inputs(text: str, where: str) -> Inputs:
 @dataclass
 class Predictions:
     inputs: Inputs
-    labels: list[str]
+    labels: list  # one prediction per input, as `Predictor.predict` gives it
 
     @property
     def accuracy(self) -> float | None:
-        """Share of predictions equal to the inputs' targets (None without targets)."""
+        """Share of predicted labels equal to the inputs' targets (None without targets, or for
+        predictions that are not single labels)."""
         t = self.inputs.targets
-        if t is None:
+        if t is None or not all(isinstance(p, str) for p in self.labels):
             return None
         return sum(p == y for p, y in zip(self.labels, t)) / max(len(t), 1)
 
@@ -151,23 +155,33 @@ class Predictions:
         character in an input or a label is shown escaped, never sent to the terminal)."""
         head = ["input", "prediction"] + (["target"] if self.inputs.targets is not None else [])
         body = [
-            [printable(x), printable(p)]
+            [printable(x), printable(_cell(p))]
             + ([printable(self.inputs.targets[i])] if self.inputs.targets is not None else [])
             for i, (x, p) in enumerate(zip(self.inputs.texts, self.labels))
         ]
         return [head, *body]
 
 
+def _cell(prediction) -> str:
+    """A prediction as one TSV cell: a label as it is, numbers to 6 significant digits, lists as JSON."""
+    if isinstance(prediction, str):
+        return prediction
+    if isinstance(prediction, float):
+        return f"{prediction:.6g}"
+    return json.dumps(prediction)
+
+
 def score_lines(scores: dict[str, dict], record: RunRecord) -> list[str]:
-    """One line per evaluated split, beside what training recorded for it."""
-    recorded = {}
-    if record.metrics is not None:
-        recorded = {"test": record.metrics.test_accuracy, "validation": record.metrics.val_accuracy}
+    """One line per evaluated split, its metrics (the primary one first) beside what training recorded
+    for its primary metric."""
+    m = record.metrics
+    recorded = {"test": m.value("test"), "validation": m.value("val")} if m is not None else {}
     lines = []
     for name, s in scores.items():
-        line = f"{name}: accuracy {100 * s['accuracy']:.2f}%, loss {s['loss']:.4f} ({s['examples']} examples)"
-        if name in recorded:
-            line += f"; at training: {100 * recorded[name]:.2f}%"
+        shown = ", ".join(f"{k} {format_metric(k, v)}" for k, v in s.items() if k not in ("loss", "examples"))
+        line = f"{name}: {shown}, loss {s['loss']:.4f} ({s['examples']} examples)"
+        if recorded.get(name) is not None:
+            line += f"; at training: {format_metric(m.primary, recorded[name])}"
         lines.append(line)
     return lines
 

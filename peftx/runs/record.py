@@ -39,9 +39,11 @@ RECIPE = "recipe.yaml"
 METRICS = "metrics.jsonl"
 
 
-SCHEMA_VERSION = 2  # 1: the untyped result.json before `RunRecord` (read as version 1, same keys)
+# 1: the untyped result.json before `RunRecord` (read as version 1, same keys); 2: typed, accuracy only;
+# 3: metrics by name with the objective's primary metric and its direction
+SCHEMA_VERSION = 3
 
-Status = Literal["running", "completed", "diverged", "failed", "interrupted"]
+Status = Literal["running", "completed", "diverged", "failed", "interrupted", "pruned"]
 
 
 class BudgetRecord(Record):
@@ -56,13 +58,41 @@ class BudgetRecord(Record):
 
 
 class Metrics(Record):
-    """Final metrics of a completed run: test on the selected weights."""
+    """Final metrics of a completed run: test on the selected weights, validation at the selected step.
 
-    test_accuracy: float
+    `test` and `val` hold the objective's metrics by name; `primary` names the one that selected the
+    weights, `direction` whether higher or lower is better. Classification runs repeat accuracy as
+    `test_accuracy` / `val_accuracy` (all that records before schema version 3 hold).
+    """
+
+    test_accuracy: float | None = None
     test_loss: float
-    val_accuracy: float
+    val_accuracy: float | None = None
     selected_step: int
     selection: str
+    primary: str = "accuracy"
+    direction: Literal["higher", "lower"] = "higher"
+    test: dict[str, float] = {}
+    val: dict[str, float] = {}
+
+    def value(self, split: Literal["test", "val"] = "test", name: str | None = None) -> float | None:
+        """A metric (default: the primary one) on the test split or at the selected validation step."""
+        name = name or self.primary
+        found = (self.test if split == "test" else self.val).get(name)
+        if found is None and name == "accuracy":
+            found = self.test_accuracy if split == "test" else self.val_accuracy
+        return found
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "higher"
+
+
+class PrunedAt(Record):
+    """Where a sweep's pruner stopped a run (status 'pruned'): the evaluation's step, and why."""
+
+    step: int
+    reason: str
 
 
 class Timing(Record):
@@ -113,11 +143,13 @@ class RunRecord(Record):
     train_log: list[TrainPoint] = []
     metrics: Metrics | None = None
     align: dict | None = None  # the input.align stage: objective, before/after, loss log, reference, seconds
+    self_pretrain: dict | None = None  # model.init: self_pretrained: key, objective, steps, losses, seconds, reused
     skipped_steps: int = 0  # updates skipped for a non-finite gradient norm (train.nonfinite: skip)
     resumed: list[dict] = []  # one entry per resumption: {from_step, at}
     timing: Timing | None = None
     memory: dict[str, int] = {}
     error: str | None = None
+    pruned: PrunedAt | None = None  # status 'pruned': a sweep's pruner stopped it at this evaluation
 
     @staticmethod
     def now() -> str:
@@ -200,7 +232,7 @@ def weights_to_save(model: torch.nn.Module, whole_backbone: bool) -> dict[str, t
     }
     if whole_backbone:
         out.update({f"{n}.weight": dequantized_weight(m) for n, m in quantized_modules(model).items()})
-    out.update({n: b for n, b in model.named_buffers() if n.startswith(("input.", "extras."))})
+    out.update({n: b for n, b in model.named_buffers() if n.startswith(("input.", "extras.", "output_scale."))})
     return {n: t.detach().contiguous().cpu() for n, t in out.items()}
 
 

@@ -8,6 +8,7 @@ what a run writes and when; what the files hold is `peftx.runs.record`'s.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from peftx.runs.task_file import write_task_description
 from peftx.training.checkpoints import CHECKPOINTS, read_progress
 from peftx.training.points import EvalPoint, TrainPoint
 from peftx.util.env import peak_memory, versions
+from peftx.util.files import storage_problem
 
 if TYPE_CHECKING:
     from peftx.model.budget import Budget
@@ -141,7 +143,7 @@ class RunRecorder:
         with fresh_run_dir(self.run_dir):  # an old run is replaced only now, and put back if this fails
             self.save()
             (self.run_dir / RECIPE).write_text(dump_recipe(self.recipe))
-            write_task_description(self.run_dir, session.info, session.model)  # task.json: vocabulary, labels
+            write_task_description(self.run_dir, session.task.info, session.model)  # task.json: inputs, outputs
 
     def save(self) -> None:
         """Write result.json as the record stands (the main process)."""
@@ -172,7 +174,7 @@ class RunRecorder:
 
         Args:
             outcome: what the training loop returned.
-            test: the test split's accuracy and loss on the selected weights.
+            test: the test split's metrics on the selected weights (`Objective.metrics`).
             session: the run's session (its model holds the selected weights).
             load_peak: the peak memory of loading the task and the model.
 
@@ -184,12 +186,17 @@ class RunRecorder:
         record.status = "completed"
         record.history, record.train_log = list(outcome.history), list(outcome.train_log)
         record.skipped_steps = outcome.skipped_steps
+        objective = session.task.info.objective
         record.metrics = Metrics(
-            test_accuracy=test["accuracy"],
+            test_accuracy=test.get("accuracy"),
             test_loss=test["loss"],
             val_accuracy=outcome.best.val_accuracy,
             selected_step=outcome.best.step,
             selection=self.recipe.train.select,
+            primary=objective.primary,
+            direction=objective.direction,
+            test={k: v for k, v in test.items() if k != "loss"},
+            val=dict(outcome.best.val_metrics),
         )
         record.timing = _timing(outcome, self.seconds, record.align)
         record.processes = Processes(
@@ -221,11 +228,16 @@ class RunRecorder:
         elif isinstance(error, Interrupted | KeyboardInterrupt):
             record.status = "interrupted"
             record.error = str(error) or "KeyboardInterrupt"
+        elif storage_problem(error) is not None:
+            step = record.train_log[-1].step if record.train_log else 0
+            record.status = "failed"
+            record.error = f"{storage_problem(error)} after step {step}; make room, then --resume"
         else:
             record.status, record.error = "failed", f"{type(error).__name__}: {error}"
         record.memory = peak_memory()
         record.timing = Timing(wall_seconds=self.seconds)
-        self.save()
+        with contextlib.suppress(OSError):  # the disk that stopped the run may not take the record either
+            self.save()
 
 
 def _timing(outcome: TrainOutcome, wall_seconds: float, align: dict | None) -> Timing:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from peftx.errors import Pruned
 from peftx.model.budget import model_budget
 from peftx.model.loading import load_tokenizer
 from peftx.runs.directory import RunDirDecision, agree_on_run_dir
 from peftx.runs.display import RunDisplay
-from peftx.runs.record import RunRecord
+from peftx.runs.record import PrunedAt, RunRecord
 from peftx.runs.recorder import RunRecorder
 from peftx.runs.trackers import hyperparameters, make_trackers, tracker_values
 from peftx.runs.validate import check_global_batch
@@ -36,6 +37,7 @@ from peftx.training.evaluation import evaluate
 from peftx.training.job import TrainJob, TrainOutcome
 from peftx.training.loop import total_steps, train
 from peftx.training.points import EvalPoint, Point
+from peftx.training.self_pretrain import ensure_self_pretrained
 from peftx.training.session import Session, open_session
 from peftx.util.env import peak_memory, reset_peak_memory
 
@@ -63,6 +65,7 @@ class _Built:
     splits: dict[str, Split]
     load_peak: dict[str, int]  # task data and model loading alone
     truncated: dict[str, int]  # examples cut to the model's length, by split
+    self_pretrain: dict | None = None  # the model.init: self_pretrained stage's record
 
 
 def run(
@@ -71,6 +74,7 @@ def run(
     display: RunDisplay | None = None,
     resume: bool = False,
     on_start: Callable[[str], None] | None = None,
+    on_eval: Callable[[EvalPoint], None] | None = None,
 ) -> RunResult:
     """Train and evaluate one recipe; write `<output.dir>/<run name>/` (from the main process only).
 
@@ -81,6 +85,8 @@ def run(
         resume: continue an unfinished run of the same name from its last checkpoint (a run with none
             starts again; a completed run is returned as it is; no run: a new one).
         on_start: called with 'new', 'replace' or 'resume' once the run holds its directory's lock.
+        on_eval: called with each evaluation once it is recorded (main process); a sweep reports it to
+            its study here, and raises `Pruned` to stop the run.
 
     Returns:
         The run directory and the record written to its result.json.
@@ -90,6 +96,7 @@ def run(
             recipe cannot be built.
         Diverged: the loss or gradient norm became non-finite (recorded as status 'diverged').
         Interrupted: SIGINT or SIGTERM; a checkpoint was written (status 'interrupted').
+        Pruned: `on_eval` stopped the run (status 'pruned', with the step and the reason).
     """
     display = display or RunDisplay(enabled=False)
     run_dir = Path(recipe.output.dir) / recipe.run_name
@@ -105,28 +112,37 @@ def run(
         if on_start is not None:
             on_start(decision.plan)
         stack.enter_context(terminate_as_interrupt())
-        return _run(recipe, run_dir, decision, display)
+        return _run(recipe, run_dir, decision, display, on_eval)
 
 
-def _run(recipe: RecipeBase, run_dir: Path, decision: RunDirDecision, display: RunDisplay) -> RunResult:
+def _run(
+    recipe: RecipeBase,
+    run_dir: Path,
+    decision: RunDirDecision,
+    display: RunDisplay,
+    on_eval: Callable[[EvalPoint], None] | None = None,
+) -> RunResult:
     """The phases after the directory is planned: build, record the start, align, train, test, record."""
     recorder = RunRecorder(run_dir, recipe, writes=PartialState().is_main_process)
     reset_peak_memory()
-    built = _build(recipe, run_dir, decision, recorder)
+    built = _build(recipe, run_dir, decision, recorder, display)
     session = built.session
     accelerator = session.accelerator
     budget = model_budget(session.model)
     recorder.start(session, budget, built.truncated, decision)  # only now may the directory change
+    if built.self_pretrain is not None:
+        recorder.record.self_pretrain = built.self_pretrain
+        recorder.save()
     accelerator.wait_for_everyone()  # other processes start once the directory is theirs to read
     try:
         _start_trackers(recipe, session)
         notes = session.task.notes
         display.header(recipe.run_name, session.provenance, recipe.method.name, budget, notes, session.precision)
         if decision.checkpoint is not None:
-            display.message(f"resuming from {decision.checkpoint}")
+            display.message(f"resuming from {decision.checkpoint}" + (f" ({decision.note})" if decision.note else ""))
         elif recipe.input is not None and recipe.input.align is not None:
             recorder.aligned(_align(recipe, session, built.splits["train"], display))
-        outcome = _train(recipe, run_dir, built, decision, display, recorder)
+        outcome = _train(recipe, run_dir, built, decision, display, recorder, on_eval)
         test = evaluate(session.model, built.splits["test"], recipe.train, accelerator)
         record = recorder.finish(outcome, test, session, built.load_peak)
         if accelerator.is_main_process:
@@ -135,18 +151,27 @@ def _run(recipe: RecipeBase, run_dir: Path, decision: RunDirDecision, display: R
         return RunResult(run_dir=run_dir, record=record)
     except BaseException as e:
         recorder.fail(e)
+        if isinstance(e, Pruned) and recorder.record is not None:  # final, like completed: not a failure
+            recorder.record.status, recorder.record.error = "pruned", None
+            recorder.record.pruned = PrunedAt(step=e.step, reason=e.reason)
+            recorder.save()
         raise
     finally:
         accelerator.end_training()
 
 
-def _build(recipe: RecipeBase, run_dir: Path, decision: RunDirDecision, recorder: RunRecorder) -> _Built:
-    """Trackers, the session (the model first: it fails early), the task data and its collated splits.
-    A new run that fails here leaves a record of why, which blocks no rerun."""
+def _build(
+    recipe: RecipeBase, run_dir: Path, decision: RunDirDecision, recorder: RunRecorder, display: RunDisplay
+) -> _Built:
+    """The self-pretraining stage (model.init: self_pretrained; cached, so usually found made), trackers,
+    the session (the model first: it fails early), the task data and its collated splits. A new run
+    that fails here leaves a record of why, which blocks no rerun."""
     try:
+        stage = ensure_self_pretrained(recipe, display.message) if recipe.model.init == "self_pretrained" else None
         trackers = make_trackers(recipe.output.trackers, run_dir, decision.step)
         session = open_session(recipe, load_task=False, log_with=trackers)
         task = session.load_task()
+        session.model.fit_outputs(task.info.objective)  # built before the data was read
         load_peak = {f"load_{k}": v for k, v in peak_memory().items()}
         splits = session.splits(SPLITS)
         check_global_batch(recipe, len(splits["train"]))  # sizes known only once the data is read
@@ -157,7 +182,7 @@ def _build(recipe: RecipeBase, run_dir: Path, decision: RunDirDecision, recorder
     truncated = {n: s.collate.num_truncated() for n, s in splits.items() if s.collate.num_truncated()}
     if truncated:
         task.notes.append(f"truncated to {session.model.max_length} positions (first tokens kept): {truncated}")
-    return _Built(session, splits, load_peak, truncated)
+    return _Built(session, splits, load_peak, truncated, stage)
 
 
 def _start_trackers(recipe: RecipeBase, session: Session) -> None:
@@ -176,6 +201,7 @@ def _train(
     decision: RunDirDecision,
     display: RunDisplay,
     recorder: RunRecorder,
+    on_eval: Callable[[EvalPoint], None] | None = None,
 ) -> TrainOutcome:
     """The training loop, its points shown, recorded and sent to the trackers as they come."""
     accelerator = built.session.accelerator
@@ -185,6 +211,8 @@ def _train(
         display.step(point)
         if isinstance(point, EvalPoint):
             recorder.evaluation(point)
+            if on_eval is not None:
+                on_eval(point)
         else:
             recorder.step(point)
         accelerator.log(tracker_values(point), step=point.step)

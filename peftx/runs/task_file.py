@@ -4,7 +4,10 @@ export of it) says without peftx how to feed the model and read its answers.
 It holds the task's literal symbol order (or the shape of its continuous inputs), the shared index
 space (padding, start, end, first symbol), the framing the model's family adds (which start/end
 tokens, their ids in the model's vocabulary), the longest input, and the label names in the order of
-the logits.
+the logits. Where the input layer embeds symbols by the model's own tokens (`pretrained_vocab`), it
+also holds each symbol's token ids (`input.token_ids`, averaged where there are several; for
+`pixel_vocab`, a list by intensity level), read from the layer itself, so the ids a reloaded run or
+an export uses are the ones that were trained.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peftx.inputs.base import TokenMappedInput
 from peftx.spec.index_space import BOS, EOS, OFFSET, PAD, VALUE
 from peftx.spec.input_spec import SymbolVocab
 from peftx.util.files import write_text_atomic
@@ -39,10 +43,14 @@ def task_description(info: TaskInfo, model: PeftxModel) -> dict:
     else:
         inputs = {"kind": "continuous", "dim": spec.dim, "scale": spec.scale, "values": spec.kind}
         index = {"pad": PAD, "start": BOS, "end": EOS, "value": VALUE}
+    if isinstance(model.input, TokenMappedInput):
+        tokens = model.input.token_map()[OFFSET:]  # (symbol or intensity level, pieces)
+        inputs["token_ids"] = dict(zip(spec.symbols, tokens, strict=True)) if isinstance(spec, SymbolVocab) else tokens
     sp = model.specials
     return {
         "format": FORMAT,
         "labels": list(info.labels),
+        "objective": info.objective.to_dict(),
         "input": inputs,
         "index_space": index,
         "framing": {

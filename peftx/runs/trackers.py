@@ -19,7 +19,11 @@ NEEDS = {
     "mlflow": (("mlflow",), "pip install mlflow (a local store by default: ./mlruns)"),
 }
 CSV = "metrics.csv"
-CSV_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples_per_s", "tokens_per_s", "val_accuracy", "val_loss")
+CSV_COLUMNS = (
+    *("step", "loss", "lr", "grad_norm", "examples_per_s", "tokens_per_s", "val_accuracy", "val_loss"),
+    # the other objectives' validation metrics (`peftx.spec.objective`), after the original columns
+    *("val_map", "val_micro_f1", "val_macro_f1", "val_rmse", "val_mae", "val_r2", "val_mase", "val_smape", "val_mse"),
+)
 
 
 class CsvTracker(GeneralTracker):
@@ -89,5 +93,9 @@ def hyperparameters(recipe: dict, prefix: str = "") -> dict[str, bool | int | fl
 
 
 def tracker_values(point: Point) -> dict[str, float]:
-    """A training point's numbers as trackers log them: its step goes as the step, missing values not at all."""
-    return {k: v for k, v in point.model_dump().items() if k != "step" and v is not None}
+    """A training point's numbers as trackers log them: its step goes as the step, missing values not at
+    all, each validation metric as `val_<name>`."""
+    values = point.model_dump()
+    metrics = values.pop("val_metrics", None) or {}
+    flat = {k: v for k, v in values.items() if k != "step" and v is not None}
+    return flat | {f"val_{name}": v for name, v in metrics.items()}

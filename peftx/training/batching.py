@@ -19,11 +19,13 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from pyarrow.types import is_integer as pa_is_integer
 from torch.utils.data import Sampler
 
 from peftx.families import SpecialIds
 from peftx.spec.index_space import BOS, EOS, OFFSET, PAD, VALUE
 from peftx.spec.input_spec import ContinuousSpec, InputSpec, SymbolVocab
+from peftx.spec.objective import Classification, Objective
 
 if TYPE_CHECKING:
     from peftx.recipe import TrainSection
@@ -46,12 +48,13 @@ __all__ = [
 
 @dataclass
 class Split:
-    """A split ready for batching: a collate function, each example's framed length, and its labels
-    (None for unlabelled inputs, as `predict` reads them)."""
+    """A split ready for batching: a collate function, each example's framed length, its labels
+    (None for unlabelled inputs, as `predict` reads them) and the objective that scores them."""
 
     collate: Callable[[list[int]], dict[str, torch.Tensor]]
     lengths: np.ndarray  # (n,)
-    labels: torch.Tensor | None  # (n,) long
+    labels: torch.Tensor | None  # (n, ...) as `objective.label_tensor` makes them
+    objective: Objective = Classification(())
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -64,7 +67,7 @@ class SymbolSplit:
         col = ds.data.column("tokens").combine_chunks()
         self.offsets = col.offsets.to_numpy().astype(np.int64)  # (n + 1,)
         self.flat = col.values.to_numpy().astype(np.int32) + OFFSET  # shared index space; int32: any vocabulary
-        self.labels = torch.tensor(ds["label"], dtype=torch.long) if "label" in ds.column_names else None
+        self.labels = _class_labels(ds)
         self.lengths = np.diff(self.offsets)  # (n,)
 
     def __len__(self) -> int:
@@ -246,12 +249,18 @@ def pad_multiple(cfg: TrainSection, device: torch.device) -> int:
 
 
 def make_split(
-    ds: datasets.Dataset, spec: InputSpec, specials: SpecialIds, max_length: int | None, pad_to_multiple: int
+    ds: datasets.Dataset,
+    spec: InputSpec,
+    specials: SpecialIds,
+    max_length: int | None,
+    pad_to_multiple: int,
+    objective: Objective | None = None,
 ) -> Split:
     """A split ready for batching for the task's kind of input.
 
     Args:
         pad_to_multiple: round each batch's padded width up to this (see `pad_multiple`).
+        objective: makes the label tensor (None: classification, labels as class indices).
     """
     if isinstance(spec, SymbolVocab):
         collate = SymbolCollator(SymbolSplit(ds), specials, max_length, pad_to_multiple)
@@ -259,8 +268,10 @@ def make_split(
         collate = ContinuousCollator(ContinuousSplit(ds, spec), specials, max_length, pad_to_multiple)
     else:
         raise TypeError(f"no batching for input spec {type(spec).__name__}")
+    if objective is not None and "label" in ds.column_names:
+        collate.split.labels = objective.label_tensor(ds["label"])
     lengths = np.array([collate.framed_length(i) for i in range(len(ds))], dtype=np.int64)
-    return Split(collate=collate, lengths=lengths, labels=collate.split.labels)
+    return Split(collate, lengths, collate.split.labels, objective or Classification(()))
 
 
 # --- continuous inputs -------------------------------------------------------------------------
@@ -282,7 +293,7 @@ class ContinuousSplit:
         if self.flat.size != self.lengths.sum() * self.dim:
             raise ValueError(f"values: vectors are not all {self.dim} long")
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])  # (n + 1,) in vectors
-        self.labels = torch.tensor(ds["label"], dtype=torch.long) if "label" in ds.column_names else None
+        self.labels = _class_labels(ds)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -322,6 +333,13 @@ class ContinuousCollator(SymbolCollator):
         if self.split.labels is not None:
             batch["labels"] = self.split.labels[indices]
         return batch
+
+
+def _class_labels(ds: datasets.Dataset) -> torch.Tensor | None:
+    """A `label` column of class indices as a tensor (other objectives' labels: `make_split`)."""
+    if "label" not in ds.column_names or not pa_is_integer(ds.data.column("label").type):
+        return None
+    return torch.tensor(ds["label"], dtype=torch.long)
 
 
 def draw_like_a_data_loader() -> None:

@@ -21,6 +21,7 @@ from peftx.model.quantization import QuantSpec
 from peftx.model.task_model import PeftxModel
 from peftx.recipe import ModelSection, RecipeBase
 from peftx.tasks import TaskInfo
+from peftx.training.controls import init_backbone, replace_body, train_controls
 from peftx.util.env import resolve_precision
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -112,7 +113,7 @@ def _assemble(recipe: RecipeBase, info: TaskInfo, bb: Backbone) -> PeftxModel:
         hidden_size=bb.family.hidden_size(bb.model.config),
     )
     input_layer = recipe.input.build(ctx)
-    return PeftxModel(bb.family, bb.model, input_layer, info.num_classes, pooling, specials, m.head_dropout)
+    return PeftxModel(bb.family, bb.model, input_layer, info.objective, pooling, specials, m.head_dropout)
 
 
 def _loaded_backbone(m: ModelSection) -> Backbone:
@@ -145,7 +146,8 @@ def _meta_backbone(m: ModelSection, config: PretrainedConfig | None) -> Backbone
 
 def _apply(model: PeftxModel, recipe: RecipeBase, method: MethodConfig, precision: str) -> None:
     """Apply `method` to an assembled model and store each parameter in the dtype the run keeps it in."""
-    apply_method(model, method, recipe.input.trained_roles())
+    if not train_controls(model, recipe, method):  # an ablated body has nothing for the method to adapt
+        apply_method(model, method, recipe.input.trained_roles())
     m = recipe.model
     # `auto` loaded float32, so that trained weights start exact
     frozen_bf16 = m.dtype == "auto" and m.quantization == "none" and precision == "bf16"
@@ -179,8 +181,10 @@ def build_model(
         PeftxError: the backbone or its configuration cannot be had, or the recipe's choices do not fit it.
     """
     bb = _meta_backbone(recipe.model, config) if meta else _loaded_backbone(recipe.model)
+    init_backbone(bb, recipe, info, meta)  # model.init: shuffled or self-pretrained weights
     with torch.device("meta") if meta else contextlib.nullcontext():
         model = _assemble(recipe, info, bb)
+        replace_body(model, recipe)  # model.body: an ablation
         _apply(model, recipe, recipe.method, precision or resolve_precision(recipe.train.precision))
     bb.provenance["family"] = bb.family.name
     return model, bb.provenance

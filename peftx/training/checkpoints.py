@@ -11,14 +11,18 @@ runs/<name>/checkpoints/step-000120/
   loop.json          the loop's own state: step, micro-batches drawn, history, training log, best
   loop_rank<r>.json  each process's running sums since the last log step
   best.safetensors   the weights of the best evaluation so far (what `select: best` returns)
+  digests.json       every other file's sha256, written last
 
 A checkpoint is written under a temporary name, synced, and renamed: a directory named `step-*` is
-complete. The newest checkpoint and the one of the best evaluation are kept; older ones are removed.
+complete. The newest checkpoint and the one of the best evaluation are kept; older ones are removed. A
+resumed run checks the digests and continues from the newest checkpoint whose files still match them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -39,6 +43,7 @@ from peftx.errors import Interrupted, PeftxError
 from peftx.training.points import EvalPoint, TrainPoint
 
 CHECKPOINTS = "checkpoints"
+DIGESTS = "digests.json"
 AUTO_SECONDS = 300.0  # `checkpoint_every: auto` writes at least this often (and at every evaluation)
 _STEP_DIR = re.compile(r"step-(\d+)")
 
@@ -56,11 +61,11 @@ class LoopState:
     history: list[EvalPoint] = field(default_factory=list)  # one entry per evaluation
     train_log: list[TrainPoint] = field(default_factory=list)  # one entry per log step
     best: EvalPoint | None = None  # the evaluation whose weights `best.safetensors` holds
-    best_acc: float = -1.0
+    best_acc: float = -math.inf  # the best score (`Objective.score`: the primary metric, higher is better)
     skipped: int = 0  # steps skipped for a non-finite gradient norm (train.nonfinite: skip)
     skipped_in_a_row: int = 0
     flat_evals: int = 0  # evaluations in a row without a new best (train.early_stop)
-    flat_best: float = -1.0  # the best validation accuracy train.early_stop measures against
+    flat_best: float = -math.inf  # the best score train.early_stop measures against
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_examples: int = 0  # this process's
@@ -107,6 +112,50 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_digests(directory: Path) -> None:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != DIGESTS)
+    digests = {str(p.relative_to(directory)): _sha256(p) for p in files}
+    (directory / DIGESTS).write_text(json.dumps(digests, indent=1))
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's files against the digests written beside them (None: nothing,
+    or a checkpoint written without digests, which cannot be checked)."""
+    try:
+        digests = json.loads((path / DIGESTS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"{DIGESTS} is unreadable"
+    for name, want in digests.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if _sha256(file) != want:
+            return f"{name} does not match its sha256 (damaged after it was written)"
+    return None
+
+
+def latest_good_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint whose files match their digests, and one line for each newer one that does
+    not (naming it and what is wrong)."""
+    damaged = []
+    for path in reversed(list_checkpoints(run_dir)):
+        problem = damage(path)
+        if problem is None:
+            return path, damaged
+        damaged.append(f"{path}: {problem}")
+    return None, damaged
 
 
 def read_progress(path: Path) -> tuple[list[EvalPoint], list[TrainPoint]]:
@@ -177,6 +226,24 @@ class Checkpoints:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        try:
+            self._write(tmp, state, best_state)
+        except OSError:  # a full disk: the half-written checkpoint goes, the previous ones stay
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if acc.is_main_process:
+            if final.exists():  # the same step written again (a resumed run's first save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+            self._prune(keep={final.name, *self._best_names(state)})
+        acc.wait_for_everyone()
+        self._last_save = time.monotonic()
+        return final
+
+    def _write(self, tmp: Path, state: LoopState, best_state: dict[str, torch.Tensor] | None) -> None:
+        """Every file of a checkpoint into `tmp`, digests last, synced."""
+        acc = self.accelerator
         acc.save_state(str(tmp))
         (tmp / f"loop_rank{acc.process_index}.json").write_text(json.dumps(state.own()))
         if acc.is_main_process:
@@ -187,15 +254,8 @@ class Checkpoints:
                 )
         acc.wait_for_everyone()
         if acc.is_main_process:
+            _write_digests(tmp)
             _fsync_tree(tmp)
-            if final.exists():  # the same step written again (a resumed run's first save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-            self._prune(keep={final.name, *self._best_names(state)})
-        acc.wait_for_everyone()
-        self._last_save = time.monotonic()
-        return final
 
     def _best_names(self, state: LoopState) -> set[str]:
         return {f"step-{state.best.step:06d}"} if state.best else set()

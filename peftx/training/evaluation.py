@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, send_to_device
 
@@ -26,7 +25,7 @@ def infer_rows(
     short example) whose output it drops, so that all run the same number of forwards.
 
     Returns:
-        (index (m,), logits (m, classes)) on the CPU, on every process: row i holds example index[i]'s
+        (index (m,), outputs (m, width)) on the CPU, on every process: row i holds example index[i]'s
         logits, one row per example computed (m = len(split)).
     """
     batches = eval_batches(split.lengths, batch_size, max_tokens)
@@ -79,11 +78,8 @@ def infer(
     return logits
 
 
-def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -> dict:
-    """Accuracy and mean cross-entropy on a labelled split."""
-    logits = infer(model, split, cfg.eval_batch_size, accelerator, cfg.eval_batch_tokens)
-    labels = split.labels
-    return {
-        "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
-        "loss": F.cross_entropy(logits, labels).item(),
-    }
+def evaluate(model, split: Split, cfg: TrainSection, accelerator: Accelerator) -> dict[str, float]:
+    """The split's objective's metrics (`Objective.metrics`: its primary metric, the others, the mean
+    loss) on a labelled split."""
+    outputs = infer(model, split, cfg.eval_batch_size, accelerator, cfg.eval_batch_tokens)
+    return split.objective.metrics(outputs, split.labels)

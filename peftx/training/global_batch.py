@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
 
+from peftx.spec.objective import Classification, Objective
 from peftx.training.batching import LengthGroupedBatches, Split, draw_like_a_data_loader, shard
 
 if TYPE_CHECKING:
@@ -44,10 +44,19 @@ def micro_batches(
         offset = 0
 
 
-def loss_term(logits: torch.Tensor, labels: torch.Tensor, n: int, n_global: int, num_processes: int) -> torch.Tensor:
-    """This process's term of the global batch's mean cross-entropy. Processes average their gradients
-    (DDP, FSDP), so each contributes the sum over its first `n` rows x processes / global examples: the
-    gradient of the mean over the whole global batch, however unevenly it was split."""
+def loss_term(
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    n: int,
+    n_global: int,
+    num_processes: int,
+    objective: Objective | None = None,
+) -> torch.Tensor:
+    """This process's term of the global batch's mean loss (`objective.loss`; None: cross-entropy).
+    Processes average their gradients (DDP, FSDP), so each contributes the sum over its first `n` rows
+    x processes / global examples: the gradient of the mean over the whole global batch, however
+    unevenly it was split."""
+    objective = objective or Classification(())
     if num_processes == 1:
-        return F.cross_entropy(logits, labels)
-    return F.cross_entropy(logits[:n], labels[:n], reduction="sum") * (num_processes / n_global)
+        return objective.loss(outputs, labels)
+    return objective.loss(outputs[:n], labels[:n], reduction="sum") * (num_processes / n_global)

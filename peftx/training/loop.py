@@ -1,5 +1,5 @@
 """The one training loop, on accelerate: AdamW, warm-up and decay, clipping, periodic evaluation,
-best-checkpoint selection on validation accuracy.
+best-checkpoint selection on the objective's primary validation metric.
 
 `Trainer(TrainJob(...)).run()` trains; `Trainer.step()` is one optimizer step of that same loop, for
 benchmarks that time steps one by one. The loop reports a `TrainPoint` at every log step and an
@@ -87,13 +87,14 @@ class _Window:
         self.n, self.t0 = 0, now
 
 
-def _flat(state: LoopState, accuracy: float, cfg: TrainSection) -> bool:
-    """Count an evaluation for `train.early_stop`; True once `patience` in a row brought no new best."""
+def _flat(state: LoopState, score: float, cfg: TrainSection) -> bool:
+    """Count an evaluation for `train.early_stop` (`score`: the primary metric, higher is better); True
+    once `patience` in a row brought no new best."""
     rule = cfg.early_stop
     if rule is None:
         return False
-    if accuracy > state.flat_best + rule.min_delta:
-        state.flat_best, state.flat_evals = accuracy, 0
+    if score > state.flat_best + rule.min_delta:
+        state.flat_best, state.flat_evals = score, 0
     else:
         state.flat_evals += 1
     return state.flat_evals >= rule.patience
@@ -178,7 +179,8 @@ class Trainer:
                 self.step()
                 self.maybe_log(report)
                 point = self.maybe_evaluate(report)
-                flat = point is not None and _flat(self.state, point.val_accuracy, self.job.config)
+                score = None if point is None else self.job.val_split.objective.score(point.val_metrics)
+                flat = score is not None and _flat(self.state, score, self.job.config)
                 if flat and self.state.step < self.steps:
                     break  # every process decides alike; a resumed run reaches the same decision
                 self.maybe_checkpoint(evaluated=point is not None, stop=stop)
@@ -230,7 +232,8 @@ class Trainer:
         with accelerator.accumulate(self.model), accelerator.autocast():
             y = batch.pop("labels")
             with self._dropout_context():
-                loss = loss_term(self.model(**batch).float(), y, n, n_global, accelerator.num_processes)
+                outputs = self.model(**batch).float()
+                loss = loss_term(outputs, y, n, n_global, accelerator.num_processes, self.job.train_split.objective)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 norm = accelerator.clip_grad_norm_(self.model.parameters(), self._max_norm)
@@ -313,17 +316,19 @@ class Trainer:
         self._window.t0 += time.perf_counter() - t0  # evaluation time is not training throughput
         point = EvalPoint(
             step=step,
-            val_accuracy=metrics["accuracy"],
+            val_accuracy=metrics.get("accuracy"),
             val_loss=metrics["loss"],
             lr=self.scheduler.get_last_lr()[0],
             train_seconds=round(state.train_seconds, 3),
+            val_metrics={k: v for k, v in metrics.items() if k != "loss"},
         )
         state.history.append(point)
         if report is not None:
             report(point)
         # every process holds the same gathered metrics, so all keep the same step's weights
-        if cfg.select == "last" or metrics["accuracy"] > state.best_acc:
-            state.best_acc = metrics["accuracy"]
+        score = self.job.val_split.objective.score(metrics)
+        if cfg.select == "last" or score > state.best_acc:
+            state.best_acc = score
             self._best_weights = {n: p.detach().clone() for n, p in self.trainable.items()}
             state.best = point
         return point

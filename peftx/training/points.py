@@ -21,13 +21,19 @@ class Record(BaseModel):
 
 
 class EvalPoint(Record):
-    """One evaluation on the validation split during training."""
+    """One evaluation on the validation split during training: its objective's metrics by name
+    (`val_metrics`), the mean loss, and for classification the accuracy again as `val_accuracy`."""
 
     step: int
-    val_accuracy: float
+    val_accuracy: float | None = None
     val_loss: float
     lr: float
     train_seconds: float = 0.0
+    val_metrics: dict[str, float] = {}
+
+    def metric(self, name: str) -> float | None:
+        """A validation metric by name (records before `val_metrics` hold accuracy alone)."""
+        return self.val_accuracy if name == "accuracy" and name not in self.val_metrics else self.val_metrics.get(name)
 
 
 class TrainPoint(Record):

@@ -49,7 +49,8 @@ class Session:
     def split(self, ds: datasets.Dataset) -> Split:
         """Any dataset of the task's input kind, collated as training and evaluation feed the model."""
         model = self.accelerator.unwrap_model(self.model)
-        return make_split(ds, self.info.input_spec, model.specials, model.max_length, self.pad_multiple)
+        info = self.task.info if self.task is not None else self.info  # a loaded task's fitted objective
+        return make_split(ds, info.input_spec, model.specials, model.max_length, self.pad_multiple, info.objective)
 
     def splits(self, names: tuple[str, ...] | list[str]) -> dict[str, Split]:
         """The task's named splits, collated (the session must have loaded the task)."""

@@ -21,7 +21,7 @@ from peftx.cli import app
 from peftx.errors import PeftxError
 from peftx.export.exporter import export_run, task_layers
 from peftx.inputs import ExportedInput
-from peftx.methods.prompt import SoftPrompt
+from peftx.methods.soft_prompt import SoftPrompt
 from peftx.model.loading import load_backbone
 from peftx.recipe import validate_recipe
 from peftx.runs.predict import Predictor
@@ -353,3 +353,19 @@ def test_push_uses_the_hub_api(tmp_path, monkeypatch):
     assert calls == [("create", "me/tiny", True, True), ("upload", str(tmp_path), "me/tiny")]
     with pytest.raises(PeftxError, match="not a repository id"):
         hub_mod.check_hub("no-owner")
+
+
+def test_a_shuffled_body_is_exported_not_named_and_an_ablated_one_is_refused(tmp_path):
+    raw = tiny_recipe("bert", tmp_path, method=PEFT_METHODS["lora"])
+    bb = load_backbone(TINY["bert"]["source"], pretrained=False, overrides=TINY["bert"]["config_overrides"])
+    bb.model.save_pretrained(tmp_path / "base")
+    raw["model"] = {"family": "bert", "source": str(tmp_path / "base"), "init": "shuffled"}
+    run_dir = run(validate_recipe(raw)).run_dir
+    out = export_run(run_dir, tmp_path / "export")
+    assert out.base is None and "body" in out.files  # the original checkpoint is not these weights
+    assert_same_logits(run_dir, out.out_dir)
+    raw["model"] = {**raw["model"], "init": "pretrained", "body": "none"}
+    raw["output"]["name"] = "ablated"
+    ablated = run(validate_recipe(raw)).run_dir
+    with pytest.raises(PeftxError, match="model.body: none has no plain transformers form"):
+        export_run(ablated, tmp_path / "export2")

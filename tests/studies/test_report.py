@@ -159,3 +159,12 @@ def test_a_report_replaces_its_own_files_and_nothing_else(runs_dir, tmp_path):
     with pytest.raises(PeftxError, match="exists beside no peftx report"):
         write_report(runs_dir, plots)
     assert (plots / "training_curves.png").read_bytes() == b"mine"
+
+
+def test_unreadable_result_files_are_listed_in_the_report_and_on_stderr(runs_dir, tmp_path):
+    (runs_dir / "broken").mkdir()
+    (runs_dir / "broken" / "result.json").write_text("{not json")
+    unreadable: list[str] = []
+    text = write_report(runs_dir, tmp_path / "out", unreadable=unreadable)[0].read_text()
+    assert len(unreadable) == 1 and "broken/result.json: not a readable result file" in unreadable[0]
+    assert "## Unreadable result files" in text and "broken/result.json" in text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 
 from peftx.recipe import validate_recipe
@@ -23,7 +22,7 @@ def build(raw: dict):
     if len(devices) > 1:
         model.to(next(d for d in devices if d.type != "cpu"))
     max_len = model.max_length
-    split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len, 8)
+    split = make_split(task.splits["train"], task.info.input_spec, model.specials, max_len, 8, task.info.objective)
     return recipe, task, model, split
 
 
@@ -44,7 +43,7 @@ def train_steps(
             idx = next(batches)
         batch = on_device(split.collate(idx), model)
         y = batch.pop("labels")
-        loss = F.cross_entropy(model(**batch), y)
+        loss = split.objective.loss(model(**batch), y)
         loss.backward()
         opt.step()
         opt.zero_grad()

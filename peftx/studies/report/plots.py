@@ -1,5 +1,6 @@
-"""The report's PNG plots: test accuracy against trainable parameters, pretrained against from
-scratch, and training curves with the spread over seeds."""
+"""The report's PNG plots: each task's primary metric (accuracy, RMSE, ...) on test against trainable
+parameters, pretrained against from scratch, and training curves with the spread over seeds. The file
+names say accuracy, as they did before other metrics existed."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ def _count_label(x: float, _pos: object = None) -> str:
     return f"{x:.3g}"
 
 
-def _baselines(ax, baselines: dict[str, float]) -> None:
+def _baselines(ax, baselines: dict[str, float], scale: float = 100.0) -> None:
     for name, value in (baselines or {}).items():
-        ax.axhline(100 * value, ls="--", lw=1, color="grey")
+        ax.axhline(scale * value, ls="--", lw=1, color="grey")
         ax.annotate(
             name.replace("_", " "),
-            (0.01, 100 * value),
+            (0.01, scale * value),
             xycoords=("axes fraction", "data"),
             xytext=(0, 2),
             textcoords="offset points",
@@ -61,8 +62,13 @@ def _tasks(rows: list[Row]) -> list[str]:
     return list(dict.fromkeys(r.task for r in rows))
 
 
-def _task_baselines(rows: list[Row], task: str) -> dict[str, float]:
-    return next(r for r in rows if r.task == task).baselines
+def _task_baselines(ax, rows: list[Row], task: str) -> None:
+    first = next(r for r in rows if r.task == task)
+    _baselines(ax, first.baselines, first.scale)
+
+
+def _unit(rows: list[Row], task: str) -> str:
+    return next(r for r in rows if r.task == task).unit
 
 
 def _accuracy_vs_trainable(plt, rows: list[Row], colors: dict):
@@ -77,15 +83,15 @@ def _accuracy_vs_trainable(plt, rows: list[Row], colors: dict):
             jitter = {True: 0.94, False: 1.06}.get(r.pretrained, 1.0)
             ax.errorbar(
                 r.trainable * jitter,
-                100 * mean(r.test),
-                yerr=None if math.isnan(err) else 100 * err,
+                r.scale * mean(r.test),
+                yerr=None if math.isnan(err) else r.scale * err,
                 fmt="o" if r.pretrained is not False else "s",
                 mfc=colors[r.key] if r.pretrained is not False else "white",
                 color=colors[r.key],
                 capsize=3,
                 label=r.short_label,
             )
-        _baselines(ax, _task_baselines(rows, task))
+        _task_baselines(ax, rows, task)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels are what collide
@@ -94,7 +100,7 @@ def _accuracy_vs_trainable(plt, rows: list[Row], colors: dict):
         if hi / lo < 10:  # less than a decade: give the axis room for a labelled tick
             ax.set_xlim(lo / 3, hi * 3)
         ax.set_xlabel("trainable parameters (log)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {_unit(rows, task)}")
         ax.set_title(task)
         _legend_right(ax)
     return fig
@@ -107,8 +113,8 @@ def _pretrained_vs_scratch(plt, rows: list[Row], colors: dict):
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(pairs)), 4.5))
     xs = range(len(pairs))
     for offset, which, color in ((-0.2, 0, "tab:blue"), (0.2, 1, "tab:orange")):
-        vals = [100 * mean(p[which].test) for p in pairs.values()]
-        errs = [0 if math.isnan(sem(p[which].test)) else 100 * sem(p[which].test) for p in pairs.values()]
+        vals = [p[which].scale * mean(p[which].test) for p in pairs.values()]
+        errs = [0 if math.isnan(sem(p[which].test)) else p[which].scale * sem(p[which].test) for p in pairs.values()]
         ax.bar(
             [x + offset for x in xs],
             vals,
@@ -119,7 +125,8 @@ def _pretrained_vs_scratch(plt, rows: list[Row], colors: dict):
             label="pretrained" if which == 0 else "from scratch",
         )
     ax.set_xticks(list(xs), [short(k, 24) for k in pairs], rotation=20, ha="right", fontsize=7)
-    ax.set_ylabel("test accuracy (%)")
+    units = sorted({p[0].unit for p in pairs.values()})
+    ax.set_ylabel(f"test {' / '.join(units)}")
     ax.legend()
     return fig
 
@@ -138,13 +145,18 @@ def _rate_curves(plt, rows: list[Row], colors: dict):
             lrs = list(r.lrs_tried)
             style = "--" if r.pretrained is False else "-"
             ax.plot(
-                lrs, [100 * r.lrs_tried[x] for x in lrs], style, marker="o", color=colors[r.key], label=r.short_label
+                lrs,
+                [r.scale * r.lrs_tried[x] for x in lrs],
+                style,
+                marker="o",
+                color=colors[r.key],
+                label=r.short_label,
             )
-            ax.scatter([r.lr], [100 * r.lrs_tried[r.lr]], marker="*", s=140, color=colors[r.key], zorder=3)
-        _baselines(ax, _task_baselines(rows, task))
+            ax.scatter([r.lr], [r.scale * r.lrs_tried[r.lr]], marker="*", s=140, color=colors[r.key], zorder=3)
+        _task_baselines(ax, rows, task)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log)")
-        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylabel(f"validation {_unit(rows, task)}")
         ax.set_title(f"{task}  (* chosen rate; compared on the seeds every rate ran)", fontsize=9)
         _legend_right(ax)
     return fig
@@ -159,15 +171,15 @@ def _training_curves(plt, rows: list[Row], colors: dict):
         acc_ax, loss_ax = axes[0][col], axes[1][col]
         for r in (r for r in rows if r.task == task):
             style = "--" if r.pretrained is False else "-"  # from-scratch twins dashed
-            _curve(acc_ax, [[(s, 100 * a) for s, a in c] for c in r.curves], style, colors[r.key], r.short_label)
-            sel = [(s, 100 * a) for s, a in r.selected]
+            _curve(acc_ax, [[(s, r.scale * a) for s, a in c] for c in r.curves], style, colors[r.key], r.short_label)
+            sel = [(s, r.scale * a) for s, a in r.selected]
             if r.curves and any(r.curves):
                 acc_ax.scatter(
                     [s for s, _ in sel], [a for _, a in sel], marker="*", s=90, color=colors[r.key], zorder=3
                 )
             _curve(loss_ax, r.train_curves, style, colors[r.key], None)
-        _baselines(acc_ax, _task_baselines(rows, task))
-        acc_ax.set_ylabel("validation accuracy (%)")
+        _task_baselines(acc_ax, rows, task)
+        acc_ax.set_ylabel(f"validation {_unit(rows, task)}")
         acc_ax.set_title(f"{task}  (* selected step; band: seed range)", fontsize=9)
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("training loss")
@@ -192,13 +204,44 @@ def _legend_right(ax) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
-    """Configurations that differ only in model.pretrained: label -> (pretrained row, scratch row)."""
-    by_rest: dict[str, dict[bool, Row]] = defaultdict(dict)
+ARM_KEYS = ("model.pretrained", "model.init", "model.body")  # what tells the claim's arms apart
+
+
+def arm(row: Row) -> str:
+    """The row's arm of the claim: `pretrained`, `scratch`, `shuffled`, `self_pretrained`, or a body
+    ablation (`body none`); records made before `model.init` existed say it by `model.pretrained`."""
+    init = row.config.get("model.init")
+    if init is None:
+        pretrained = row.config.get("model.pretrained")
+        init = None if pretrained is None else ("pretrained" if pretrained else "scratch")
+    body = row.config.get("model.body")
+    if body not in (None, "full"):
+        return f"body {body}"
+    return init
+
+
+def control_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
+    """Each control beside the pretrained configuration that differs from it only in the arm (init or
+    body): label -> (pretrained row, control row). A from-scratch twin's label is the configuration's
+    alone (as before other controls existed); any other control's label names it."""
+    by_rest: dict[str, dict[str, Row]] = defaultdict(dict)
     for r in rows:
-        if "model.pretrained" not in r.config:
+        if arm(r) is None:
             continue
-        rest = {k: v for k, v in r.config.items() if k != "model.pretrained"}
+        rest = {k: v for k, v in r.config.items() if k not in ARM_KEYS}
         rest_label = ", ".join(f"{key_label(k)}={short(v)}" for k, v in rest.items() if k != "task.name")
-        by_rest[f"{r.task}: {rest_label}" if rest_label else r.task][bool(r.config["model.pretrained"])] = r
-    return {k: (v[True], v[False]) for k, v in by_rest.items() if True in v and False in v}
+        by_rest[f"{r.task}: {rest_label}" if rest_label else r.task][arm(r)] = r
+    pairs = {}
+    for label, arms in by_rest.items():
+        if "pretrained" not in arms:
+            continue
+        for name, control in arms.items():
+            if name != "pretrained":
+                pairs[label if name == "scratch" else f"{label} vs {name}"] = (arms["pretrained"], control)
+    return pairs
+
+
+def pretrained_pairs(rows: list[Row]) -> dict[str, tuple[Row, Row]]:
+    """Configurations that differ only in being pretrained or from scratch: label -> (pretrained row,
+    scratch row)."""
+    return {k: v for k, v in control_pairs(rows).items() if arm(v[1]) == "scratch"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from peftx.spec.objective import PERCENT_METRICS
+
 
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
@@ -32,14 +34,28 @@ class Row:
     trainable: int
     total: int
     baselines: dict[str, float]
-    lrs_tried: dict[float, float] = field(default_factory=dict)  # lr -> mean validation accuracy
-    curves: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, val acc)
+    lrs_tried: dict[float, float] = field(default_factory=dict)  # lr -> mean validation value of `metric`
+    curves: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, validation `metric`)
     train_curves: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, train loss)
-    selected: list[tuple[int, float]] = field(default_factory=list)  # per seed: (selected step, its val acc)
+    selected: list[tuple[int, float]] = field(
+        default_factory=list
+    )  # per seed: (selected step, its validation `metric`)
     duplicates: list[tuple[int, list[str]]] = field(default_factory=list)  # (seed, names of its runs) if > 1
     stopped: list[tuple[str | None, int | None, int | None]] = field(default_factory=list)  # per seed: how, step, cap
     pretrained: bool | None = None
     key: str = ""  # short id in plots and tables: c1, c2, ...
+    metric: str = "accuracy"  # the task's primary metric: what `test`, `val` and the curves hold
+    higher_is_better: bool = True
+
+    @property
+    def scale(self) -> float:
+        """Factor to the shown unit: 100 for fractions shown as percentages, else 1."""
+        return 100.0 if self.metric in PERCENT_METRICS else 1.0
+
+    @property
+    def unit(self) -> str:
+        """The metric as axes and headings name it: `accuracy (%)`, `rmse`."""
+        return f"{self.metric} (%)" if self.metric in PERCENT_METRICS else self.metric
 
     @property
     def label(self) -> str:

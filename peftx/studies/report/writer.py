@@ -1,10 +1,11 @@
 """Reports built from result.json files alone: a markdown table and PNG plots.
 
 Runs are grouped into configurations: everything in the resolved recipe except the seed, the learning
-rate and the run's name/output. Within a configuration the learning rate is chosen on mean validation
-accuracy over the seeds every rate was run with (`peftx.studies.selection.choose`, the sweep's `tune:` rule);
-the table reports test accuracy at that learning rate as mean ± standard error over seeds (sample
-standard deviation / sqrt(n)).
+rate and the run's name/output. Within a configuration the learning rate is chosen on the mean validation
+value of the task's primary metric (accuracy; RMSE, MASE ... where lower is better) over the seeds every
+rate was run with (`peftx.studies.selection.choose`, the sweep's `tune:` rule); the table reports that
+metric on test at that learning rate as mean ± standard error over seeds (sample standard deviation /
+sqrt(n)).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from peftx.errors import PeftxError
 from peftx.recipe import result_neutral_keys
 from peftx.runs.record import RESULT, RunRecord
-from peftx.studies.report.plots import PLOT_FILES, plot, pretrained_pairs
+from peftx.studies.report.plots import PLOT_FILES, arm, control_pairs, plot
 from peftx.studies.report.rows import Row, mean, sem, short, stopped_label, welch_interval
 from peftx.studies.selection import choose
+from peftx.util.echo import printable
 
 # Recipe keys that never define a configuration: the schema's result-neutral fields (threads, names,
 # where output goes) and what a configuration is reported over (seeds; the learning rate is chosen).
@@ -37,8 +39,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def load_runs(root: str | Path) -> list[tuple[Path, RunRecord]]:
+def load_runs(root: str | Path, unreadable: list[str] | None = None) -> list[tuple[Path, RunRecord]]:
     """Every readable run record under `root`, whatever its status, with its directory.
+
+    Args:
+        unreadable: if given, receives one line per result file that could not be read (why).
 
     Raises:
         PeftxError: `root` does not exist.
@@ -50,8 +55,9 @@ def load_runs(root: str | Path) -> list[tuple[Path, RunRecord]]:
     for path in sorted(root.rglob(RESULT)):
         try:
             runs.append((path.parent, RunRecord.read(path.parent)))
-        except PeftxError:
-            continue
+        except PeftxError as e:
+            if unreadable is not None:
+                unreadable.append(str(e))
     return runs
 
 
@@ -130,8 +136,9 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
         for res, flat in members:
             by_lr[float(flat["train.lr"])].append(res)
         distinct = {lr: _one_per_seed(rs) for lr, rs in by_lr.items()}
-        tried = {lr: [(r.seed, r.metrics.val_accuracy) for r in kept] for lr, (kept, _) in distinct.items()}
-        best_lr, lrs = choose(tried)
+        metric, higher = _primary(members[0][0])
+        tried = {lr: [(r.seed, r.metrics.value("val", metric)) for r in kept] for lr, (kept, _) in distinct.items()}
+        best_lr, lrs = choose(tried, higher)
         chosen, duplicates = distinct[best_lr]
         flat = members[0][1]
         rows.append(
@@ -140,18 +147,22 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
                 task=labels[task_identity(chosen[0])],
                 lr=best_lr,
                 seeds=[r.seed for r in chosen],
-                test=[r.metrics.test_accuracy for r in chosen],
-                val=[r.metrics.val_accuracy for r in chosen],
+                test=[r.metrics.value("test", metric) for r in chosen],
+                val=[r.metrics.value("val", metric) for r in chosen],
                 trainable=chosen[0].budget.trainable,
                 total=chosen[0].budget.total,
                 baselines=chosen[0].baselines,
                 lrs_tried=dict(sorted(lrs.items())),
-                curves=[[(h.step, h.val_accuracy) for h in r.history] for r in chosen],
+                curves=[
+                    [(h.step, h.metric(metric)) for h in r.history if h.metric(metric) is not None] for r in chosen
+                ],
                 train_curves=[[(t.step, t.loss) for t in r.train_log if t.loss is not None] for r in chosen],
-                selected=[(r.metrics.selected_step, r.metrics.val_accuracy) for r in chosen],
+                selected=[(r.metrics.selected_step, r.metrics.value("val", metric)) for r in chosen],
                 duplicates=duplicates,
                 pretrained=flat.get("model.pretrained"),
                 stopped=[(_timing(r, "stopped"), _timing(r, "steps"), _timing(r, "cap")) for r in chosen],
+                metric=metric,
+                higher_is_better=higher,
             )
         )
     for task in {r.task for r in rows}:  # each task's rows show only what varies among them
@@ -163,6 +174,12 @@ def summarize(results: list[RunRecord]) -> tuple[list[Row], list[str]]:
     for i, r in enumerate(rows, start=1):
         r.key = f"c{i}"
     return rows, varying
+
+
+def _primary(record: RunRecord) -> tuple[str, bool]:
+    """The run's primary metric and whether higher is better (records before other metrics: accuracy)."""
+    m = record.metrics
+    return (m.primary, m.higher_is_better) if m is not None else ("accuracy", True)
 
 
 def _at_edge(row: Row) -> bool:
@@ -184,6 +201,24 @@ def pct(x: float) -> str:
     return "—" if math.isnan(x) else f"{100 * x:.1f}"
 
 
+def shown(row: Row, x: float) -> str:
+    """A value of the row's metric in the table's unit: percentages to one decimal (`pct`), errors to
+    four significant digits."""
+    return pct(x) if row.scale == 100 else ("—" if math.isnan(x) else f"{x:.4g}")
+
+
+def _cell(value: object) -> str:
+    """A value from a recipe as a table cell: control characters escaped, `|` kept from ending the cell."""
+    return printable(str(value)).replace("|", "\\|")
+
+
+def _head(row: Row, what: str) -> str:
+    """A column heading: `test acc %` for accuracy as before other metrics existed, else `test rmse ↓`."""
+    if row.metric == "accuracy":
+        return f"{what} acc %"
+    return f"{what} {row.metric}" + (" %" if row.scale == 100 else "") + (" ↑" if row.higher_is_better else " ↓")
+
+
 def markdown_table(rows: list[Row], varying: list[str]) -> str:
     """The report's tables: one per task identity (headed by its label when there are several), one
     line per configuration, that task's baselines underneath."""
@@ -199,14 +234,15 @@ def markdown_table(rows: list[Row], varying: list[str]) -> str:
 def _task_table(rows: list[Row], cols: list[str]) -> str:
     by_lr = any(len(r.lrs_tried) > 1 for r in rows)  # columns shown only where some row has them
     stopped = any(stopped_label(r.stopped) != "—" for r in rows)
+    first = rows[0]  # one task identity: one objective
     head = [
         "task",
         *cols,
         "lr (chosen)",
-        *(["val acc % by lr"] if by_lr else []),
+        *([f"{_head(first, 'val')} by lr"] if by_lr else []),
         "seeds",
-        "test acc % (mean ± SEM)",
-        "val acc %",
+        f"{_head(first, 'test')} (mean ± SEM)",
+        _head(first, "val"),
         "trainable",
         "trainable %",
         *(["stopped"] if stopped else []),
@@ -216,12 +252,12 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
     for r in rows:
         cells = [
             r.task,
-            *["" if r.config.get(k) is None else str(r.config.get(k)) for k in cols],
+            *["" if r.config.get(k) is None else _cell(r.config.get(k)) for k in cols],
             f"{r.lr:g}" + (" (edge)" if _at_edge(r) else ""),
-            *([", ".join(f"{lr:g}: {pct(v)}" for lr, v in r.lrs_tried.items())] if by_lr else []),
+            *([", ".join(f"{lr:g}: {shown(r, v)}" for lr, v in r.lrs_tried.items())] if by_lr else []),
             str(len(r.seeds)) + (" (+ duplicates)" if r.duplicates else ""),
-            f"{pct(mean(r.test))} ± {pct(sem(r.test))}",
-            pct(mean(r.val)),
+            f"{shown(r, mean(r.test))} ± {shown(r, sem(r.test))}",
+            shown(r, mean(r.val)),
             f"{r.trainable:,}",
             f"{100 * r.trainable / max(r.total, 1):.2f}",
             *([stopped_label(r.stopped)] if stopped else []),
@@ -231,9 +267,10 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
     lines.append("")
     baselines = rows[0].baselines  # one task identity: one data set, one set of baselines
     if baselines:
+        unit = "%" if first.scale == 100 else ""
         lines.append(
-            f"Baselines on {rows[0].task} (test accuracy): "
-            + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in baselines.items())
+            f"Baselines on {rows[0].task} (test {first.metric}): "
+            + ", ".join(f"{k.replace('_', ' ')} {shown(first, v)}{unit}" for k, v in baselines.items())
         )
     dups = [(r, seed, names) for r in rows for seed, names in r.duplicates]
     if dups:
@@ -243,28 +280,44 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
 
 
 def pretrained_section(rows: list[Row]) -> str:
-    """Each pair of configurations that differ only in model.pretrained: the difference of mean test
-    accuracy with its 95% Welch interval over seeds."""
-    pairs = pretrained_pairs(rows)
+    """Each pretrained configuration beside each of its controls (from-scratch twin; shuffled,
+    self-pretrained, ablated body where the runs hold them): the difference of mean test values with its
+    95% Welch interval over seeds, each arm at its own chosen learning rate."""
+    pairs = control_pairs(rows)
     if not pairs:
         return ""
-    lines = [
-        "## Pretrained − from scratch",
+    if all(arm(c) == "scratch" and p.metric == "accuracy" for p, c in pairs.values()):
+        head = [
+            "Mean test accuracy of the pretrained configuration minus its from-scratch twin's, each at its own "
+            "chosen learning rate; 95% Welch interval over seeds.",
+            "",
+            "| configuration | pretrained % | from scratch % | difference (points) | 95% interval |",
+            "|---|---:|---:|---:|---|",
+        ]
+        body = [_pair_line(label, pre, control, with_control=False) for label, (pre, control) in pairs.items()]
+        return "\n".join(["## Pretrained − from scratch", "", *head, *body]) + "\n"
+    head = [
+        "Mean test value of each task's primary metric for the pretrained configuration minus each control's "
+        "(from scratch; shuffled weights; self-pretrained on the task's own inputs; the body taken out), each "
+        "at its own chosen learning rate; 95% Welch interval over seeds. Where lower is better (an error), a "
+        "negative difference favours the pretrained model.",
         "",
-        "Mean test accuracy of the pretrained configuration minus its from-scratch twin's, each at its own "
-        "chosen learning rate; 95% Welch interval over seeds.",
-        "",
-        "| configuration | pretrained % | from scratch % | difference (points) | 95% interval |",
-        "|---|---:|---:|---:|---|",
+        "| configuration | control | metric | pretrained | control | difference | 95% interval |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
-    for label, (pre, scratch) in pairs.items():
-        diff, lo, hi = welch_interval([100 * a for a in pre.test], [100 * a for a in scratch.test])
-        interval = "—" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]"
-        lines.append(
-            f"| {label} ({pre.key} vs {scratch.key}) | {pct(mean(pre.test))} | {pct(mean(scratch.test))} | "
-            f"{diff:+.1f} | {interval} |"
-        )
-    return "\n".join(lines) + "\n"
+    body = [_pair_line(label, pre, control, with_control=True) for label, (pre, control) in pairs.items()]
+    return "\n".join(["## Pretrained − controls", "", *head, *body]) + "\n"
+
+
+def _pair_line(label: str, pre: Row, control: Row, with_control: bool) -> str:
+    diff, lo, hi = welch_interval([pre.scale * a for a in pre.test], [control.scale * a for a in control.test])
+    digits = ".1f" if pre.scale == 100 else ".4g"
+    interval = "—" if math.isnan(lo) else f"[{lo:+{digits}}, {hi:+{digits}}]"
+    cells = [f"{label} ({pre.key} vs {control.key})"]
+    if with_control:
+        cells += [arm(control), pre.unit]
+    cells += [shown(pre, mean(pre.test)), shown(control, mean(control.test)), f"{diff:+{digits}}", interval]
+    return "| " + " | ".join(cells) + " |"
 
 
 def tasks_section(records: list[RunRecord]) -> str:
@@ -278,8 +331,17 @@ def tasks_section(records: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unreadable_section(unreadable: list[str]) -> str:
+    """Result files that could not be read at all: listed with why, so that none is silently missing."""
+    if not unreadable:
+        return ""
+    lines = ["## Unreadable result files", "", "| file and why |", "|---|"]
+    lines += [f"| {short(printable(u).replace('|', chr(92) + '|'), 200)} |" for u in unreadable]
+    return "\n".join(lines) + "\n"
+
+
 def not_reported_section(runs: list[tuple[Path, RunRecord]], root: Path) -> str:
-    """Runs that did not complete (failed, interrupted, diverged, still running): listed, never
+    """Runs that did not complete (failed, interrupted, diverged, pruned, still running): listed, never
     averaged into a configuration."""
     others = [(p, r) for p, r in runs if not r.completed]
     if not others:
@@ -287,16 +349,33 @@ def not_reported_section(runs: list[tuple[Path, RunRecord]], root: Path) -> str:
     lines = [
         "## Runs not reported",
         "",
-        "These did not complete; no number of theirs enters the tables above.",
+        "These did not complete; no number of theirs enters the tables above."
+        + (" A sweep's pruner stopped the `pruned` ones early." if any(r.pruned for _, r in others) else ""),
         "",
         "| run | status | steps evaluated | error |",
         "|---|---|---:|---|",
     ]
     for path, r in others:
         where = path.relative_to(root) if path.is_relative_to(root) else path
-        error = (r.error or "").replace("|", "\\|").splitlines()[0] if r.error else ""
-        lines.append(f"| {where} | {r.status} | {len(r.history)} | {short(error, 80)} |")
+        why = r.error or (f"pruned at step {r.pruned.step}: {r.pruned.reason}" if r.pruned else "")
+        error = why.replace("|", "\\|").splitlines()[0] if why else ""
+        cells = [printable(str(where)).replace("|", "\\|"), r.status, str(len(r.history)), short(printable(error), 80)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _chosen_on(rows: list[Row]) -> str:
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    if metrics == ["accuracy"]:
+        return "Test accuracy at the learning rate chosen on mean validation accuracy (over the seeds every rate ran)"
+    named = ", ".join(
+        f"{m} ({'higher' if r.higher_is_better else 'lower'} is better)"
+        for m, r in ((m, next(r for r in rows if r.metric == m)) for m in metrics)
+    )
+    return (
+        f"Each task's primary metric — {named} — on test, at the learning rate chosen on its mean validation "
+        "value (over the seeds every rate ran)"
+    )
 
 
 REPORT_FILES = ("report.md", *PLOT_FILES)
@@ -322,12 +401,16 @@ def check_report_dir(out: Path) -> None:
         raise PeftxError(f"{out / taken[0]}: exists beside no peftx report; choose another --out")
 
 
-def write_report(root: str | Path, out_dir: str | Path | None = None, command: str | None = None) -> list[Path]:
+def write_report(
+    root: str | Path, out_dir: str | Path | None = None, command: str | None = None, unreadable: list[str] | None = None
+) -> list[Path]:
     """Write report.md and the PNG plots for the runs under `root`: completed runs in the tables and
     plots, the others listed apart.
 
     Args:
         command: the command to name in report.md (default: the `peftx report` that does this).
+        unreadable: if given, receives one line per result file that could not be read (also listed in
+            report.md).
 
     Returns:
         The files written.
@@ -336,7 +419,8 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, command: s
         PeftxError: `root` holds no completed runs.
     """
     root = Path(root)
-    runs = load_runs(root)
+    unreadable = unreadable if unreadable is not None else []
+    runs = load_runs(root, unreadable)
     completed = [r for _, r in runs if r.completed]
     if not completed:
         raise PeftxError(f"{root}: no completed runs (no result.json with status 'completed')")
@@ -349,9 +433,8 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, command: s
     body = [
         f"# Report: {root}",
         "",
-        f"Made by `{command}` from {len(runs)} result file(s): {len(completed)} completed run(s) in "
-        f"{len(rows)} configuration(s). Test accuracy at the learning rate chosen on mean validation "
-        "accuracy (over the seeds every rate ran); mean ± standard error over distinct seeds. `stopped`: "
+        f"Made by `{command}` from {len(runs) + len(unreadable)} result file(s): {len(completed)} completed run(s) in "
+        f"{len(rows)} configuration(s). {_chosen_on(rows)}; mean ± standard error over distinct seeds. `stopped`: "
         "flat (train.early_stop ended the run) or cap (it ran every step it was given); `(edge)`: the chosen "
         "rate is the smallest or largest of the three or more tried, so a better one may lie beyond it.",
         "",
@@ -359,6 +442,7 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, command: s
         pretrained_section(rows),
         tasks_section(completed),
         not_reported_section(runs, root),
+        *([unreadable_section(unreadable)] if unreadable else []),
     ]
     md.write_text("\n".join(body))
     return [md, *plot(rows, out)]

@@ -16,6 +16,7 @@ import numpy as np
 
 from peftx.errors import PeftxError
 from peftx.util.cache import cache_root
+from peftx.util.echo import printable
 
 # File suffix -> the `datasets` builder that reads it (and its options).
 FORMATS = {
@@ -177,6 +178,50 @@ def label_name(cell: object) -> str:
             raise ValueError(f"label {cell!r} is not an integer or a name")
         return str(int(cell))
     return str(cell).strip()
+
+
+def label_set(cell: object, separator: str) -> list[str]:
+    """A multi-label cell as its label names: a list, a JSON list as text, or text split at
+    `separator` (an empty list or empty text: no label).
+
+    Raises:
+        ValueError: a cell that is none of these, or holds an empty or non-integral name.
+    """
+    if isinstance(cell, str):
+        text = cell.strip()
+        if text.startswith("["):
+            try:
+                cell = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"labels {printable(text)!r}: not a JSON list") from None
+        else:
+            return [label_name(p) for p in text.split(separator) if p.strip()] if text else []
+    if not isinstance(cell, list | tuple):
+        raise ValueError(f"labels {cell!r}: expected a list of labels")
+    return [label_name(c) for c in cell]
+
+
+def target_values(cell: object) -> list[float]:
+    """A regression cell as its target numbers: a number, or a list of numbers.
+
+    Raises:
+        ValueError: empty, not numeric, or not finite.
+    """
+    values = list(cell) if isinstance(cell, list | tuple) else [cell]
+    out = []
+    for v in values:
+        if v is None or isinstance(v, bool) or (isinstance(v, str) and not v.strip()):
+            raise ValueError("empty target")
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"target {printable(str(v))!r} is not a number") from None
+        if not math.isfinite(number) or abs(number) > 3.4e38:
+            raise ValueError(f"target {number!r} is not a finite float32 number")
+        out.append(number)
+    if not out:
+        raise ValueError("empty target list")
+    return out
 
 
 def sorted_labels(names: set[str]) -> tuple[str, ...]:

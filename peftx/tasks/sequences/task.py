@@ -1,6 +1,6 @@
-"""`sequences`: a classification data set of one's own, read with `datasets.load_dataset` from local
-CSV / TSV / JSON Lines / Parquet files (one per split, or one file split by a seed) or from a hub data
-set id. Each row holds one input sequence and its label.
+"""`sequences`: a data set of one's own (classification, multi-label or regression), read with
+`datasets.load_dataset` from local CSV / TSV / JSON Lines / Parquet files (one per split, or one file
+split by a seed) or from a hub data set id. Each row holds one input sequence and its label.
 
 Inputs are symbols (a text cell: space-separated words, or its characters with `tokenize: chars`) or
 continuous vectors (a list of equal-length lists per row, or a flat list cut by `width`). The
@@ -8,6 +8,10 @@ vocabulary is every symbol of the training split, sorted, recorded with its coun
 a symbol outside it in validation, test or `peftx predict` is an error naming where it is, or `<unk>`
 with `unknown: unk`. Labels are integers or names, sorted ("2" before "10" when all are integers);
 a label of validation or test that training lacks is an error. Baseline: the majority class.
+
+`objective: multilabel` reads each label cell as a set of names (a list, a JSON list, or text split at
+`label_separator`); `objective: regression` reads it as one number or a list of numbers (one per
+target), and the baseline is the training mean.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import ContinuousSpec, InputSpec, SymbolVocab
+from peftx.spec.objective import Classification, MultiLabel, Objective, Regression
 from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo, majority_accuracy
 from peftx.tasks.registry import TASKS
 from peftx.tasks.sequences.files import (
@@ -34,11 +39,13 @@ from peftx.tasks.sequences.files import (
     Where,
     file_format,
     label_name,
+    label_set,
     read_file,
     read_hub,
     require_columns,
     sorted_labels,
     split_symbols,
+    target_values,
     vectors,
 )
 from peftx.util.user_paths import UserPath
@@ -47,7 +54,8 @@ Table = tuple[datasets.Dataset, Where]
 
 
 class SequencesConfig(TaskConfig):
-    """Sequence classification from files or a hub data set: one input column, one label column."""
+    """Sequences from files or a hub data set: one input column, one label column; classification,
+    multi-label or regression."""
 
     name: Literal["sequences"] = "sequences"
     data_files: dict[str, UserPath] | UserPath | None = None
@@ -62,7 +70,11 @@ class SequencesConfig(TaskConfig):
     input_column: str = "sequence"
     """Column of the inputs: text (symbols) or a list (vectors)."""
     label_column: str = "label"
-    """Column of the labels: integers or names."""
+    """Column of the labels: integers or names (multilabel: lists of them; regression: numbers)."""
+    objective: Literal["classification", "multilabel", "regression"] = "classification"
+    """What a label is: one class, a set of classes, or one or several numbers to predict."""
+    label_separator: str = Field(" ", min_length=1)
+    """Multilabel text cells: the character between label names."""
     inputs: Literal["auto", "symbols", "vectors"] = "auto"
     """What the input column holds; auto: symbols for text cells, vectors for list cells."""
     tokenize: Literal["spaces", "chars"] = "spaces"
@@ -154,14 +166,46 @@ class SequencesConfig(TaskConfig):
 
     @cached_property
     def _labels(self) -> tuple[str, ...]:
+        """Class names (sorted), or the regression targets' names (the column, indexed if lists)."""
         _, labels, where = self._cells("train")
+        if self.objective == "regression":
+            width = len(self._label_value(labels[0], where.row(0, self.label_column)))
+            return (self.label_column,) if width == 1 else tuple(f"{self.label_column}[{i}]" for i in range(width))
         names = set()
         for i, cell in enumerate(labels):
             try:
-                names.add(label_name(cell))
+                names.update(
+                    label_set(cell, self.label_separator) if self.objective == "multilabel" else [label_name(cell)]
+                )
             except ValueError as e:
                 raise PeftxError(f"{where.row(i, self.label_column)}: {e}") from None
         return sorted_labels(names)
+
+    def _label_value(self, cell: object, where: str) -> int | list[int] | list[float]:
+        """One label cell as the objective's label: a class index, class indices, or target numbers.
+
+        Raises:
+            PeftxError: a cell the objective cannot read, or a class the training split lacks.
+        """
+        try:
+            if self.objective == "regression":
+                return target_values(cell)
+            names = label_set(cell, self.label_separator) if self.objective == "multilabel" else [label_name(cell)]
+        except ValueError as e:
+            raise PeftxError(f"{where}: {e}") from None
+        ids = {n: i for i, n in enumerate(self._labels)}
+        unknown = [n for n in names if n not in ids]
+        if unknown:
+            raise PeftxError(
+                f"{where}: label {unknown[0]!r} does not occur in the training split "
+                f"(labels: {', '.join(self._labels)})"
+            )
+        return [ids[n] for n in names] if self.objective == "multilabel" else ids[names[0]]
+
+    def objective_of(self) -> Objective:
+        """The task's objective over its labels."""
+        kind = {"classification": Classification, "multilabel": MultiLabel, "regression": Regression}
+        return kind[self.objective](self._labels)
 
     @cached_property
     def _index(self) -> dict[str, int]:
@@ -207,7 +251,6 @@ class SequencesConfig(TaskConfig):
 
     def _encode_split(self, split: str) -> datasets.Dataset:
         cells, labels, where = self._cells(split)
-        label_ids = {n: i for i, n in enumerate(self._labels)}
         xs, ys = [], []
         encode = self.encode_symbols if self._kind == "symbols" else self.encode_vectors
         for i, (cell, label) in enumerate(zip(cells, labels)):
@@ -215,22 +258,23 @@ class SequencesConfig(TaskConfig):
                 xs.append(encode(cell))
             except (ValueError, TypeError) as e:
                 raise PeftxError(f"{where.row(i, self.input_column)}: {e}") from None
-            try:
-                name = label_name(label)
-            except ValueError as e:
-                raise PeftxError(f"{where.row(i, self.label_column)}: {e}") from None
-            if name not in label_ids:
-                raise PeftxError(
-                    f"{where.row(i, self.label_column)}: label {name!r} does not occur in the training split "
-                    f"(labels: {', '.join(self._labels)})"
-                )
-            ys.append(label_ids[name])
+            ys.append(self._label_value(label, where.row(i, self.label_column)))
+        if self.objective == "regression" and any(len(y) != len(self._labels) for y in ys):
+            row = next(i for i, y in enumerate(ys) if len(y) != len(self._labels))
+            raise PeftxError(
+                f"{where.row(row, self.label_column)}: {len(ys[row])} target(s), the first row has {len(self._labels)}"
+            )
         spec = self.describe().input_spec
         if isinstance(spec, SymbolVocab):
             x_feature = datasets.Sequence(datasets.Value("int32"))
         else:
             x_feature = datasets.Sequence(datasets.Sequence(datasets.Value("float32")))
-        features = datasets.Features({spec.column: x_feature, "label": datasets.ClassLabel(names=list(self._labels))})
+        label_feature = {
+            "classification": datasets.ClassLabel(names=list(self._labels)),
+            "multilabel": datasets.Sequence(datasets.Value("int32")),
+            "regression": datasets.Sequence(datasets.Value("float32")),
+        }[self.objective]
+        features = datasets.Features({spec.column: x_feature, "label": label_feature})
         return datasets.Dataset.from_dict({spec.column: xs, "label": ys}, features=features)
 
     # ------------------------------------------------------------------------------------------------
@@ -261,7 +305,7 @@ class SequencesConfig(TaskConfig):
         cells = ds[self.input_column]
         texts = [c if isinstance(c, str) else _vector_text(c) for c in cells]
         targets = None
-        if self.label_column in ds.column_names:
+        if self.label_column in ds.column_names and self.objective == "classification":
             targets = []
             for i, cell in enumerate(ds[self.label_column]):
                 try:
@@ -272,7 +316,11 @@ class SequencesConfig(TaskConfig):
 
     def describe(self) -> TaskInfo:
         return TaskInfo(
-            input_spec=self.input_spec(), labels=self._labels, parse=self.parse, read_inputs=self.read_inputs
+            input_spec=self.input_spec(),
+            labels=self._labels,
+            parse=self.parse,
+            read_inputs=self.read_inputs,
+            objective=self.objective_of(),
         )
 
     def load(self) -> TaskData:
@@ -282,12 +330,10 @@ class SequencesConfig(TaskConfig):
             present = _hold_out(present, missing, self.holdout, self.split_seed)
         splits = datasets.DatasetDict({s: present[s] for s in SPLITS})
         train, test = splits["train"], splits["test"]
-        return TaskData(
-            splits=splits,
-            info=self.describe(),
-            baselines={"majority_class": majority_accuracy(train["label"], test["label"])},
-            notes=self._notes(splits, missing),
-        )
+        baselines = {}
+        if self.objective == "classification":
+            baselines["majority_class"] = majority_accuracy(train["label"], test["label"])
+        return TaskData(splits=splits, info=self.describe(), baselines=baselines, notes=self._notes(splits, missing))
 
     def _notes(self, splits: datasets.DatasetDict, held_out: list[str]) -> list[str]:
         files = self.data_files
@@ -299,8 +345,7 @@ class SequencesConfig(TaskConfig):
             notes.append(f"vocabulary {vocab.version} ({len(vocab.symbols)} symbols, sorted, train counts): {listed}")
         else:
             notes.append(f"vectors of {self._dim} numbers per position")
-        label_counts = Counter(splits["train"]["label"])
-        notes.append("labels (train counts): " + " ".join(f"{n}:{label_counts[i]}" for i, n in enumerate(self._labels)))
+        notes.append(self._label_note(splits["train"]["label"]))
         column = self.describe().input_spec.column
         for name, ds in splits.items():
             lengths = [len(x) for x in ds[column]]
@@ -309,6 +354,15 @@ class SequencesConfig(TaskConfig):
                 f"mean {statistics.fmean(lengths):.1f} / max {max(lengths)}"
             )
         return notes
+
+    def _label_note(self, train_labels: list) -> str:
+        if self.objective == "regression":
+            values = np.asarray(train_labels, dtype=np.float64)
+            mean, std = values.mean(0).round(4).tolist(), values.std(0).round(4).tolist()
+            return f"targets {', '.join(self._labels)} (train): mean {mean}, std {std}"
+        flat = [i for ids in train_labels for i in ids] if self.objective == "multilabel" else train_labels
+        counts = Counter(flat)
+        return "labels (train counts): " + " ".join(f"{n}:{counts[i]}" for i, n in enumerate(self._labels))
 
 
 def _vector_text(cell: object) -> str:
