@@ -96,6 +96,13 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable; values are YAML)."),
 ]
+ChangedWeightsOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-changed-weights",
+        help="Use the backbone although its weights' sha256 differs from the one the run recorded.",
+    ),
+]
 
 
 @app.command()
@@ -110,6 +117,11 @@ def run(
     resume: Annotated[
         bool, typer.Option(help="Continue an unfinished run of the same name from its last checkpoint.")
     ] = False,
+    allow_inexact: Annotated[
+        bool,
+        typer.Option(help="With --resume: go on with fresh random states where the checkpoint's are missing."),
+    ] = False,
+    allow_changed_weights: ChangedWeightsOption = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or summary.")] = False,
 ) -> None:
     """Train and evaluate a recipe; write runs/<name>/ (result.json, weights, resolved recipe).
@@ -133,7 +145,14 @@ def run(
     overrides = list(set_ or []) + ([f"output.name={name}"] if name is not None else [])
     loaded = load_recipe(recipe, overrides)
     check_global_batch(loaded)  # before the run directory is made: the split's size is known without data
-    run_recipe(loaded, overwrite=overwrite, resume=resume, display=RunDisplay(err, enabled=not quiet))
+    run_recipe(
+        loaded,
+        overwrite=overwrite,
+        resume=resume,
+        display=RunDisplay(err, enabled=not quiet),
+        allow_inexact=allow_inexact,
+        allow_changed_weights=allow_changed_weights,
+    )
 
 
 @app.command()
@@ -167,11 +186,12 @@ def validate(
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     inputs: Annotated[Path, typer.Argument(help="One input per line, or a TSV with a Source column ('-': stdin).")],
+    allow_changed_weights: ChangedWeightsOption = False,
 ) -> None:
     """Reload a trained run and print one prediction per input (TSV: input, prediction[, target])."""
     from peftx.runs.predict import predict_path
 
-    preds = predict_path(run_dir, inputs)
+    preds = predict_path(run_dir, inputs, allow_changed_weights)
     csv.writer(sys.stdout, delimiter="\t", lineterminator="\n").writerows(preds.rows())
     if preds.accuracy is not None:
         err.print(f"accuracy against Target: {100 * preds.accuracy:.2f}% ({len(preds.labels)} inputs)")
@@ -186,12 +206,13 @@ def evaluate(
     ] = None,
     set_: SetOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
+    allow_changed_weights: ChangedWeightsOption = False,
 ) -> None:
     """Reload a trained run and score it on its task's splits (its objective's metrics, loss), as trained or rebuilt
     with --set changes."""
     from peftx.runs.predict import Predictor, score_lines
 
-    predictor = Predictor(run_dir, list(set_ or []))
+    predictor = Predictor(run_dir, list(set_ or []), allow_changed_weights)
     scores = predictor.evaluate(split or ["test"])
     if json_out:
         print(json.dumps({"run": str(run_dir), "overrides": predictor.overrides, "splits": scores}, indent=1))
@@ -209,6 +230,7 @@ def export(
         str | None, typer.Option("--push-to-hub", metavar="REPO", help="Also upload to this hub repository.")
     ] = None,
     private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repository private.")] = False,
+    allow_changed_weights: ChangedWeightsOption = False,
 ) -> None:
     """Write a run as plain peft / transformers files (adapter or body, input layer and head, task.json,
     a loading snippet, a model card)."""
@@ -219,7 +241,7 @@ def export(
     if push_to_hub:
         check_hub(push_to_hub)  # before minutes of exporting
     out_dir = user_path(out_dir, "OUT_DIR")
-    done = export_run(run_dir, out_dir, overwrite=overwrite)
+    done = export_run(run_dir, out_dir, overwrite=overwrite, allow_changed_weights=allow_changed_weights)
     for name in done.files:
         print(f"written: {printable(str(out_dir / name))}")
     if push_to_hub:
@@ -271,7 +293,8 @@ def sweep(
     from peftx.model.budget import fmt_count
     from peftx.runs.display import RunDisplay
     from peftx.runs.validate import check_global_batch
-    from peftx.studies.sweep import load_sweeps, plan, run_sweep, run_workers
+    from peftx.studies.sweep import load_sweeps, plan, run_sweep
+    from peftx.studies.workers import run_workers
 
     points = load_sweeps(recipes, list(set_ or []))
     for point in points:

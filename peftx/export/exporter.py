@@ -40,7 +40,7 @@ from peftx.model.loading import OFFLINE_DECODER
 from peftx.model.sources import OFFLINE, OFFLINE_NAME, is_local
 from peftx.model.task_model import PeftxModel
 from peftx.recipe import read_raw, validate_recipe
-from peftx.runs.record import RECIPE, RESULT, RunRecord, load_weights
+from peftx.runs.record import RECIPE, RESULT, RunRecord, check_same_backbone, load_weights
 from peftx.runs.task_file import TASK_FILE, task_description
 from peftx.spec.input_spec import InputSpec
 from peftx.spec.objective import format_metric
@@ -232,7 +232,13 @@ def task_layers(model: PeftxModel, spec: InputSpec, body_exported: bool) -> tupl
     return {k: v.detach().float().contiguous().cpu() for k, v in out.items()}, notes
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, command: str | None = None) -> Export:
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    command: str | None = None,
+    allow_changed_weights: bool = False,
+) -> Export:
     """Export a finished run (see the module docstring for what OUT_DIR holds).
 
     Args:
@@ -240,6 +246,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
         out_dir: where to write; must not exist or be empty, unless `overwrite`.
         overwrite: replace a non-empty out_dir.
         command: the command line to record in the model card (default: the `peftx export` that does this).
+        allow_changed_weights: export although the backbone's weights' sha256 differs from the recorded one.
 
     Raises:
         PeftxError: not a completed run, an out_dir that may not be written, a model with no plain form.
@@ -255,6 +262,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
             f"{run_dir}: model.body: {recipe.model.body} has no plain transformers form; use peftx predict"
         )
     session = open_session(recipe, load_task=False)
+    check_same_backbone(record, session.provenance, allow_changed_weights, run_dir)
     model = session.model
     load_weights(model, run_dir)
     model.eval()

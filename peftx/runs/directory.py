@@ -162,6 +162,10 @@ class RunDirDecision:
         step: that checkpoint's step.
         error: why the run may not start (the main process's one-line error, for the other processes).
         note: a newer checkpoint passed over as damaged, to show the user.
+        allow_inexact: a resumed run may go on with fresh random states where its checkpoint has none
+            (`--allow-inexact`): it is then no longer bit-identical to the run it continues.
+        allow_changed_weights: a resumed run may go on over backbone weights whose sha256 differs from
+            the recorded one (`--allow-changed-weights`).
     """
 
     plan: RunDirPlan | None = None
@@ -169,6 +173,8 @@ class RunDirDecision:
     step: int | None = None
     error: str | None = None
     note: str | None = None
+    allow_inexact: bool = False
+    allow_changed_weights: bool = False
 
 
 def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:

@@ -13,7 +13,7 @@ import torch
 
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
-from peftx.runs.record import RECIPE, RunRecord, load_weights
+from peftx.runs.record import RECIPE, RunRecord, check_same_backbone, load_weights
 from peftx.spec.objective import format_metric
 from peftx.tasks import SPLITS
 from peftx.training.evaluation import evaluate, infer
@@ -32,12 +32,17 @@ class Predictor:
         overrides: `a.b=value` changes to the run's recipe before rebuilding, for what does not change
             the trained tensors: e.g. `model.quantization=8bit` (the same weights on an 8-bit body) or
             `task.max_length=...`. A change that does (`method.r=4`) fails on loading the weights.
+        allow_changed_weights: use the backbone although its weights' sha256 differs from the recorded
+            one (`weights_changed` then says how).
 
     Raises:
-        PeftxError: not a finished run directory, or its weights do not fit the rebuilt model.
+        PeftxError: not a finished run directory, its weights do not fit the rebuilt model, or the
+            backbone's weights changed since training (unless allowed).
     """
 
-    def __init__(self, run_dir: str | Path, overrides: list[str] | None = None) -> None:
+    def __init__(
+        self, run_dir: str | Path, overrides: list[str] | None = None, allow_changed_weights: bool = False
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.record = RunRecord.read(self.run_dir)
         if not self.record.completed:
@@ -49,6 +54,9 @@ class Predictor:
         self.session = open_session(self.recipe, load_task=False)
         self.info = self.session.info
         self.accelerator = self.session.accelerator
+        self.weights_changed = check_same_backbone(
+            self.record, self.session.provenance, allow_changed_weights, self.run_dir
+        )
         model = self.session.model
         load_weights(model, self.run_dir)
         model.eval()
@@ -186,17 +194,11 @@ def score_lines(scores: dict[str, dict], record: RunRecord) -> list[str]:
     return lines
 
 
-def predict_file(run_dir: str | Path, text: str, where: str) -> Predictions:
-    """Reload a run and predict every input of `peftx predict`'s input text."""
-    inputs = read_inputs(text, where)
-    return Predictions(inputs, Predictor(run_dir).predict(inputs.texts, inputs.where))
-
-
-def predict_path(run_dir: str | Path, path: Path) -> Predictions:
+def predict_path(run_dir: str | Path, path: Path, allow_changed_weights: bool = False) -> Predictions:
     """Reload a run and predict every input of `peftx predict`'s input file ('-': stdin): read by the
     run's task where it reads that file's format (`TaskInfo.read_inputs`, e.g. the `sequences` task's
     CSV or Parquet files), else as lines or a Source/Target TSV."""
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, allow_changed_weights=allow_changed_weights)
     read = predictor.info.read_inputs
     own = read(path) if read is not None and str(path) != "-" else None
     if own is not None:

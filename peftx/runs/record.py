@@ -277,3 +277,41 @@ def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
                 set_quantized_weight(module, tensor)
             else:
                 own[name].copy_(tensor)
+
+
+CHANGED_WEIGHTS_FLAG = "--allow-changed-weights"
+
+
+def check_same_backbone(record: RunRecord, provenance: dict, allow: bool, run_dir: Path) -> str | None:
+    """Compare the sha256 of the backbone's weights as the run recorded them with those just loaded:
+    trained tensors on top of other frozen weights are another model, whatever the files are called.
+
+    Args:
+        record: the run's record (its `backbone.sha256`; runs from scratch record none).
+        provenance: the freshly loaded backbone's provenance (its `sha256`).
+        allow: accept a difference (`--allow-changed-weights`); the return value says what changed.
+        run_dir: named in the message.
+
+    Returns:
+        None when the digests agree (or either side has none); else a one-line note of the change.
+
+    Raises:
+        PeftxError: the digests differ and `allow` is false (naming the flag that accepts it).
+    """
+    then, now = record.backbone.get("sha256"), provenance.get("sha256")
+    if not then or not now or then == now:
+        return None
+    change = (
+        f"{run_dir}: the backbone {provenance.get('source', '')!r} now loads weights with sha256 "
+        f"{_digests(now)}, not the {_digests(then)} this run was trained on"
+    )
+    if not allow:
+        raise PeftxError(f"{change}; restore them, or pass {CHANGED_WEIGHTS_FLAG} to use these")
+    return change
+
+
+def _digests(digests: str | dict[str, str]) -> str:
+    """sha256 digest(s) shortened for a one-line message."""
+    if isinstance(digests, str):
+        return digests[:12] + "…"
+    return ", ".join(f"{name} {d[:12]}…" for name, d in sorted(digests.items()))

@@ -26,6 +26,7 @@ from peftx.runs.record import (
     Processes,
     RunRecord,
     Timing,
+    check_same_backbone,
     save_weights,
 )
 from peftx.runs.task_file import write_task_description
@@ -105,6 +106,9 @@ class RunRecorder:
         recipe, task = self.recipe, session.task
         if decision.plan == "resume":
             record = self._resumed(decision)
+            changed = check_same_backbone(record, session.provenance, decision.allow_changed_weights, self.run_dir)
+            if changed:
+                task.notes.append(f"resumed over changed backbone weights ({changed})")
         else:
             record = RunRecord(
                 name=recipe.run_name,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +75,9 @@ def run(
     resume: bool = False,
     on_start: Callable[[str], None] | None = None,
     on_eval: Callable[[EvalPoint], None] | None = None,
+    *,
+    allow_inexact: bool = False,
+    allow_changed_weights: bool = False,
 ) -> RunResult:
     """Train and evaluate one recipe; write `<output.dir>/<run name>/` (from the main process only).
 
@@ -87,6 +90,10 @@ def run(
         on_start: called with 'new', 'replace' or 'resume' once the run holds its directory's lock.
         on_eval: called with each evaluation once it is recorded (main process); a sweep reports it to
             its study here, and raises `Pruned` to stop the run.
+        allow_inexact: with `resume`, go on with fresh random states where the checkpoint's are missing
+            or unreadable (else refused: the continuation would not be bit-identical).
+        allow_changed_weights: with `resume`, go on although the backbone's weights changed since the run
+            began (their sha256 differs from result.json's; else refused).
 
     Returns:
         The run directory and the record written to its result.json.
@@ -105,6 +112,7 @@ def run(
         display = RunDisplay(enabled=False)
     with ExitStack() as stack:
         decision = agree_on_run_dir(stack, run_dir, recipe, overwrite, resume, launch)
+        decision = replace(decision, allow_inexact=allow_inexact, allow_changed_weights=allow_changed_weights)
         if decision.plan == "completed":
             record = RunRecord.read(run_dir)
             display.message(f"{run_dir}: already completed; nothing to resume")
@@ -224,7 +232,9 @@ def _train(
         config=recipe.train,
         seed=recipe.seed,
         accelerator=accelerator,
-        checkpoints=Checkpoints(run_dir, accelerator, recipe.train.checkpoint_every),
+        checkpoints=Checkpoints(
+            run_dir, accelerator, recipe.train.checkpoint_every, allow_inexact=decision.allow_inexact
+        ),
         resume=decision.checkpoint,
     )
     try:

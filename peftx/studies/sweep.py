@@ -30,13 +30,8 @@ import itertools
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-
-import torch
 
 from peftx.errors import PeftxError
 from peftx.recipe import find_axes, read_raw, validate_recipe
@@ -69,7 +64,6 @@ __all__ = [
     "load_sweeps",
     "plan",
     "run_sweep",
-    "run_workers",
 ]
 
 
@@ -313,80 +307,3 @@ def _refuse_stale(points: list[Point], overwrite: bool) -> None:
     if stale and not overwrite:
         where = stale[0].run_dir
         raise PeftxError(f"{where}: finished with a different recipe; pass --overwrite to redo it, or rename the sweep")
-
-
-def run_workers(
-    recipes: list[Path],
-    overrides: list[str],
-    workers: int,
-    points: list[Point],
-    log=print,
-    storage: str | None = None,
-    heartbeat: int = HEARTBEAT_SECONDS,
-) -> int:
-    """`peftx sweep R... --workers N`: N worker processes on the sweeps' studies (each a plain `peftx
-    sweep R...`, its index in `PEFTX_SWEEP_WORKER`).
-
-    N is capped by the points left to run (a worker with no point would only hold memory), and the cap
-    is said in one line. On a machine with at least N GPUs each worker sees one (`CUDA_VISIBLE_DEVICES`);
-    on CPUs each gets an equal share of the cores. SIGINT and SIGTERM are passed on to every worker (each
-    checkpoints its point). A worker killed by a signal is named in one line; the others resume its point.
-
-    Args:
-        points: the grids' points (`load_sweeps`), to count those left.
-        log: one-line messages.
-        storage, heartbeat: passed on to each worker (`run_sweep`).
-
-    Returns:
-        The largest exit code of the workers, a worker killed by signal N counting as 128 + N (137 for
-        SIGKILL), as a shell reports it.
-    """
-    left = sum(_left(p) for p in points)
-    if workers > max(left, 1):
-        log(f"--workers {workers}: {left} point(s) left to run, starting {max(left, 1)} worker(s)")
-        workers = max(left, 1)
-    command = [sys.executable, "-m", "peftx", "sweep", *map(str, recipes), "--quiet"]
-    for item in overrides:
-        command += ["--set", item]
-    command += ["--heartbeat", str(heartbeat)] + (["--storage", storage] if storage else [])
-    gpus = torch.cuda.device_count()
-    procs = []
-    for i in range(workers):
-        env = dict(os.environ, PEFTX_SWEEP_WORKER=str(i))
-        if gpus >= workers:
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
-        elif gpus == 0:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-        procs.append(subprocess.Popen(command, env=env))
-
-    def forward(signum, frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        codes = [p.wait() for p in procs]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    for i, (p, code) in enumerate(zip(procs, codes), start=1):
-        if code < 0:  # Popen's way of saying "killed by signal -code"
-            name = _signal_name(-code)
-            log(f"worker {i} of {workers} (pid {p.pid}) was killed by {name}; its point resumes in the next worker")
-    return max(128 - code if code < 0 else code for code in codes)
-
-
-def _left(point: Point) -> int:
-    """Runs a point still holds: a search's trials, or one unless it is finished."""
-    sweep = getattr(point, "sweep", None)
-    if sweep is not None and sweep.search is not None:
-        return sweep.search.trials
-    return int(point_state(point) not in ("done", "diverged", "pruned"))
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"

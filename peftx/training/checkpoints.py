@@ -29,6 +29,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -200,10 +201,13 @@ class Checkpoints:
             `AUTO_SECONDS`), or None (only `save` calls the caller makes on request).
     """
 
-    def __init__(self, run_dir: Path, accelerator: Accelerator, every: int | str | None):
+    def __init__(
+        self, run_dir: Path, accelerator: Accelerator, every: int | str | None, allow_inexact: bool = False
+    ) -> None:
         self.root = Path(run_dir) / CHECKPOINTS
         self.accelerator = accelerator
         self.every = every
+        self.allow_inexact = allow_inexact  # go on with fresh random states where a checkpoint has none
         self._last_save = time.monotonic()
         self._handle = accelerator.register_save_state_pre_hook(_only_trained_weights)
 
@@ -270,7 +274,8 @@ class Checkpoints:
         random states); returns the loop state and the best weights so far.
 
         Raises:
-            PeftxError: the checkpoint is incomplete or does not fit this run.
+            PeftxError: the checkpoint is incomplete or does not fit this run, or its random states are
+                missing or unreadable (unless `allow_inexact`).
         """
         acc = self.accelerator
         try:
@@ -278,8 +283,7 @@ class Checkpoints:
             own = json.loads((path / f"loop_rank{acc.process_index}.json").read_text())
         except (OSError, ValueError) as e:
             raise PeftxError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-        if not (path / f"random_states_{acc.process_index}.pkl").is_file():
-            raise PeftxError(f"{path}: written by fewer processes than this launch has ({acc.num_processes})")
+        self._check_random_states(path)
         saved = {k.removeprefix("module.") for k in load_file(str(path / "model.safetensors"))}  # DDP's wrapper
         missing = sorted(n for n in trainable if n not in saved)
         if missing:
@@ -289,8 +293,36 @@ class Checkpoints:
         best_state = load_file(str(best_file)) if best_file.is_file() else None
         return LoopState.from_saved(shared, own), best_state
 
+    def _check_random_states(self, path: Path) -> None:
+        """accelerate's `load_state` goes on with fresh random states when it cannot read the saved ones
+        (saying so only at INFO level), which silently ends the bit-identical continuation: read them
+        first, and refuse unless the user accepted an inexact resume."""
+        acc = self.accelerator
+        problem = _random_states_problem(path / f"random_states_{acc.process_index}.pkl", acc.num_processes)
+        if problem is None:
+            return
+        if not self.allow_inexact:
+            raise PeftxError(
+                f"{path}: {problem}; --resume --allow-inexact continues with fresh random states "
+                "(no longer bit-identical to an uninterrupted run)"
+            )
+        warnings.warn(f"{path}: {problem}; resuming with fresh random states (--allow-inexact)", stacklevel=2)
+
     def close(self) -> None:
         self._handle.remove()
+
+
+def _random_states_problem(file: Path, processes: int) -> str | None:
+    """Why a process's saved random states cannot be restored, or None when they can."""
+    if not file.is_file():
+        return f"has no {file.name} (written by fewer processes than this launch's {processes}, or deleted)"
+    try:
+        states = torch.load(file, weights_only=False)  # peftx's own pickle, its digest already checked
+    except Exception as e:  # noqa: BLE001 - whatever unpickling raises, the states are unusable
+        return f"{file.name} is unreadable ({type(e).__name__})"
+    keys = set(states) if isinstance(states, dict) else set()
+    missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - keys
+    return f"{file.name} lacks {sorted(missing)}" if missing else None
 
 
 def _only_trained_weights(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:

@@ -102,6 +102,32 @@ def test_peft_round_trip(tmp_path, family, method):
     assert saved == set(get_peft_model_state_dict(body))
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_an_export_loads_the_plain_way_over_a_hub_shaped_base(tmp_path, family, method):
+    """The base as the hub holds it (AutoModel's default class: BERT with its pooler, T5 and BART with
+    their decoders) and the export loaded as a user would, default arguments: peft injects adapters
+    exactly where peftx trained them (no module of the base that peftx's model lacks, such as BERT's
+    pooler.dense, picks up a fresh adapter) and finds every saved key."""
+    from transformers import AutoConfig
+
+    bb = load_backbone(TINY[family]["source"], pretrained=False, overrides=TINY[family]["config_overrides"])
+    config = AutoConfig.for_model(**bb.model.config.to_dict())
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "base")
+    raw = tiny_recipe(family, tmp_path, method=PEFT_METHODS[method])
+    raw["model"] = {"family": family, "source": str(tmp_path / "base"), "pretrained": True}
+    run_dir = run(validate_recipe(raw)).run_dir
+    out = export_run(run_dir, tmp_path / "export")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, body = plain_load(out.out_dir)
+    assert not [w for w in caught if "adapter keys" in str(w.message) or "unexpected" in str(w.message).lower()]
+    trained = set(load_file(str(out.out_dir / "adapter_model.safetensors")))
+    assert trained == set(get_peft_model_state_dict(body))  # no adapter beyond the trained ones
+    theirs = model.logits([e.split() for e in EXPRS])
+    assert (theirs - Predictor(run_dir).logits(EXPRS)).abs().max().item() <= 1e-5
+
+
 def test_pretrained_base_is_named_not_copied(tmp_path, family):
     run_dir = trained_run(tmp_path, family, PEFT_METHODS["lora"], pretrained_body=True)
     out = export_run(run_dir, tmp_path / "export")

@@ -1,6 +1,6 @@
-"""Bounds on what a sweep or a run may take: `--workers` capped by the points left, a worker killed by
-a signal named with exit code 128 + N, and a global batch beyond the training split refused before a
-run starts."""
+"""Bounds on what a sweep or a run may take: `--workers` capped by the points left and the memory
+available, a worker killed by a signal named with exit code 128 + N, and a global batch beyond the
+training split refused before a run starts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from peftx.cli import app
-from peftx.studies import sweep
+from peftx.studies import workers as sweep
 from tests.support.tiny import tiny_recipe
 
 runner = CliRunner()
@@ -36,6 +36,7 @@ def _points(n_left: int, n_done: int, monkeypatch) -> list:
     points = [object() for _ in states]
     state_of = dict(zip(map(id, points), states))
     monkeypatch.setattr(sweep, "point_state", lambda p: state_of[id(p)])
+    monkeypatch.setattr(sweep, "memory_cap", lambda points: 10_000)  # memory is its own test's
     return points
 
 
@@ -56,6 +57,26 @@ def test_workers_are_capped_by_the_points_left(monkeypatch):
     said.clear()
     assert sweep.run_workers(["r.yaml"], [], 2, _points(5, 0, monkeypatch), log=said.append) == 0
     assert len(started.started) == 2 and said == []  # no cap: nothing said
+
+
+def test_workers_are_capped_by_the_memory_available(monkeypatch, tmp_path):
+    """Each worker is counted at the largest model state of the points left (checked on the meta
+    device) twice over plus a process's overhead; the cap is said with the numbers behind it."""
+    from peftx.studies.sweep import load_sweeps
+
+    raw = tiny_recipe("bert", tmp_path)
+    raw["seed"] = [0, 1, 2, 3]
+    points = load_sweeps([_write(tmp_path, raw)], [])
+    per = sweep._worker_bytes(points)
+    assert sweep.WORKER_OVERHEAD_BYTES < per < sweep.WORKER_OVERHEAD_BYTES + (10 << 20)  # a tiny model's state
+    monkeypatch.setattr(sweep.psutil, "virtual_memory", lambda: type("M", (), {"available": int(2.5 * per)})())
+    assert sweep.memory_cap(points) == 2
+    started = _Started("pass")
+    monkeypatch.setattr(sweep.subprocess, "Popen", started)
+    said: list[str] = []
+    assert sweep.run_workers(["r.yaml"], [], 4, points, log=said.append) == 0
+    assert len(started.started) == 2
+    assert len(said) == 1 and said[0].startswith("--workers 4: memory for 2 worker(s) here (about 2.0 GiB each")
 
 
 @pytest.mark.parametrize("all_killed", [True, False])

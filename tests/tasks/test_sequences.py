@@ -192,6 +192,24 @@ def test_missing_column_unknown_label_and_empty_split_are_one_line_errors(tmp_pa
         task_config(data_files={"train": str(train), "validation": str(empty), "test": str(train)}).load()
 
 
+def test_unreadable_text_files_name_their_line_not_the_library_wrapper(tmp_path):
+    """`datasets` wraps every reader's error in "An error occurred while generating the dataset"; the
+    message names the file and the line that is wrong instead."""
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("sequence,label\n0 1,0\ncaf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(PeftxError, match=r"latin.csv:3: not UTF-8 text \(byte 0xe9"):
+        task_config(data_files=str(latin)).load()
+    early = tmp_path / "early.csv"  # a bad byte on line 2 is line 2's, not the header's
+    early.write_bytes(b"sequence,label\n\xff 1,0\n")
+    with pytest.raises(PeftxError, match=r"early.csv:2: not UTF-8 text"):
+        task_config(data_files=str(early)).load()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"sequence": "a", "label": 0}\n\n["a", 1]\n')
+    with pytest.raises(PeftxError, match=r"rows.jsonl:3: a JSON list, not an object of column values$") as e:
+        task_config(data_files=str(rows)).load()
+    assert "error occurred" not in str(e.value)
+
+
 def test_bad_cells_and_files_name_file_row_and_column(tmp_path):
     train = write_csv(tmp_path / "train.csv", [("0 1", "0"), ("", "1")])
     with pytest.raises(PeftxError, match=r"train.csv:3: column 'sequence': empty sequence$"):
@@ -201,11 +219,11 @@ def test_bad_cells_and_files_name_file_row_and_column(tmp_path):
         task_config(data_files=str(blank_label)).load()
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("sequence,label\n0 1,0\n1,1,extra\n")
-    with pytest.raises(PeftxError, match=r"ragged.csv: cannot read as csv \("):
+    with pytest.raises(PeftxError, match=r"ragged.csv:3: cannot read as csv \(.*Expected 2 fields in line 3"):
         task_config(data_files=str(ragged)).load()
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"sequence": "a", "label": 0}\n{"sequence": \n')
-    with pytest.raises(PeftxError, match=r"broken.jsonl: cannot read as jsonl \("):
+    with pytest.raises(PeftxError, match=r"broken.jsonl:2: not valid JSON \("):
         task_config(data_files=str(broken)).load()
     uneven = write_parquet(tmp_path / "uneven.parquet", [[[1.0, 2.0], [1.0]]], [0])
     with pytest.raises(PeftxError, match=r"uneven.parquet: row 1, column 'sequence': vectors of different lengths"):

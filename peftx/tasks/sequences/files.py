@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from peftx.errors import PeftxError
 from peftx.util.cache import cache_root
 from peftx.util.echo import printable
+from peftx.util.text_files import decode_text, split_lines
 
 # File suffix -> the `datasets` builder that reads it (and its options).
 FORMATS = {
@@ -74,19 +76,62 @@ def read_file(path: Path) -> tuple[datasets.Dataset, Where]:
         )
     except Exception as e:  # pyarrow / pandas / json errors of many types: the file is bad, not peftx
         if "corresponds to no data" not in str(e):
-            raise PeftxError(f"{path}: cannot read as {path.suffix[1:]} ({_first_line(e)})") from None
+            raise PeftxError(_read_problem(path, builder, e)) from None
         dd = {"rows": datasets.Dataset.from_dict({c: [] for c in options.get("features", {})})}  # no rows
     text = builder in ("csv", "json")
     return dd["rows"], Where(str(path), (1 if builder == "csv" else 0) if text else None)
 
 
+def _read_problem(path: Path, builder: str, error: Exception) -> str:
+    """One line for a file `datasets` could not read, at `file:line` where the line can be known.
+    `datasets` wraps the reader's error in "An error occurred while generating the dataset" (the cause
+    only in a log line), and pandas and pyarrow count lines their own way, so text files are checked
+    here: UTF-8 first, then JSON line by line; else the innermost cause, with the line it names."""
+    if builder in ("csv", "json"):
+        text = decode_text(path.read_bytes(), str(path))  # names the line of a byte that is not UTF-8
+        if builder == "json":
+            found = _json_problem(text)
+            if found:
+                return f"{path}:{found}"
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    message = _first_line(cause)
+    line = re.search(r"\bline (\d+)", message)  # pandas: "Expected 2 fields in line 3, saw 3"
+    where = f"{path}:{line.group(1)}" if line and builder == "csv" else str(path)
+    return f"{where}: cannot read as {path.suffix[1:]} ({message})"
+
+
+def _json_problem(text: str) -> str | None:
+    """'line: what' for the first line of a JSON Lines text that is not a JSON object (a whole JSON
+    document: the line of its syntax error), or None when every line is one."""
+    try:
+        json.loads(text)
+        if not text.lstrip().startswith("{"):
+            return None  # one valid document (an array of rows): nothing to say by line
+    except ValueError as e:
+        if text.lstrip().startswith("["):
+            return f"{e.lineno}: not valid JSON ({e.msg})"
+    for number, line in enumerate(split_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            return f"{number}: not valid JSON ({e.msg} at column {e.colno})"
+        if not isinstance(row, dict):
+            return f"{number}: a JSON {type(row).__name__}, not an object of column values"
+    return None
+
+
 def _text_columns(path: Path, delimiter: str) -> dict:
     """Options that make `datasets` read every CSV column as text, empty cells included: a bit
     string such as 0110 must not become the number 110 (cells are parsed per column here)."""
+    with path.open("rb") as f:
+        first = decode_text(f.readline(), f"{path}")  # only the header line: a bad byte later is its own line's
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f, delimiter=delimiter), None)
-    except (UnicodeDecodeError, csv.Error) as e:
+        header = next(csv.reader([first.removeprefix("\ufeff").rstrip("\r\n")], delimiter=delimiter), None)
+    except csv.Error as e:
         raise PeftxError(f"{path}:1: cannot read the header ({e})") from None
     if not header:
         raise PeftxError(f"{path}:1: no header line (the first line names the columns)")
