@@ -46,6 +46,8 @@ class TrainPoint(Record):
     grad_norm: float | None = None  # mean over the window's steps, before clipping
     examples_per_s: float | None = None
     tokens_per_s: float | None = None
+    rss_bytes: int | None = None  # the main process's resident memory then: where a run's memory goes, step by step
+    heap_free_bytes: int | None = None  # freed memory glibc keeps in its heap (`train.keep_freed_memory`)
 
 
 Point = TrainPoint | EvalPoint

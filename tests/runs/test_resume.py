@@ -26,7 +26,7 @@ from peftx.training.checkpoints import list_checkpoints
 from tests.support.tiny import tiny_recipe
 
 runner = CliRunner()
-TIMING = ("train_seconds", "examples_per_s", "tokens_per_s")
+TIMING = ("train_seconds", "examples_per_s", "tokens_per_s", "rss_bytes", "heap_free_bytes")
 
 
 def long_recipe(tmp_path: Path, name: str = "r", **train) -> Path:
