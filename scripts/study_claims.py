@@ -1,7 +1,9 @@
-"""The paper's claims as differences between the offline study's configurations (recipes/offline/),
-each with its 95% Welch interval over seeds: the numbers docs/results.md gives.
+"""The paper's claims as differences between the offline study's configurations (recipes/offline/,
+or the v3 study's recipes/v3/), each with its 95% Welch interval over seeds: the numbers
+docs/results.md gives.
 
-    python scripts/study_claims.py [RUNS]      # RUNS: default runs/offline
+    python scripts/study_claims.py [RUNS]                # RUNS: default runs/offline
+    python scripts/study_claims.py runs/v3 --study v3    # C1 against every control, on two families
 
 Each configuration is at the learning rate the sweep's tuning stage chose on validation (the report's
 rule); its seeds are those the chosen rate ran with.
@@ -9,8 +11,8 @@ rule); its seeds are those the chosen rate ran with.
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 from pathlib import Path
 
 from peftx.studies.report.rows import Row, mean, sem, stopped_label, welch_interval
@@ -53,8 +55,41 @@ CLAIMS = [
 ]
 
 
+# The v3 study (recipes/v3/): C1 against each control, the bounds, C1 on a decoder
+V3_CONFIGS = {
+    "ListOps: pretrained, LoRA 2%": (
+        "listops",
+        {"model.family": "bert", "model.init": "pretrained", "method.name": "lora"},
+    ),
+    "ListOps: from scratch, LoRA 2%": ("listops", {"model.family": "bert", "model.init": "scratch"}),
+    "ListOps: shuffled, LoRA 2%": ("listops", {"model.family": "bert", "model.init": "shuffled"}),
+    "ListOps: self-pretrained, LoRA 2%": ("listops", {"model.family": "bert", "model.init": "self_pretrained"}),
+    "ListOps: pretrained, full": ("listops", {"model.body": "full", "method.name": "full"}),
+    "ListOps: body none": ("listops", {"model.body": "none"}),
+    "ListOps: SmolLM2 pretrained, LoRA 2%": ("listops", {"model.family": "llama", "model.init": "pretrained"}),
+    "ListOps: SmolLM2 from scratch, LoRA 2%": ("listops", {"model.family": "llama", "model.init": "scratch"}),
+}
+V3_CLAIMS = [
+    ("C1", "ListOps: pretrained, LoRA 2%", "ListOps: from scratch, LoRA 2%"),
+    ("C1 vs shuffled", "ListOps: pretrained, LoRA 2%", "ListOps: shuffled, LoRA 2%"),
+    ("C1 vs self-pretrained", "ListOps: pretrained, LoRA 2%", "ListOps: self-pretrained, LoRA 2%"),
+    ("body", "ListOps: pretrained, LoRA 2%", "ListOps: body none"),
+    ("C2", "ListOps: pretrained, LoRA 2%", "ListOps: pretrained, full"),
+    ("C1 decoder", "ListOps: SmolLM2 pretrained, LoRA 2%", "ListOps: SmolLM2 from scratch, LoRA 2%"),
+]
+STUDIES = {"v2": (CONFIGS, CLAIMS), "v3": (V3_CONFIGS, V3_CLAIMS)}
+
+
 # What a key the task's rows do not vary in (so the report leaves it out) holds in every study recipe
-DEFAULTS = {"input.name": "pretrained_vocab", "input.align": "off", "model.pretrained": True}
+DEFAULTS = {
+    "input.name": "pretrained_vocab",
+    "input.align": "off",
+    "model.pretrained": True,
+    "model.init": "pretrained",
+    "model.body": "full",
+    "model.family": "bert",
+    "method.name": "lora",
+}
 
 
 def _matches(row: Row, key: str, value) -> bool:
@@ -72,10 +107,14 @@ def find(rows: list[Row], task: str, want: dict) -> Row | None:
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/offline")
-    results = load_results(root)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="?", default="runs/offline")
+    p.add_argument("--study", choices=sorted(STUDIES), default="v2")
+    args = p.parse_args()
+    configs, claims = STUDIES[args.study]
+    results = load_results(Path(args.runs))
     rows, _ = summarize(results)
-    found = {label: find(rows, task, want) for label, (task, want) in CONFIGS.items()}
+    found = {label: find(rows, task, want) for label, (task, want) in configs.items()}
     print(
         "| configuration | trainable % | lr (chosen) | rates tried | seeds | test accuracy % (mean ± SEM) | stopped |"
     )
@@ -91,7 +130,7 @@ def main() -> None:
         )
     print("\n| claim | difference | points | 95% interval | excludes 0 |")
     print("|---|---|---:|---|---|")
-    for claim, a, b in CLAIMS:
+    for claim, a, b in claims:
         if found[a] is None or found[b] is None:
             print(f"| {claim} | {a} − {b} | not run | | |")
             continue
