@@ -129,9 +129,9 @@ def run(
     Exit codes: 0 done, 2 a mistake in the input (one line says which), 3 the run diverged,
     130 / 143 stopped by SIGINT / SIGTERM after a checkpoint (--resume continues it), 1 a bug."""
     from peftx.recipe import load_recipe
+    from peftx.recipe.checks import check_global_batch
     from peftx.runs.display import RunDisplay
     from peftx.runs.run import run as run_recipe
-    from peftx.runs.validate import check_global_batch
 
     if overwrite and resume:
         raise PeftxError("--overwrite starts the run again and --resume continues it: choose one")
@@ -288,13 +288,9 @@ def sweep(
 
     Exit codes: 0 every point finished (diverged and pruned points are listed), 1 a point failed, 2 a
     mistake in the input, 130 / 143 stopped by SIGINT / SIGTERM."""
-    from rich.table import Table
-
-    from peftx.model.budget import fmt_count
+    from peftx.recipe.checks import check_global_batch
     from peftx.runs.display import RunDisplay
-    from peftx.runs.validate import check_global_batch
-    from peftx.studies.sweep import load_sweeps, plan, run_sweep
-    from peftx.studies.workers import run_workers
+    from peftx.studies.sweep import load_sweeps
 
     points = load_sweeps(recipes, list(set_ or []))
     for point in points:
@@ -303,13 +299,11 @@ def sweep(
         except PeftxError as e:
             raise PeftxError(f"{point.name}: {e}") from None
     if dry_run:
-        table = Table(title=f"{len(points)} runs")
-        for col in ("run", "state", "trainable", "total", "trainable %"):
-            table.add_column(col, justify="left" if col in ("run", "state") else "right")
-        for p in plan(points):
-            table.add_row(p.name, p.state, fmt_count(p.trainable), fmt_count(p.total), f"{p.trainable_pct:.3f}")
-        Console().print(table)
+        _print_plan(points)
         return
+    from peftx.studies.sweep_worker import run_sweep  # torch and the studies: only once points run
+    from peftx.studies.workers import run_workers
+
     shared = {"storage": storage, "heartbeat": heartbeat}
     if workers > 1:
         if overwrite:
@@ -323,6 +317,21 @@ def sweep(
     if out.failed:
         err.print(f"[red]{len(out.failed)} run(s) failed:[/] {', '.join(out.failed)} (see their result.json)")
         raise typer.Exit(1)
+
+
+def _print_plan(points: list) -> None:
+    """`sweep --dry-run`'s table: each point's state and trainable budget."""
+    from rich.table import Table
+
+    from peftx.model.budget import fmt_count
+    from peftx.studies.sweep_plan import plan
+
+    table = Table(title=f"{len(points)} runs")
+    for col in ("run", "state", "trainable", "total", "trainable %"):
+        table.add_column(col, justify="left" if col in ("run", "state") else "right")
+    for p in plan(points):
+        table.add_row(p.name, p.state, fmt_count(p.trainable), fmt_count(p.total), f"{p.trainable_pct:.3f}")
+    Console().print(table)
 
 
 def _names(text: str | None) -> list[str] | None:

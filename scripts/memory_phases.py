@@ -40,7 +40,7 @@ RULES = [
     ("peftx/runs/predict.py", None, "evaluate"),
     ("transformers/trainer", ("evaluate", "evaluation_loop", "prediction_step", "predict"), "evaluate"),
     ("peftx/training/checkpoints.py", None, "checkpoint"),
-    ("peftx/runs/record.py", ("save_weights", "weights_to_save"), "checkpoint"),
+    ("peftx/runs/weights.py", ("save_weights", "weights_to_save"), "checkpoint"),
     ("peftx/training/loop.py", ("step", "run", "_micro_step", "backward"), "train"),
     ("transformers/trainer", ("train", "_inner_training_loop", "training_step"), "train"),
 ]

@@ -3,9 +3,6 @@
 Each command runs in a fresh interpreter (an empty cache, as a user's first call), and the heavy
 modules it left in `sys.modules` are compared with none. Wall times are measured, not asserted here
 (a shared machine makes tight times flaky): `python scripts/bench_cold.py --only commands`.
-
-Commands whose path still passes through a module that imports torch at its top are marked `xfail`
-with that module named, strictly: once the module is fixed the test passes and the mark must go.
 """
 
 from __future__ import annotations
@@ -33,14 +30,6 @@ else:
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 open(out, "w").write(json.dumps({{"code": code, "heavy": heavy}}))
 """
-# What each command's cold path still needs from other modules (the xfail reasons).
-TASKS_IMPORT_TORCH = "tasks/base.py imports datasets and spec/objective.py (torch) at the top"
-SWEEP_IMPORTS_TORCH = "studies/sweep.py imports torch, runs.run and training.builder at the top"
-RECORD_IMPORTS_TORCH = "runs/record.py imports torch and safetensors.torch at the top (weights beside the record)"
-
-
-def blocked(reason: str):
-    return pytest.mark.xfail(reason=reason, strict=True)
 
 
 def cold(tmp_path: Path, *args: str) -> dict:
@@ -83,14 +72,12 @@ def test_help_and_version_import_no_torch(tmp_path, args):
     assert result["code"] == 0 and result["heavy"] == []
 
 
-@blocked(TASKS_IMPORT_TORCH)
 @pytest.mark.parametrize("section", [[], ["method.lora"], ["task"]])
 def test_recipe_show_imports_no_torch(tmp_path, section):
     result = cold(tmp_path, "recipe", "show", *section)
     assert result["code"] == 0 and result["heavy"] == []
 
 
-@blocked(f"{TASKS_IMPORT_TORCH}; {SWEEP_IMPORTS_TORCH}")
 def test_a_schema_error_is_reported_without_torch(tmp_path):
     raw = lora_recipe(tmp_path) | {"task": {"name": "listop"}}
     result = cold(tmp_path, "validate", write(tmp_path, raw, "misspelt.yaml"))
@@ -98,7 +85,6 @@ def test_a_schema_error_is_reported_without_torch(tmp_path):
     assert result["heavy"] == []
 
 
-@blocked(f"{TASKS_IMPORT_TORCH}; {RECORD_IMPORTS_TORCH}")
 def test_report_imports_no_torch(tmp_path):
     (tmp_path / "runs").mkdir()
     result = cold(tmp_path, "report", str(tmp_path / "runs"))
@@ -106,14 +92,12 @@ def test_report_imports_no_torch(tmp_path):
     assert result["heavy"] == []
 
 
-@blocked(f"{TASKS_IMPORT_TORCH}; {SWEEP_IMPORTS_TORCH}")
 def test_sweep_dry_run_grid_imports_no_torch(tmp_path):
     raw = lora_recipe(tmp_path) | {"seed": [0, 1], "train": {"steps": 10, "batch_size": 8, "lr": [1e-3, 3e-4]}}
     result = cold(tmp_path, "sweep", write(tmp_path, raw, "grid.yaml"), "--dry-run")
     assert result["code"] == 0 and result["heavy"] == []
 
 
-@blocked(TASKS_IMPORT_TORCH)
 def test_default_budget_table_without_cache_imports_no_torch(tmp_path):
     """The default table is counted from declared shapes (an empty cache: nothing is read back)."""
     result = cold(tmp_path, "budget", "--no-cache")

@@ -40,11 +40,12 @@ from peftx.model.loading import OFFLINE_DECODER
 from peftx.model.sources import OFFLINE, OFFLINE_NAME, is_local
 from peftx.model.task_model import PeftxModel
 from peftx.recipe import read_raw, validate_recipe
-from peftx.runs.record import RECIPE, RESULT, RunRecord, check_same_backbone, load_weights
+from peftx.runs.record import RECIPE, RESULT, RunRecord, check_same_backbone
 from peftx.runs.task_file import TASK_FILE, task_description
+from peftx.runs.weights import load_weights
 from peftx.spec.input_spec import InputSpec
 from peftx.spec.objective import format_metric
-from peftx.training.session import open_session
+from peftx.training.session import Session, open_session
 
 ADAPTER_NAME = "default"  # the name peftx's methods inject their peft adapter under
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -256,18 +257,10 @@ def export_run(
     if not record.completed:
         raise PeftxError(f"{run_dir}: run status is {record.status!r}, not 'completed'; nothing to export")
     check_out_dir(out_dir, run_dir, overwrite)
-    recipe = validate_recipe(read_raw(run_dir / RECIPE, EXPORT_OVERRIDES), str(run_dir / RECIPE))
-    if recipe.model.body != "full":  # no transformers class holds the ablated stack
-        raise PeftxError(
-            f"{run_dir}: model.body: {recipe.model.body} has no plain transformers form; use peftx predict"
-        )
-    session = open_session(recipe, load_task=False)
-    check_same_backbone(record, session.provenance, allow_changed_weights, run_dir)
+    session = _trained_session(run_dir, record, allow_changed_weights)
     model = session.model
-    load_weights(model, run_dir)
-    model.eval()
     adapter = hasattr(model.backbone, "peft_config") and ADAPTER_NAME in model.backbone.peft_config
-    base = base_reference(recipe) if adapter else None
+    base = base_reference(session.recipe) if adapter else None
     body_exported = base is None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))  # one per writer
@@ -293,6 +286,25 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def _trained_session(run_dir: Path, record: RunRecord, allow_changed_weights: bool) -> Session:
+    """The run's model rebuilt from its recipe (in fp32, `EXPORT_OVERRIDES`) with its trained weights.
+
+    Raises:
+        PeftxError: an ablated body (no plain form), backbone weights changed since training (unless
+            allowed), weights that do not fit.
+    """
+    recipe = validate_recipe(read_raw(run_dir / RECIPE, EXPORT_OVERRIDES), str(run_dir / RECIPE))
+    if recipe.model.body != "full":  # no transformers class holds the ablated stack
+        raise PeftxError(
+            f"{run_dir}: model.body: {recipe.model.body} has no plain transformers form; use peftx predict"
+        )
+    session = open_session(recipe, load_task=False)
+    check_same_backbone(record, session.provenance, allow_changed_weights, run_dir)
+    load_weights(session.model, run_dir)
+    session.model.eval()
+    return session
 
 
 def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:

@@ -11,7 +11,8 @@ from transformers import PreTrainedModel
 from peftx.families import Family, ParamInfo, SpecialIds
 from peftx.model.extras import MethodExtras
 from peftx.spec.index_space import VALUE
-from peftx.spec.objective import Forecasting, InstanceNorm, Objective, Regression
+from peftx.spec.instance_norm import InstanceNorm
+from peftx.spec.objective import Forecasting, Objective, Regression
 
 
 class OutputScale(nn.Module):

@@ -96,6 +96,25 @@ def reject_grid(raw: dict, where: str, instead: str) -> None:
         raise PeftxError(f"{where}: holds sweep sections ({', '.join(sections)}); {instead}")
 
 
+def set_key(raw: dict, key: str, value) -> None:
+    """Set a dotted key in a raw recipe (a plug-in section given by its name becomes `{name: ...}`):
+    how a grid point or a search's draw sets its values.
+
+    Raises:
+        PeftxError: the key passes through a value that is not a section.
+    """
+    head, _, tail = key.partition(".")
+    if not tail:
+        if isinstance(value, str) and head in PLUGINS:
+            value = {"name": value}
+        raw[head] = value
+        return
+    node = raw.setdefault(head, {})
+    if not isinstance(node, dict):
+        raise PeftxError(f"{key}: {head} is not a section")
+    set_key(node, tail, value)
+
+
 class _SweepSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 

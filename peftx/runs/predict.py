@@ -13,7 +13,8 @@ import torch
 
 from peftx.errors import PeftxError
 from peftx.recipe import read_raw, validate_recipe
-from peftx.runs.record import RECIPE, RunRecord, check_same_backbone, load_weights
+from peftx.runs.record import RECIPE, RunRecord, check_same_backbone
+from peftx.runs.weights import load_weights
 from peftx.spec.objective import format_metric
 from peftx.tasks import SPLITS
 from peftx.training.evaluation import evaluate, infer

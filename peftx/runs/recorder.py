@@ -27,9 +27,9 @@ from peftx.runs.record import (
     RunRecord,
     Timing,
     check_same_backbone,
-    save_weights,
 )
 from peftx.runs.task_file import write_task_description
+from peftx.runs.weights import save_weights
 from peftx.training.checkpoints import CHECKPOINTS, read_progress
 from peftx.training.points import EvalPoint, TrainPoint
 from peftx.util.env import peak_memory, versions

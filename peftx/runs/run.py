@@ -23,12 +23,12 @@ from accelerate.utils import parse_flag_from_env
 from peftx.errors import Pruned
 from peftx.model.budget import model_budget
 from peftx.model.loading import load_tokenizer
+from peftx.recipe.checks import check_global_batch
 from peftx.runs.directory import RunDirDecision, agree_on_run_dir
 from peftx.runs.display import RunDisplay
 from peftx.runs.record import PrunedAt, RunRecord
 from peftx.runs.recorder import RunRecorder
 from peftx.runs.trackers import hyperparameters, make_trackers, tracker_values
-from peftx.runs.validate import check_global_batch
 from peftx.tasks.base import SPLITS
 from peftx.training.align import align_input, reference
 from peftx.training.batching import Split

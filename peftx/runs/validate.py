@@ -23,6 +23,7 @@ from peftx.model.budget import model_budget
 from peftx.model.files import check_local_dir, weights_files
 from peftx.model.loading import load_tokenizer
 from peftx.model.sources import OFFLINE, is_local, offline_model_dir
+from peftx.recipe.checks import check_global_batch
 from peftx.training.builder import build_model
 from peftx.training.loop import total_steps
 
@@ -132,31 +133,6 @@ def check_recipe(recipe: RecipeBase) -> Checked:
                 f"epoch(s) of {n_train} examples in batches of {train.batch_size * train.grad_accum})"
             )
     return Checked(need, trainable)
-
-
-def check_global_batch(recipe: RecipeBase, n_train: int | None = None) -> None:
-    """Refuse accumulating more micro-batches per step than the training split holds: one step would go
-    round the split more than once, and `train.grad_accum: 1e9` would run for days before its first
-    step. A batch_size alone beyond the split is fine (the batch is the whole split).
-
-    Args:
-        n_train: the training split's size; None: as far as it is known without loading data
-            (`TaskConfig.train_size`), so that `validate` checks it; `run` checks again once loaded.
-
-    Raises:
-        PeftxError: one line naming train.grad_accum, the global batch and the split's size.
-    """
-    train = recipe.train
-    n_train = recipe.task.train_size() if n_train is None else n_train
-    if n_train is None or train.grad_accum <= 1:
-        return
-    global_batch = train.batch_size * train.grad_accum
-    if global_batch > n_train:
-        raise PeftxError(
-            f"train.grad_accum: {train.grad_accum:,} x train.batch_size {train.batch_size} = {global_batch:,} "
-            f"examples per step, more than the {n_train:,} of the training split "
-            f"(at most {max(n_train // train.batch_size, 1):,} at this batch size)"
-        )
 
 
 def _key(recipe: RecipeBase) -> str:

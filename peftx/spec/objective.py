@@ -18,18 +18,22 @@ primary metric and whether higher or lower is better, and what a prediction look
 Model outputs are always in the targets' own units (regression's target standardisation and
 forecasting's instance normalisation happen inside the model, `peftx.model.task_model`), so metrics,
 predictions and exports need no statistics beside the weights.
+
+Reading a recipe, a task's description or a run record asks an objective its kind, labels, primary
+metric and direction, and nothing more: torch and numpy are imported by the methods that compute
+(losses, metrics, label tensors), so that those paths import neither.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 OBJECTIVES = ("classification", "multilabel", "regression", "forecasting")
 
@@ -99,15 +103,19 @@ class Classification(Objective):
     higher_is_better: ClassVar[bool] = True
 
     def label_tensor(self, column: Sequence) -> torch.Tensor:
+        import torch
+
         return torch.tensor(column, dtype=torch.long)
 
     def loss(self, outputs, labels, reduction="mean"):
-        return F.cross_entropy(outputs, labels, reduction=reduction)
+        from torch.nn import functional
+
+        return functional.cross_entropy(outputs, labels, reduction=reduction)
 
     def metrics(self, outputs, labels):
         return {
             "accuracy": (outputs.argmax(-1) == labels).float().mean().item(),
-            "loss": F.cross_entropy(outputs, labels).item(),
+            "loss": self.loss(outputs, labels).item(),
         }
 
     def decode(self, outputs):
@@ -121,6 +129,9 @@ class MultiLabel(Objective):
     higher_is_better: ClassVar[bool] = True
 
     def label_tensor(self, column):
+        import numpy as np
+        import torch
+
         out = torch.zeros(len(column), self.width)
         for row, ids in enumerate(column):
             if not isinstance(ids, Sequence | np.ndarray) or isinstance(ids, str):
@@ -132,7 +143,9 @@ class MultiLabel(Objective):
         return out
 
     def loss(self, outputs, labels, reduction="mean"):
-        per_example = F.binary_cross_entropy_with_logits(outputs, labels, reduction="none").mean(-1)
+        from torch.nn import functional
+
+        per_example = functional.binary_cross_entropy_with_logits(outputs, labels, reduction="none").mean(-1)
         return per_example.sum() if reduction == "sum" else per_example.mean()
 
     def metrics(self, outputs, labels):
@@ -158,6 +171,8 @@ def mean_average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
     """Mean over labels with at least one positive of the average precision of ranking examples by
     score (scikit-learn's `average_precision_score`, macro; written here to keep scikit-learn optional).
     """
+    import torch
+
     aps = []
     for label in range(scores.shape[1]):
         positives = truth[:, label]
@@ -185,6 +200,8 @@ class Regression(Objective):
     scale: tuple[float, ...] = ()
 
     def label_tensor(self, column):
+        import torch
+
         rows = [[v] if isinstance(v, int | float) else list(v) for v in column]
         for row, values in enumerate(rows):
             if len(values) != self.width:
@@ -195,13 +212,15 @@ class Regression(Objective):
 
     def fitted(self, train_labels: torch.Tensor) -> Regression:
         """This objective with `loc` and `scale` from the training targets (a constant target: scale 1)."""
+        import torch
+
         loc = train_labels.double().mean(0)
         std = train_labels.double().std(0, unbiased=False) if len(train_labels) > 1 else torch.ones_like(loc)
         std = torch.where(std > 0, std, torch.ones_like(std))
         return Regression(self.labels, tuple(loc.tolist()), tuple(std.tolist()))
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(self.scale or [1.0] * self.width, dtype=like.dtype, device=like.device)
+        return like.new_tensor(self.scale or [1.0] * self.width)
 
     def loss(self, outputs, labels, reduction="mean"):
         per_example = (((outputs - labels) / self._scale(outputs)) ** 2).mean(-1)
@@ -244,6 +263,8 @@ class Forecasting(Objective):
         return self.horizon * len(self.labels)
 
     def label_tensor(self, column):
+        import torch
+
         want = self.width + 1
         for row, values in enumerate(column):
             if len(values) != want:
@@ -311,25 +332,5 @@ def seasonal_naive_scale(history: np.ndarray, season: int) -> float:
     m = season if len(history) > season else 1
     if len(history) <= m:
         return 1.0
-    scale = float(np.abs(history[m:] - history[:-m]).mean())
+    scale = float(abs(history[m:] - history[:-m]).mean())
     return scale if scale > 0 and math.isfinite(scale) else 1.0
-
-
-@dataclass
-class InstanceNorm:
-    """Per-example, per-channel location and scale of a context (RevIN without its learned affine):
-    what the forecasting model divides its inputs by and multiplies its outputs with."""
-
-    loc: torch.Tensor  # (batch, 1, channels)
-    scale: torch.Tensor  # (batch, 1, channels)
-    eps: float = field(default=1e-5, repr=False)
-
-    @classmethod
-    def of(cls, values: torch.Tensor, real: torch.Tensor, eps: float = 1e-5) -> InstanceNorm:
-        """Statistics of `values` (batch, seq, channels) over the positions where `real` (batch, seq) is
-        True."""
-        w = real.unsqueeze(-1).to(values.dtype)
-        n = w.sum(1, keepdim=True).clamp(min=1)
-        loc = (values * w).sum(1, keepdim=True) / n
-        var = (((values - loc) * w) ** 2).sum(1, keepdim=True) / n
-        return cls(loc, (var + eps).sqrt(), eps)

@@ -20,9 +20,9 @@ from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner,
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial
 
-from peftx.errors import PeftxError, Pruned
-from peftx.recipe import PLUGINS, validate_recipe
-from peftx.recipe.grid import Choices, FloatRange, IntRange, SearchSection
+from peftx.errors import Pruned
+from peftx.recipe import validate_recipe
+from peftx.recipe.grid import Choices, FloatRange, IntRange, SearchSection, set_key
 from peftx.studies.sweep_state import Point, SweepSpec, objective_value
 from peftx.training.points import EvalPoint
 
@@ -177,17 +177,3 @@ def searched_point(trial: optuna.Trial, spec: SweepSpec) -> Point:
     shown = ", ".join(f"{k}={v}" for k, v in values.items())
     recipe = validate_recipe(raw, f"{spec.where} [{name}: {shown}]")
     return Point(name, values, recipe, params=values, sweep=spec, tune=None)
-
-
-def set_key(raw: dict, key: str, value) -> None:
-    """Set a dotted key in a raw recipe (a plug-in section given by its name becomes `{name: ...}`)."""
-    head, _, tail = key.partition(".")
-    if not tail:
-        if isinstance(value, str) and head in PLUGINS:
-            value = {"name": value}
-        raw[head] = value
-        return
-    node = raw.setdefault(head, {})
-    if not isinstance(node, dict):
-        raise PeftxError(f"{key}: {head} is not a section")
-    set_key(node, tail, value)

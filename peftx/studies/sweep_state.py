@@ -1,7 +1,7 @@
 """What a sweep is made of and where each of its points stands: the sweep's settings (`SweepSpec`), its
 points, the one number a run is judged on (`objective_value`), a point's state from its run directory,
-under a `tune:` section whether its configuration's tuning stage has chosen its value, and the plan
-`peftx sweep --dry-run` shows (from run directories alone: it opens no study)."""
+under a `tune:` section whether its configuration's tuning stage has chosen its value (from run
+directories alone: it opens no study). What `peftx sweep --dry-run` shows is `peftx.studies.sweep_plan`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from peftx.recipe.grid import AshaPrune, HyperbandPrune, MedianPrune, NoPrune, S
 from peftx.runs.record import Metrics, RunRecord
 from peftx.spec.objective import LOWER_IS_BETTER
 from peftx.studies.selection import choose
-from peftx.training.builder import recipe_budget
 from peftx.training.points import EvalPoint
 
 Direction = Literal["maximize", "minimize"]
@@ -201,36 +200,3 @@ def several_sweeps(points: list[Point]) -> bool:
 def shown_name(point: Point, several: bool) -> str:
     """The point's name, after its sweep's where several sweeps share the queue (names repeat there)."""
     return f"{Path(point.recipe.output.dir).name}/{point.name}" if several else point.name
-
-
-@dataclass
-class PlannedPoint:
-    """A point as `peftx sweep --dry-run` shows it."""
-
-    name: str
-    state: str
-    trainable: int
-    total: int
-    trainable_pct: float
-
-
-def plan(points: list[Point]) -> list[PlannedPoint]:
-    """Each point's state (from its run directory) and trainable budget (counted without weights),
-    running nothing and opening no study; a search is one line, its trials finished so far."""
-    out = []
-    several = several_sweeps(points)
-    for p in points:
-        b = recipe_budget(p.recipe)
-        search = p.sweep.search if p.sweep is not None else None
-        if search is not None:
-            records = (read_record(Point(d.name, {}, p.recipe)) for d in p.sweep.dir.glob("trial-*"))
-            done = sum(r is not None and r.completed for r in records)
-            name = f"{shown_name(p, several)}: {search.trials} trials, {search.sampler}"
-            out.append(PlannedPoint(name, f"{done} done", b.trainable, b.total, b.trainable_pct))
-            continue
-        state = point_state(p)
-        if p.stage == 2 and state == "todo":
-            verdict, _ = tuning_verdict(p, points)
-            state = {"wait": "after tuning", "skip": "not chosen"}.get(verdict, state)
-        out.append(PlannedPoint(shown_name(p, several), state, b.trainable, b.total, b.trainable_pct))
-    return out

@@ -44,14 +44,7 @@ def run_workers(
         The largest exit code of the workers, a worker killed by signal N counting as 128 + N (137 for
         SIGKILL), as a shell reports it.
     """
-    left = sum(_left(p) for p in points)
-    if workers > max(left, 1):
-        log(f"--workers {workers}: {left} point(s) left to run, starting {max(left, 1)} worker(s)")
-        workers = max(left, 1)
-    fits = memory_cap(points) if workers > 1 else workers
-    if workers > fits:
-        log(f"--workers {workers}: memory for {fits} worker(s) here ({_memory_note(points)}), starting {fits}")
-        workers = fits
+    workers = _capped(workers, points, log)
     command = [sys.executable, "-m", "peftx", "sweep", *map(str, recipes), "--quiet"]
     for item in overrides:
         command += ["--set", item]
@@ -88,6 +81,19 @@ def run_workers(
 # allocator slack. Measured: a MiniLM LoRA run on ListOps' `cpu` preset peaks at 2.1-2.8 GB of resident
 # memory with 0.1 GB of weights, gradients and optimizer state (docs/speed.md, scripts/bench_memory.py).
 WORKER_OVERHEAD_BYTES = 2 << 30
+
+
+def _capped(workers: int, points: list[Point], log) -> int:
+    """`workers` capped by the points left to run, then by the memory available (each cap said)."""
+    left = sum(_left(p) for p in points)
+    if workers > max(left, 1):
+        log(f"--workers {workers}: {left} point(s) left to run, starting {max(left, 1)} worker(s)")
+        workers = max(left, 1)
+    fits = memory_cap(points) if workers > 1 else workers
+    if workers > fits:
+        log(f"--workers {workers}: memory for {fits} worker(s) here ({_memory_note(points)}), starting {fits}")
+        workers = fits
+    return workers
 
 
 def _worker_bytes(points: list[Point]) -> int:

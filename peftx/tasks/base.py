@@ -1,20 +1,27 @@
-"""What a task hands to the rest of peftx: dataset splits, an input spec, labels and baselines."""
+"""What a task hands to the rest of peftx: dataset splits, an input spec, labels and baselines.
+
+This module is the tasks' interface, read whenever a recipe is: it imports neither `datasets`, numpy
+nor torch (the objective's methods import torch when they compute; checks and baselines of loaded
+splits are `peftx.tasks.splits`).
+"""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import InputSpec
 from peftx.spec.objective import Classification, LabelError, Objective, Regression
+
+if TYPE_CHECKING:
+    import datasets
+    import numpy as np
+    import torch
 
 SPLITS = ("train", "validation", "test")  # every task's splits, by these names
 
@@ -102,34 +109,6 @@ class TaskConfig(BaseModel):
         return None
 
 
-def check_splits(splits: datasets.DatasetDict, task: str, where: str | Path, num_classes: int | None = None) -> None:
-    """Refuse task data that would fail only once training runs: a missing or empty split, or labels
-    outside 0..num_classes-1.
-
-    Args:
-        task: the task's name, for messages.
-        where: the data's source (a folder or "task"), for messages.
-        num_classes: check labels against it (None: the split's ClassLabel feature).
-
-    Raises:
-        PeftxError: one line naming the split.
-    """
-    for split in SPLITS:
-        if split not in splits:
-            raise PeftxError(f"{where}: {task} data lacks its {split} split")
-        ds = splits[split]
-        if len(ds) == 0:
-            raise PeftxError(f"{where}: {task} {split} split is empty")
-        n = num_classes
-        if n is None and isinstance(ds.features.get("label"), datasets.ClassLabel):
-            n = ds.features["label"].num_classes
-        labels = np.asarray(ds["label"])
-        if n is not None and len(labels) and (labels.min() < 0 or labels.max() >= n):
-            bad = int(labels[(labels < 0) | (labels >= n)][0])
-            row = int(np.argmax((labels < 0) | (labels >= n)))
-            raise PeftxError(f"{where}: {task} {split} example {row}: label {bad} outside 0..{n - 1}")
-
-
 def constant_baseline(objective: Objective, train: torch.Tensor, test: torch.Tensor) -> tuple[str, float]:
     """The test value of the primary metric of one answer for every example, learnt from training
     labels: their mean (regression) or each label's frequency (multi-label). A model should beat it."""
@@ -137,22 +116,5 @@ def constant_baseline(objective: Objective, train: torch.Tensor, test: torch.Ten
         outputs = train.mean(0, keepdim=True).expand(len(test), -1)
         return "mean_predictor", objective.metrics(outputs, test)[objective.primary]
     freq = train.mean(0, keepdim=True).clamp(1e-6, 1 - 1e-6)
-    outputs = torch.logit(freq).expand(len(test), -1)
+    outputs = freq.logit().expand(len(test), -1)
     return "label_frequencies", objective.metrics(outputs, test)[objective.primary]
-
-
-def majority_accuracy(train_labels: list[int], test_labels: list[int]) -> float:
-    """Accuracy on test of always predicting the most common training label."""
-    top = Counter(train_labels).most_common(1)[0][0]
-    return sum(y == top for y in test_labels) / max(len(test_labels), 1)
-
-
-def nearest_centroid_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
-) -> float:
-    """Accuracy on test of assigning each example to the class whose mean training feature vector is
-    nearest (Euclidean): a cheap reference a model should beat by far."""
-    classes = np.unique(train_y)
-    centroids = np.stack([train_x[train_y == c].mean(0) for c in classes])  # (classes, features)
-    d = (test_x**2).sum(1, keepdims=True) - 2 * test_x @ centroids.T + (centroids**2).sum(1)  # (n, classes)
-    return float((classes[d.argmin(1)] == test_y).mean()) if len(test_y) else 0.0

@@ -15,8 +15,8 @@ from peftx.errors import PeftxError
 from peftx.export import template
 from peftx.inputs import INPUTS, InputContext, exported_input
 from peftx.recipe import validate_recipe
-from peftx.runs.record import load_weights, save_weights
 from peftx.runs.task_file import task_description
+from peftx.runs.weights import load_weights, save_weights
 from peftx.spec.input_spec import ContinuousSpec, SymbolVocab
 from peftx.studies.budget import model_budget
 from peftx.training.batching import BOS, VALUE

@@ -12,7 +12,7 @@ import torch
 
 from peftx.errors import PeftxError
 from peftx.methods import METHODS
-from peftx.runs.record import load_weights, save_weights
+from peftx.runs.weights import load_weights, save_weights
 from peftx.studies.budget import model_budget
 from tests.model.test_loading import HAS_OFFLINE
 from tests.support.helpers import build, changed, fixed_logits, snapshot, train_steps

@@ -13,7 +13,8 @@ from peftx.cli import app
 from peftx.errors import PeftxError
 from peftx.runs.record import RunRecord
 from peftx.studies.report.writer import load_results, markdown_table, sem, summarize
-from peftx.studies.sweep import expand, find_axes, load_sweep, run_sweep
+from peftx.studies.sweep import expand, find_axes, load_sweep
+from peftx.studies.sweep_worker import run_sweep
 from tests.support.tiny import tiny_model, tiny_recipe
 
 runner = CliRunner()

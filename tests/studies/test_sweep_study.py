@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 from peftx.cli import app
 from peftx.errors import Interrupted, PeftxError
 from peftx.runs.record import RunRecord
-from peftx.studies import sweep as sweep_module
+from peftx.studies import sweep_worker as sweep_module
 from peftx.studies.study_storage import JOURNAL
 from peftx.studies.study_trial import GROUP, GroupedPruner
-from peftx.studies.sweep import expand, load_sweep, plan, run_sweep
+from peftx.studies.sweep import expand, load_sweep
+from peftx.studies.sweep_plan import plan
 from peftx.studies.sweep_state import tuning_verdict
+from peftx.studies.sweep_worker import run_sweep
 from tests.support.tiny import tiny_recipe
 
 runner = CliRunner()

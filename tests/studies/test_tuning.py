@@ -13,7 +13,9 @@ from peftx.runs.record import RunRecord
 from peftx.runs.run import run
 from peftx.studies.report.writer import load_results, summarize
 from peftx.studies.selection import choose
-from peftx.studies.sweep import expand, load_sweep, load_sweeps, plan, run_sweep
+from peftx.studies.sweep import expand, load_sweep, load_sweeps
+from peftx.studies.sweep_plan import plan
+from peftx.studies.sweep_worker import run_sweep
 from tests.support.tiny import tiny_recipe
 
 runner = CliRunner()
@@ -230,7 +232,7 @@ def test_several_sweeps_are_one_queue(tmp_path):
 
 def test_an_interrupted_point_stops_the_sweep(tmp_path, monkeypatch):
     from peftx.errors import Interrupted
-    from peftx.studies import sweep as sweep_module
+    from peftx.studies import sweep_worker as sweep_module
 
     raw = tune_raw(tmp_path)
     raw.pop("tune")

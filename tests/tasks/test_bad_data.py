@@ -13,9 +13,9 @@ import pytest
 
 from peftx.errors import PeftxError
 from peftx.tasks import TASKS
-from peftx.tasks.base import check_splits
 from peftx.tasks.listops.task import generate_splits, load_lra_tsv, parse_expression
 from peftx.tasks.protein.files import read_fasta, read_labels, read_tape_json
+from peftx.tasks.splits import check_splits
 from tests.support.bad_inputs import assert_one_line, invoke, write
 from tests.support.tiny import tiny_recipe
 

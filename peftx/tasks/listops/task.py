@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from peftx.tasks.base import TaskConfig, TaskData, TaskInfo, check_splits, majority_accuracy
+from peftx.tasks.base import TaskConfig, TaskData, TaskInfo
 from peftx.tasks.listops.lra_files import LRA_FILES, load_lra_tsv, read_lra_file
 from peftx.tasks.listops.symbols import (
     DIGITS,
@@ -34,6 +34,7 @@ from peftx.tasks.listops.symbols import (
     tokenize,
 )
 from peftx.tasks.registry import TASKS
+from peftx.tasks.splits import check_splits, majority_accuracy
 from peftx.util.cache import cached_dataset_dict
 from peftx.util.user_paths import UserPath
 

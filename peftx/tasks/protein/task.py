@@ -18,25 +18,23 @@ the run's data notes.
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import cache
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import SymbolVocab
-from peftx.tasks.base import (
-    SPLITS,
-    TaskConfig,
-    TaskData,
-    TaskInfo,
-    check_splits,
-    majority_accuracy,
-    nearest_centroid_accuracy,
-)
+from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo
 from peftx.tasks.protein import files as protein_files
 from peftx.tasks.registry import TASKS
+from peftx.tasks.splits import check_splits, majority_accuracy, nearest_centroid_accuracy
 from peftx.util.user_paths import UserPath
+
+# numpy and `datasets` are imported by the functions that make data: the task registers (and a recipe
+# is read) without either.
+if TYPE_CHECKING:
+    import numpy as np
 
 AMINO_ACIDS = tuple("ABCDEFGHIKLMNOPQRSTUVWXYZ")
 VOCAB = SymbolVocab(symbols=AMINO_ACIDS, version="amino-acids-v1")
@@ -57,15 +55,25 @@ SCL_LABELS = (
 )
 NUM_FOLDS = 1195
 FOLD_LABELS = tuple(str(i) for i in range(NUM_FOLDS))  # TAPE's fold_label numbering
-_LOOKUP = np.full(256, -1, dtype=np.int16)
-for _i, _a in enumerate(AMINO_ACIDS):
-    _LOOKUP[ord(_a)] = _LOOKUP[ord(_a.lower())] = _i
+
+
+@cache
+def _lookup() -> np.ndarray:
+    """Byte -> symbol id of its amino acid (either case), -1 for any other byte."""
+    import numpy as np
+
+    table = np.full(256, -1, dtype=np.int16)
+    for i, a in enumerate(AMINO_ACIDS):
+        table[ord(a)] = table[ord(a.lower())] = i
+    return table
 
 
 def encode(seq: str) -> np.ndarray:
     """Symbol ids (int8) of an amino-acid sequence; raises ValueError naming an unknown letter."""
+    import numpy as np
+
     raw = np.frombuffer(seq.encode("ascii", errors="replace"), dtype=np.uint8)
-    ids = _LOOKUP[raw]
+    ids = _lookup()[raw]
     if (ids < 0).any():
         bad = seq[int(np.argmax(ids < 0))]
         raise ValueError(f"{bad!r} is not an amino-acid letter (valid: {''.join(AMINO_ACIDS)})")
@@ -78,6 +86,8 @@ def crop(ids: np.ndarray, max_residues: int | None, how: str) -> np.ndarray:
         return ids
     if how == "start":
         return ids[:max_residues]
+    import numpy as np
+
     head = (max_residues + 1) // 2
     return np.concatenate([ids[:head], ids[len(ids) - (max_residues - head) :]])
 
@@ -151,6 +161,7 @@ class ProteinConfig(TaskConfig):
 
     def load(self) -> TaskData:
         import datasets  # here, not at the top: reading a recipe imports no `datasets`
+        import numpy as np
 
         raw, notes = self._read()
         rng = np.random.default_rng(self.data_seed)
@@ -211,6 +222,8 @@ def drop_overlaps(raw: dict[str, protein_files.Records]) -> tuple[dict[str, prot
 
 def composition(tokens: list[list[int]]) -> np.ndarray:
     """(n, alphabet) fraction of each amino acid in each sequence."""
+    import numpy as np
+
     out = np.zeros((len(tokens), len(AMINO_ACIDS)), dtype=np.float32)
     for i, t in enumerate(tokens):
         if len(t):

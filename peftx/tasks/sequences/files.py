@@ -11,14 +11,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import datasets
-import numpy as np
+from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
 from peftx.util.cache import cache_root
 from peftx.util.echo import printable
 from peftx.util.text_files import decode_text, split_lines
+
+# `datasets` and numpy are imported by the functions that read tables: the task registers (and a recipe
+# is read) without either.
+if TYPE_CHECKING:
+    import datasets
+    import numpy as np
 
 # File suffix -> the `datasets` builder that reads it (and its options).
 FORMATS = {
@@ -66,6 +70,8 @@ def read_file(path: Path) -> tuple[datasets.Dataset, Where]:
     """
     if not path.is_file():
         raise PeftxError(f"{path}: no such data file")
+    import datasets
+
     datasets.disable_progress_bars()  # a bar per file is noise around peftx's own output
     builder, options = file_format(path)
     if builder == "csv":
@@ -137,6 +143,8 @@ def _text_columns(path: Path, delimiter: str) -> dict:
         raise PeftxError(f"{path}:1: no header line (the first line names the columns)")
     if len(set(header)) != len(header):
         raise PeftxError(f"{path}:1: a column name appears twice ({', '.join(header)})")
+    import datasets
+
     features = datasets.Features({c: datasets.Value("string") for c in header})
     return {"features": features, "na_filter": False}
 
@@ -147,6 +155,8 @@ def read_hub(path: str, subset: str | None, split: str) -> tuple[datasets.Datase
     Raises:
         PeftxError: the data set or split cannot be had (offline, a wrong id or split name).
     """
+    import datasets
+
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(path, subset, split=split, cache_dir=str(cache_root() / "datasets"))
@@ -182,6 +192,8 @@ def vectors(cell: object, width: int | None) -> np.ndarray:
         ValueError: a cell of another shape, a flat list without `width` or not a multiple of it,
             or a value that is not a finite number (or too large for float32).
     """
+    import numpy as np
+
     if isinstance(cell, str):
         text = cell.strip()
         cell = json.loads(text) if text.startswith("[") else [float(x) for x in text.split()]

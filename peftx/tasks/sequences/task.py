@@ -22,16 +22,14 @@ import statistics
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import datasets
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import ContinuousSpec, InputSpec, SymbolVocab
 from peftx.spec.objective import Classification, MultiLabel, Objective, Regression
-from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo, majority_accuracy
+from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo
 from peftx.tasks.registry import TASKS
 from peftx.tasks.sequences.files import (
     FORMATS,
@@ -48,9 +46,16 @@ from peftx.tasks.sequences.files import (
     target_values,
     vectors,
 )
+from peftx.tasks.splits import hold_out, majority_accuracy
 from peftx.util.user_paths import UserPath
 
-Table = tuple[datasets.Dataset, Where]
+# `datasets` and numpy are imported where data is made: the task registers (and a recipe is read)
+# without either.
+if TYPE_CHECKING:
+    import datasets
+    import numpy as np
+
+    Table = tuple[datasets.Dataset, Where]
 
 
 class SequencesConfig(TaskConfig):
@@ -264,6 +269,8 @@ class SequencesConfig(TaskConfig):
             raise PeftxError(
                 f"{where.row(row, self.label_column)}: {len(ys[row])} target(s), the first row has {len(self._labels)}"
             )
+        import datasets
+
         spec = self.describe().input_spec
         if isinstance(spec, SymbolVocab):
             x_feature = datasets.Sequence(datasets.Value("int32"))
@@ -327,7 +334,9 @@ class SequencesConfig(TaskConfig):
         present = {s: self._encode_split(s) for s in self._raw}
         missing = [s for s in SPLITS if s not in present]
         if missing:
-            present = _hold_out(present, missing, self.holdout, self.split_seed)
+            present = hold_out(present, missing, self.holdout, self.split_seed)
+        import datasets
+
         splits = datasets.DatasetDict({s: present[s] for s in SPLITS})
         train, test = splits["train"], splits["test"]
         baselines = {}
@@ -357,6 +366,8 @@ class SequencesConfig(TaskConfig):
 
     def _label_note(self, train_labels: list) -> str:
         if self.objective == "regression":
+            import numpy as np
+
             values = np.asarray(train_labels, dtype=np.float64)
             mean, std = values.mean(0).round(4).tolist(), values.std(0).round(4).tolist()
             return f"targets {', '.join(self._labels)} (train): mean {mean}, std {std}"
@@ -367,24 +378,9 @@ class SequencesConfig(TaskConfig):
 
 def _vector_text(cell: object) -> str:
     """A list cell as the JSON text `parse` reads back."""
+    import numpy as np
+
     return json.dumps(np.asarray(cell, dtype=np.float64).tolist(), separators=(",", ":"))
-
-
-def _hold_out(
-    present: dict[str, datasets.Dataset], missing: list[str], fractions: dict[str, float], seed: int
-) -> dict[str, datasets.Dataset]:
-    """Carve the missing splits out of train (seeded permutation) by their `holdout` fractions."""
-    train = present["train"]
-    order = np.random.default_rng(seed).permutation(len(train))
-    out, start = dict(present), 0
-    for split in missing:
-        n = max(1, round(fractions.get(split, 0.1) * len(train)))
-        out[split] = train.select(sorted(order[start : start + n]))
-        start += n
-    if start >= len(train):
-        raise PeftxError(f"task: {len(train)} training rows are too few to hold out {missing}")
-    out["train"] = train.select(sorted(order[start:]))
-    return out
 
 
 TASKS.register(SequencesConfig)

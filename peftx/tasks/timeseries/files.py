@@ -20,10 +20,13 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
+
+# numpy is imported by the readers: the timeseries task registers (and a recipe is read) without it.
+if TYPE_CHECKING:
+    import numpy as np
 
 # aeon's shipped data sets, by the kind of problem the archive poses.
 CLASSIFICATION = (
@@ -100,6 +103,8 @@ def _aeon_message(e: Exception) -> str:
 
 def _collection(X, y, where: str, kind: str) -> Collection:
     """aeon's (cases, channels, time) array or list of (channels, time) arrays -> a Collection."""
+    import numpy as np
+
     series = [np.asarray(x, dtype=np.float64).T for x in X]  # (time, channels)
     labels = None if y is None or len(y) == 0 else [v.item() if hasattr(v, "item") else v for v in y]
     return Collection(series, labels, where, kind=kind)
@@ -126,6 +131,7 @@ def load_shipped(name: str, split: str) -> Collection:
 def load_shipped_series(name: str) -> Collection:
     """A shipped forecasting data set: its series, whole."""
     import aeon.datasets as aeon_datasets  # see `load_shipped`
+    import numpy as np
 
     loader = FORECASTING[name].loader
     with warnings.catch_warnings():  # aeon 1.6 deprecates the small classic series; they still load
@@ -180,6 +186,7 @@ def _require(frame, path: Path, columns: list[str]) -> None:
 
 def _numbers(frame, path: Path, columns: list[str]) -> np.ndarray:
     """The columns as float64, empty cells as NaN; a cell that is not a number is an error."""
+    import numpy as np
     import pandas as pd
 
     out = frame[columns].apply(pd.to_numeric, errors="coerce")
@@ -202,6 +209,8 @@ def read_table(
     Raises:
         PeftxError: a missing column, a cell that is not a number, a series with two labels.
     """
+    import numpy as np
+
     frame = _read_frame(path)
     if layout == "auto":
         layout = "long" if time_column in frame.columns else "wide"
@@ -257,6 +266,8 @@ def clean(coll: Collection, missing: str, channels: int | None) -> list[np.ndarr
     Raises:
         PeftxError: naming the series, and for a bad value its channel and step.
     """
+    import numpy as np
+
     out = []
     for i, x in enumerate(coll.series):
         if x.ndim != 2 or x.shape[0] == 0:
@@ -276,6 +287,8 @@ def clean(coll: Collection, missing: str, channels: int | None) -> list[np.ndarr
 
 def _interpolate(x: np.ndarray, where: str) -> np.ndarray:
     """Linear interpolation of NaN steps per channel (numpy's `interp`: the nearest value at the ends)."""
+    import numpy as np
+
     x = x.copy()
     t = np.arange(len(x))
     for c in range(x.shape[1]):

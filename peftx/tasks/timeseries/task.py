@@ -26,15 +26,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import ContinuousSpec
 from peftx.spec.objective import Classification, Forecasting, Objective, Regression
-from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo, check_splits, majority_accuracy
+from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo
 from peftx.tasks.registry import TASKS
 from peftx.tasks.sequences.files import label_name, sorted_labels, target_values, vectors
+from peftx.tasks.splits import check_splits, majority_accuracy
 from peftx.tasks.timeseries import files
 from peftx.tasks.timeseries.files import DATASETS, FORECASTING, TABLE_SUFFIXES, Collection
 from peftx.tasks.timeseries.windows import Windowing, cut, seasonal_naive
@@ -42,6 +42,7 @@ from peftx.util.user_paths import UserPath
 
 if TYPE_CHECKING:  # imported where data is made: reading a recipe imports neither
     import datasets
+    import numpy as np
 
 SUFFIXES = (".ts", *TABLE_SUFFIXES)
 
@@ -344,6 +345,8 @@ def carve(labels: list | None, n: int, fraction: float, seed: int) -> tuple[list
     Raises:
         PeftxError: fewer than two examples.
     """
+    import numpy as np
+
     if n < 2:
         raise PeftxError(f"task: {n} training series are too few to hold out a split")
     rng = np.random.default_rng(seed)
@@ -364,6 +367,7 @@ def carve(labels: list | None, n: int, fraction: float, seed: int) -> tuple[list
 def _dataset(xs: list[np.ndarray], ys: list, kind: str, labels: tuple[str, ...]) -> datasets.Dataset:
     """One split: `values` (steps, channels) per series or window, and `label`."""
     import datasets  # see the imports above
+    import numpy as np
 
     label_feature = (
         datasets.ClassLabel(names=list(labels))

@@ -13,11 +13,13 @@ the whole series before the origin (`seasonal_naive_scale`; M4's definition of M
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
 from peftx.spec.objective import seasonal_naive_scale
+
+if TYPE_CHECKING:  # numpy: only where windows are cut
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ def seasonal_naive(windows: list[Window], horizon: int, season: int) -> np.ndarr
     """The seasonal-naive forecast of each window, (windows, horizon x channels) time-major: step j
     repeats the context's value one season (j mod season) back; the last value for a context shorter
     than a season."""
+    import numpy as np
+
     out = []
     for win in windows:
         ctx = win.context

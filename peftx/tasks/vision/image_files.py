@@ -14,17 +14,21 @@ import gzip
 import pickle
 import struct
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from peftx.errors import PeftxError
+
+# numpy is imported by the readers: the vision task registers (and a recipe is read) without it.
+if TYPE_CHECKING:
+    import numpy as np
+
+    Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images (n, h, w, c) uint8, labels (n,))
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images (n, h, w, c) uint8, labels (n,))
 
 
 def _find(data_dir: Path, stem: str) -> Path:
@@ -36,6 +40,8 @@ def _find(data_dir: Path, stem: str) -> Path:
 
 def read_idx(path: Path) -> np.ndarray:
     """An idx file's array (unsigned-byte data only, as MNIST and Fashion-MNIST use)."""
+    import numpy as np
+
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
             data = f.read()
@@ -56,6 +62,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 def read_idx_dir(data_dir: Path) -> Arrays:
     """Train and test images and labels from a folder of idx files."""
+    import numpy as np
+
     if not data_dir.is_dir():
         raise PeftxError(f"{data_dir}: no such folder of idx files")
     out = {}
@@ -69,6 +77,8 @@ def read_idx_dir(data_dir: Path) -> Arrays:
 
 def read_cifar_batches(data_dir: Path) -> Arrays:
     """CIFAR-10's python batches (rows of 3072 bytes: the red, green, then blue 32x32 planes)."""
+    import numpy as np
+
     if not data_dir.is_dir():
         raise PeftxError(f"{data_dir}: no such folder (expected CIFAR-10's cifar-10-batches-py)")
     out = {}
@@ -98,6 +108,7 @@ def read_cifar_batches(data_dir: Path) -> Arrays:
 def read_hub(hub_id: str, channels: int) -> tuple[Arrays, list[str]]:
     """Train and test splits of an image-classification dataset on the Hugging Face hub (or its cache)."""
     import datasets
+    import numpy as np
 
     try:
         dd = datasets.load_dataset(hub_id)
@@ -125,6 +136,8 @@ def read_hub(hub_id: str, channels: int) -> tuple[Arrays, list[str]]:
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits (1,797 images) as (n, 8, 8, 1) uint8 and labels."""
+    import numpy as np
+
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -137,6 +150,8 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
 def read_image_file(path: Path, channels: int) -> np.ndarray:
     """One image as (height, width, channels) uint8: a .npy array (uint8, or floats in [0, 1]) or an
     image file Pillow can open (converted to greyscale or RGB as the task needs)."""
+    import numpy as np
+
     if not path.is_file():
         raise PeftxError(f"{path}: no such image file")
     if path.suffix == ".npy":

@@ -20,27 +20,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field
 
 from peftx.errors import PeftxError
 from peftx.spec.input_spec import ContinuousSpec
-from peftx.tasks.base import (
-    SPLITS,
-    TaskConfig,
-    TaskData,
-    TaskInfo,
-    check_splits,
-    majority_accuracy,
-    nearest_centroid_accuracy,
-)
+from peftx.tasks.base import SPLITS, TaskConfig, TaskData, TaskInfo
 from peftx.tasks.registry import TASKS
+from peftx.tasks.splits import check_splits, majority_accuracy, nearest_centroid_accuracy
 from peftx.tasks.vision import image_files
 from peftx.util.cache import cached_dataset_dict
 from peftx.util.user_paths import UserPath
 
-if TYPE_CHECKING:  # imported where data is made: reading a recipe imports no `datasets`
+if TYPE_CHECKING:  # imported where data is made: reading a recipe imports neither
     import datasets
+    import numpy as np
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "digits": (8, 8, 1)}  # (height, width, channels)
@@ -66,6 +59,8 @@ FORMAT_VERSION = 1
 
 def to_sequences(images: np.ndarray, mode: str, patch: int, downsample: int, greyscale: bool) -> np.ndarray:
     """(n, h, w, c) uint8 images -> (n, seq, dim) uint8 sequences (see the module docstring)."""
+    import numpy as np
+
     x = images
     if greyscale and x.shape[-1] == 3:  # ITU-R 601 luma, as Pillow's convert("L")
         x = ((x.astype(np.uint32) * np.array([299, 587, 114])).sum(-1) + 500) // 1000
@@ -181,6 +176,7 @@ class VisionConfig(TaskConfig):
 
     def _build(self) -> datasets.DatasetDict:
         import datasets
+        import numpy as np
 
         arrays, _ = self._read()
         rng = np.random.default_rng(self.data_seed)
@@ -225,6 +221,8 @@ class VisionConfig(TaskConfig):
         return datasets.DatasetDict(out)
 
     def load(self) -> TaskData:
+        import numpy as np
+
         seq, dim = self.sequence_shape()
         key = {"format": FORMAT_VERSION, **self.model_dump(mode="json", exclude={"name"}), **self._source_key()}
         splits = cached_dataset_dict("vision", key, self._build)
@@ -253,6 +251,7 @@ class VisionConfig(TaskConfig):
 
 def _flat_values(ds: datasets.Dataset) -> np.ndarray:
     """(n, seq * dim) float32 intensities of a split of equal-length images (for baselines)."""
+    import numpy as np
     import pyarrow.compute as pc
 
     col = ds.data.column("values").combine_chunks()

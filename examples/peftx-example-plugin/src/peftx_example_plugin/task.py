@@ -14,7 +14,7 @@ import datasets
 
 from peftx.errors import PeftxError
 from peftx.tasks import TASKS, SymbolVocab, TaskConfig, TaskData, TaskInfo
-from peftx.tasks.base import majority_accuracy
+from peftx.tasks.splits import majority_accuracy
 
 
 class LabelledLinesConfig(TaskConfig):
