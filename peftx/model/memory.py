@@ -119,3 +119,10 @@ def process_memory() -> dict[str, int]:
             "cuda_reserved_bytes": torch.cuda.memory_reserved(),
         }
     return out
+
+
+def memory_for_log() -> dict[str, int]:
+    """What the training log records of `process_memory` at each log step: resident memory and the
+    freed memory glibc keeps (where the platform tells them)."""
+    memory = process_memory()
+    return {k: memory[k] for k in ("rss_bytes", "heap_free_bytes") if k in memory}

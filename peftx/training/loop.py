@@ -25,7 +25,7 @@ from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
 from peftx.errors import Diverged, Interrupted, PeftxError
-from peftx.model.memory import enable_gradient_checkpointing, process_memory
+from peftx.model.memory import enable_gradient_checkpointing, memory_for_log
 from peftx.training.checkpoints import LoopState, StopRequests
 from peftx.training.evaluation import evaluate
 from peftx.training.global_batch import loss_term, micro_batches
@@ -296,7 +296,7 @@ class Trainer:
             grad_norm=sums[3] / sums[4] if sums[4] else None,  # every process measured the same norms
             examples_per_s=sums[1] / seconds,
             tokens_per_s=sums[2] / seconds,
-            **_memory_now(),
+            **memory_for_log(),
         )
         self.state.train_log.append(point)
         if report is not None:
@@ -396,9 +396,3 @@ def train(job: TrainJob, on_point: OnPoint | None = None) -> TrainOutcome:
     """Train `job.model` and keep the selected weights in it: `Trainer(job).run(on_point)` (its Args,
     Returns and Raises)."""
     return Trainer(job).run(on_point)
-
-
-def _memory_now() -> dict[str, int]:
-    """This process's resident memory and glibc's kept free heap, for the training log."""
-    memory = process_memory()
-    return {k: memory[k] for k in ("rss_bytes", "heap_free_bytes") if k in memory}

@@ -107,3 +107,13 @@ def key_label(key: str) -> str:
 def short(value: object, width: int = 28) -> str:
     text = str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def pct(x: float) -> str:
+    return "—" if math.isnan(x) else f"{100 * x:.1f}"
+
+
+def shown(row: Row, x: float) -> str:
+    """A value of the row's metric in the table's unit: percentages to one decimal (`pct`), errors to
+    four significant digits."""
+    return pct(x) if row.scale == 100 else ("—" if math.isnan(x) else f"{x:.4g}")

@@ -11,15 +11,15 @@ sqrt(n)).
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from peftx.errors import PeftxError
 from peftx.recipe import result_neutral_keys
 from peftx.runs.record import RESULT, RunRecord
-from peftx.studies.report.plots import PLOT_FILES, arm, control_pairs, plot
-from peftx.studies.report.rows import Row, mean, sem, short, stopped_label, welch_interval
+from peftx.studies.report.plots import PLOT_FILES, plot
+from peftx.studies.report.rows import Row, mean, sem, short, shown, stopped_label
+from peftx.studies.report.sections import chosen_on, not_reported_section, pretrained_section, unreadable_section
 from peftx.studies.selection import choose
 from peftx.util.echo import printable
 
@@ -197,16 +197,6 @@ def _differs(values: list) -> bool:
     return len({json.dumps(v, sort_keys=True, default=str) for v in values if v is not None}) > 1
 
 
-def pct(x: float) -> str:
-    return "—" if math.isnan(x) else f"{100 * x:.1f}"
-
-
-def shown(row: Row, x: float) -> str:
-    """A value of the row's metric in the table's unit: percentages to one decimal (`pct`), errors to
-    four significant digits."""
-    return pct(x) if row.scale == 100 else ("—" if math.isnan(x) else f"{x:.4g}")
-
-
 def _cell(value: object) -> str:
     """A value from a recipe as a table cell: control characters escaped, `|` kept from ending the cell."""
     return printable(str(value)).replace("|", "\\|")
@@ -279,105 +269,6 @@ def _task_table(rows: list[Row], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pretrained_section(rows: list[Row]) -> str:
-    """Each pretrained configuration beside each of its controls (from-scratch twin; shuffled,
-    self-pretrained, ablated body where the runs hold them): the difference of mean test values with its
-    95% Welch interval over seeds, each arm at its own chosen learning rate."""
-    pairs = control_pairs(rows)
-    if not pairs:
-        return ""
-    if all(arm(c) == "scratch" and p.metric == "accuracy" for p, c in pairs.values()):
-        head = [
-            "Mean test accuracy of the pretrained configuration minus its from-scratch twin's, each at its own "
-            "chosen learning rate; 95% Welch interval over seeds.",
-            "",
-            "| configuration | pretrained % | from scratch % | difference (points) | 95% interval |",
-            "|---|---:|---:|---:|---|",
-        ]
-        body = [_pair_line(label, pre, control, with_control=False) for label, (pre, control) in pairs.items()]
-        return "\n".join(["## Pretrained − from scratch", "", *head, *body]) + "\n"
-    head = [
-        "Mean test value of each task's primary metric for the pretrained configuration minus each control's "
-        "(from scratch; shuffled weights; self-pretrained on the task's own inputs; the body taken out), each "
-        "at its own chosen learning rate; 95% Welch interval over seeds. Where lower is better (an error), a "
-        "negative difference favours the pretrained model.",
-        "",
-        "| configuration | control | metric | pretrained | control | difference | 95% interval |",
-        "|---|---|---|---:|---:|---:|---|",
-    ]
-    body = [_pair_line(label, pre, control, with_control=True) for label, (pre, control) in pairs.items()]
-    return "\n".join(["## Pretrained − controls", "", *head, *body]) + "\n"
-
-
-def _pair_line(label: str, pre: Row, control: Row, with_control: bool) -> str:
-    diff, lo, hi = welch_interval([pre.scale * a for a in pre.test], [control.scale * a for a in control.test])
-    digits = ".1f" if pre.scale == 100 else ".4g"
-    interval = "—" if math.isnan(lo) else f"[{lo:+{digits}}, {hi:+{digits}}]"
-    cells = [f"{label} ({pre.key} vs {control.key})"]
-    if with_control:
-        cells += [arm(control), pre.unit]
-    cells += [shown(pre, mean(pre.test)), shown(control, mean(control.test)), f"{diff:+{digits}}", interval]
-    return "| " + " | ".join(cells) + " |"
-
-
-def tasks_section(records: list[RunRecord]) -> str:
-    """Each task identity: its label, its recipe section and what the task said it loaded."""
-    labels = task_labels(records)
-    lines = ["## Tasks", "", "| task | recipe section | data |", "|---|---|---|"]
-    for ident, label in labels.items():
-        notes = next((r.data_notes for r in records if task_identity(r) == ident), [])
-        data = "; ".join(n for n in notes if not n.startswith("truncated")) or "—"
-        lines.append(f"| {label} | `{ident}` | {data} |")
-    return "\n".join(lines) + "\n"
-
-
-def unreadable_section(unreadable: list[str]) -> str:
-    """Result files that could not be read at all: listed with why, so that none is silently missing."""
-    if not unreadable:
-        return ""
-    lines = ["## Unreadable result files", "", "| file and why |", "|---|"]
-    lines += [f"| {short(printable(u).replace('|', chr(92) + '|'), 200)} |" for u in unreadable]
-    return "\n".join(lines) + "\n"
-
-
-def not_reported_section(runs: list[tuple[Path, RunRecord]], root: Path) -> str:
-    """Runs that did not complete (failed, interrupted, diverged, pruned, still running): listed, never
-    averaged into a configuration."""
-    others = [(p, r) for p, r in runs if not r.completed]
-    if not others:
-        return ""
-    lines = [
-        "## Runs not reported",
-        "",
-        "These did not complete; no number of theirs enters the tables above."
-        + (" A sweep's pruner stopped the `pruned` ones early." if any(r.pruned for _, r in others) else ""),
-        "",
-        "| run | status | steps evaluated | error |",
-        "|---|---|---:|---|",
-    ]
-    for path, r in others:
-        where = path.relative_to(root) if path.is_relative_to(root) else path
-        why = r.error or (f"pruned at step {r.pruned.step}: {r.pruned.reason}" if r.pruned else "")
-        error = why.replace("|", "\\|").splitlines()[0] if why else ""
-        cells = [printable(str(where)).replace("|", "\\|"), r.status, str(len(r.history)), short(printable(error), 80)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _chosen_on(rows: list[Row]) -> str:
-    metrics = list(dict.fromkeys(r.metric for r in rows))
-    if metrics == ["accuracy"]:
-        return "Test accuracy at the learning rate chosen on mean validation accuracy (over the seeds every rate ran)"
-    named = ", ".join(
-        f"{m} ({'higher' if r.higher_is_better else 'lower'} is better)"
-        for m, r in ((m, next(r for r in rows if r.metric == m)) for m in metrics)
-    )
-    return (
-        f"Each task's primary metric — {named} — on test, at the learning rate chosen on its mean validation "
-        "value (over the seeds every rate ran)"
-    )
-
-
 REPORT_FILES = ("report.md", *PLOT_FILES)
 
 
@@ -399,6 +290,17 @@ def check_report_dir(out: Path) -> None:
     taken = [name for name in REPORT_FILES if (out / name).exists()]
     if taken and not md.exists():
         raise PeftxError(f"{out / taken[0]}: exists beside no peftx report; choose another --out")
+
+
+def tasks_section(records: list[RunRecord]) -> str:
+    """Each task identity: its label, its recipe section and what the task said it loaded."""
+    labels = task_labels(records)
+    lines = ["## Tasks", "", "| task | recipe section | data |", "|---|---|---|"]
+    for ident, label in labels.items():
+        notes = next((r.data_notes for r in records if task_identity(r) == ident), [])
+        data = "; ".join(n for n in notes if not n.startswith("truncated")) or "—"
+        lines.append(f"| {label} | `{ident}` | {data} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(
@@ -434,7 +336,7 @@ def write_report(
         f"# Report: {root}",
         "",
         f"Made by `{command}` from {len(runs) + len(unreadable)} result file(s): {len(completed)} completed run(s) in "
-        f"{len(rows)} configuration(s). {_chosen_on(rows)}; mean ± standard error over distinct seeds. `stopped`: "
+        f"{len(rows)} configuration(s). {chosen_on(rows)}; mean ± standard error over distinct seeds. `stopped`: "
         "flat (train.early_stop ended the run) or cap (it ran every step it was given); `(edge)`: the chosen "
         "rate is the smallest or largest of the three or more tried, so a better one may lie beyond it.",
         "",
