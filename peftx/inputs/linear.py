@@ -41,16 +41,23 @@ class LinearConfig(InputConfig):
     def build(self, ctx: InputContext) -> nn.Module:
         if not isinstance(ctx.spec, ContinuousSpec):
             raise PeftxError("input.name: linear needs a task with continuous inputs (e.g. vision)")
-        import torch  # when a model is built: reading a recipe imports no torch (`peftx.inputs.layers`)
-
-        from peftx.inputs.layers import LearnedEmbedding, LinearInput, PretrainedVocabEmbedding, embedding_std
+        from peftx.inputs.layers import LinearInput  # when a model is built: reading a recipe imports no torch
 
         embed = ctx.backbone.get_input_embeddings()
-        if self.framing == "model":
-            framing: nn.Module = PretrainedVocabEmbedding(embed, framing_tokens(ctx))
-        else:
-            framing = LearnedEmbedding(torch.randn(NUM_FRAMING, ctx.hidden_size) * embedding_std(ctx), embed)
-        return LinearInput(ctx.spec.dim, ctx.hidden_size, self.gain, framing, embed)
+        return LinearInput(ctx.spec.dim, ctx.hidden_size, self.gain, framing_layer(ctx, self.framing), embed)
+
+
+def framing_layer(ctx: InputContext, kind: str) -> nn.Module:
+    """The start/end positions of a continuous input: the model's own special-token embeddings
+    (`model`), or learned vectors at the scale of its embeddings (`learned`)."""
+    import torch
+
+    from peftx.inputs.layers import LearnedEmbedding, PretrainedVocabEmbedding, embedding_std
+
+    embed = ctx.backbone.get_input_embeddings()
+    if kind == "model":
+        return PretrainedVocabEmbedding(embed, framing_tokens(ctx))
+    return LearnedEmbedding(torch.randn(NUM_FRAMING, ctx.hidden_size) * embedding_std(ctx), embed)
 
 
 INPUTS.register(LinearConfig)

@@ -25,9 +25,8 @@ from pydantic import Field, model_validator
 
 from peftx.errors import PeftxError
 from peftx.inputs.base import InputConfig, InputContext
-from peftx.inputs.pretrained_vocab import framing_tokens
+from peftx.inputs.linear import framing_layer
 from peftx.inputs.registry import INPUTS
-from peftx.spec.index_space import NUM_FRAMING
 from peftx.spec.input_spec import ContinuousSpec
 
 if TYPE_CHECKING:
@@ -66,16 +65,10 @@ class PatchLinearConfig(InputConfig):
     def build(self, ctx: InputContext) -> nn.Module:
         if not isinstance(ctx.spec, ContinuousSpec):
             raise PeftxError("input.name: patch_linear needs a task with continuous inputs (e.g. timeseries)")
-        import torch  # when a model is built: reading a recipe imports no torch
-
-        from peftx.inputs.layers import LearnedEmbedding, PretrainedVocabEmbedding, embedding_std
-        from peftx.inputs.series_layers import PatchInput
+        from peftx.inputs.series_layers import PatchInput  # when a model is built: reading a recipe imports no torch
 
         embed = ctx.backbone.get_input_embeddings()
-        if self.framing == "model":
-            framing: nn.Module = PretrainedVocabEmbedding(embed, framing_tokens(ctx))
-        else:
-            framing = LearnedEmbedding(torch.randn(NUM_FRAMING, ctx.hidden_size) * embedding_std(ctx), embed)
+        framing = framing_layer(ctx, self.framing)
         frame = (ctx.specials.bos is not None, ctx.specials.eos is not None)
         rows = self.max_patches if self.positions == "learned" else None
         independent = self.channels == "independent"
