@@ -89,10 +89,11 @@ def _capped(workers: int, points: list[Point], log) -> int:
     if workers > max(left, 1):
         log(f"--workers {workers}: {left} point(s) left to run, starting {max(left, 1)} worker(s)")
         workers = max(left, 1)
-    fits = memory_cap(points) if workers > 1 else workers
-    if workers > fits:
-        log(f"--workers {workers}: memory for {fits} worker(s) here ({_memory_note(points)}), starting {fits}")
-        workers = fits
+    if workers > 1:
+        fits, why = memory_cap(points)
+        if workers > fits:
+            log(f"--workers {workers}: memory for {fits} worker(s) here ({why}), starting {fits}")
+            workers = fits
     return workers
 
 
@@ -104,14 +105,11 @@ def _worker_bytes(points: list[Point]) -> int:
     return WORKER_OVERHEAD_BYTES + 2 * state
 
 
-def memory_cap(points: list[Point]) -> int:
-    """Workers whose estimated memory (`_worker_bytes`) fits in the memory available now (at least 1)."""
-    return max(1, psutil.virtual_memory().available // _worker_bytes(points))
-
-
-def _memory_note(points: list[Point]) -> str:
+def memory_cap(points: list[Point]) -> tuple[int, str]:
+    """Workers whose estimated memory (`_worker_bytes`) fits in the memory available now (at least 1),
+    and the numbers behind it, for the message."""
     per, have = _worker_bytes(points), psutil.virtual_memory().available
-    return f"about {per / 2**30:.1f} GiB each, {have / 2**30:.1f} GiB available"
+    return max(1, have // per), f"about {per / 2**30:.1f} GiB each, {have / 2**30:.1f} GiB available"
 
 
 def _left(point: Point) -> int:

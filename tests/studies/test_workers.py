@@ -36,7 +36,7 @@ def _points(n_left: int, n_done: int, monkeypatch) -> list:
     points = [object() for _ in states]
     state_of = dict(zip(map(id, points), states))
     monkeypatch.setattr(sweep, "point_state", lambda p: state_of[id(p)])
-    monkeypatch.setattr(sweep, "memory_cap", lambda points: 10_000)  # memory is its own test's
+    monkeypatch.setattr(sweep, "memory_cap", lambda points: (10_000, ""))  # memory is its own test's
     return points
 
 
@@ -70,7 +70,7 @@ def test_workers_are_capped_by_the_memory_available(monkeypatch, tmp_path):
     per = sweep._worker_bytes(points)
     assert sweep.WORKER_OVERHEAD_BYTES < per < sweep.WORKER_OVERHEAD_BYTES + (10 << 20)  # a tiny model's state
     monkeypatch.setattr(sweep.psutil, "virtual_memory", lambda: type("M", (), {"available": int(2.5 * per)})())
-    assert sweep.memory_cap(points) == 2
+    assert sweep.memory_cap(points)[0] == 2
     started = _Started("pass")
     monkeypatch.setattr(sweep.subprocess, "Popen", started)
     said: list[str] = []
