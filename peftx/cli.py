@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from peftx import __version__
-from peftx.cli_errors import err, print_error, user_errors, user_path
 from peftx.errors import PeftxError
+from peftx.util.command_errors import err, print_error, user_errors, user_path
 from peftx.util.echo import printable
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)

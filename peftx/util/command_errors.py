@@ -1,4 +1,4 @@
-"""How the `peftx` command line reports what went wrong: a user's mistake (`PeftxError`, a full or
+"""How peftx's commands report what went wrong: a user's mistake (`PeftxError`, a full or
 read-only disk) as `error: <message>` on one line and exit code 2, a diverged run as exit code 3, a run
 stopped by a signal as 128 + N; paths given on the command line expanded as recipes expand theirs."""
 
