@@ -20,6 +20,8 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peftx.methods.recomputed_activation import made_by
+
 __all__ = ["fuse_lora_layers", "lora_linear"]
 
 
@@ -41,14 +43,18 @@ class _FusedLoraLinear(torch.autograd.Function):
             merged = torch.addmm(weight.to(dt), b, a, alpha=scale)  # (out, in)
             y = F.linear(x2, merged, None if bias is None else bias.to(dt))  # (tokens, out)
             xa = x2 @ a.t() if ctx.needs_input_grad[4] else None  # (tokens, r), for B's gradient
-        # The merged weight is formed again in backward rather than kept: as much memory as peft's layer
-        ctx.save_for_backward(x2, xa, weight, a, b)
+        # The merged weight is formed again in backward rather than kept: as much memory as peft's layer.
+        # An activation's output is made again from the input its activation keeps anyway.
+        ctx.made = made_by(x) if ctx.needs_input_grad[3] else None
+        ctx.save_for_backward(ctx.made.source if ctx.made else x2, xa, weight, a, b)
         ctx.scale, ctx.in_shape, ctx.compute_dtype = scale, x.shape, dt
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         x2, xa, weight, a, b = ctx.saved_tensors
+        if ctx.made is not None:
+            x2 = ctx.made.recompute().reshape(-1, ctx.in_shape[-1]).to(ctx.compute_dtype)
         s = ctx.scale
         g = grad.reshape(-1, grad.shape[-1]).to(ctx.compute_dtype)  # (tokens, out)
         gx = None

@@ -259,7 +259,9 @@ def load_backbone(
     config = load_config(source, overrides, trust_remote_code)
     fam = resolve_family(source, config, family)
     provenance: dict = {"source": source, "pretrained": pretrained, "model_type": config.model_type}
-    kwargs: dict = {"dtype": dtype}
+    # use_kernels: transformers would otherwise swap hub kernels into activations and norms at every
+    # train()/eval() (fetching their code where it can), undoing the speed options' own routing.
+    kwargs: dict = {"dtype": dtype, "use_kernels": False}
     if not allow_pickle:
         kwargs["use_safetensors"] = True  # transformers then never falls back to a pickle
     if quant is not None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from peftx.methods.lora_fused import fuse_lora_layers, lora_linear
+from peftx.methods.recomputed_activation import recompute_activations
 from tests.support.helpers import build, changed, snapshot, train_steps
 from tests.support.tiny import tiny_recipe
 
@@ -166,3 +167,69 @@ def test_lora_linear_without_grad_is_the_merged_product():
     expected = F.linear(x, w, b) + 0.5 * (x @ a.t()) @ bb.t()
     with torch.no_grad():
         torch.testing.assert_close(lora_linear(x, w, b, a, bb, 0.5), expected, rtol=1e-5, atol=1e-5)
+
+
+def _recomputing_pair(family: str):
+    """Two copies of a fused tiny LoRA model, the second with `recompute_activations`."""
+    _, fused, split = _lora_pair(family)
+    lean = copy.deepcopy(fused)
+    return fused, lean, recompute_activations(lean), split
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_recomputed_activations_give_the_same_loss_and_gradients(family, autocast):
+    """Exact, not close: the activation's output is the same function of the same tensor."""
+    fused, lean, routed, split = _recomputing_pair(family)
+    assert routed > 0
+    batch = split.collate(list(range(16)))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, grads = _loss_and_grads(fused, batch)
+        lean_loss, lean_grads = _loss_and_grads(lean, batch)
+    assert lean_loss == loss
+    for name, g in grads.items():
+        assert torch.equal(lean_grads[name], g), name
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes autograd keeps for backward over one forward (each storage once)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    batch = dict(batch)
+    y = batch.pop("labels")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(**batch), y)
+    loss.backward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_recomputed_activations_keep_the_feed_forward_output_no_more(family):
+    fused, lean, _, split = _recomputing_pair(family)
+    batch = split.collate(list(range(16)))
+    tokens = batch["input_ids"].numel()
+    config = fused.backbone.config
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.n_embd
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    saved = _saved_bytes(fused, batch) - _saved_bytes(lean, batch)
+    assert saved >= 0.95 * layers * tokens * width * 4  # at least one fp32 output per layer
+
+
+def test_an_activation_output_changed_in_place_is_kept_not_recomputed():
+    x = torch.randn(4, 6, requires_grad=True)
+    w, a, b = torch.randn(5, 6), torch.randn(2, 6, requires_grad=True), torch.randn(5, 2, requires_grad=True)
+    act = torch.nn.GELU()
+    recompute_activations(act)
+    y = act(x)
+    y.mul_(3.0)  # after this, act(x) is no longer the layer's input
+    lora_linear(y, w, None, a, b, 0.5).sum().backward()
+    expected = [t.grad.clone() for t in (x, a, b)]
+    for t in (x, a, b):
+        t.grad = None
+    y = torch.nn.functional.gelu(x) * 3.0
+    (F.linear(y, w) + 0.5 * (y @ a.t()) @ b.t()).sum().backward()
+    for got, want in zip(expected, (x.grad, a.grad, b.grad)):
+        torch.testing.assert_close(got, want)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from peftx.errors import PeftxError
+from peftx.methods.recomputed_activation import recompute_activations
 from peftx.model.loading import load_backbone, load_config
 from tests.support.tiny import TINY
 
@@ -46,6 +47,20 @@ def test_local_directory_round_trip(tmp_path, family):
     again = load_backbone(str(tmp_path / "m"), family=family)
     for (n, a), (_, b) in zip(bb.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_loaded_weights_keep_the_forwards_peftx_routes(tmp_path):
+    """transformers swaps hub kernels into activation modules at each train()/eval() of a model it
+    loaded, resetting their forwards; peftx loads with that off, so its speed options stay in place."""
+    bb = load_backbone(TINY["bert"]["source"], pretrained=False, overrides=TINY["bert"]["config_overrides"])
+    bb.model.save_pretrained(tmp_path / "m")
+    model = load_backbone(str(tmp_path / "m"), family="bert").model
+    assert recompute_activations(model) > 0
+    model.train()
+    model.eval()
+    model.train()
+    routed = [m for m in model.modules() if "forward" in vars(m)]
+    assert routed and all(vars(m)["forward"].__func__.__module__ == recompute_activations.__module__ for m in routed)
 
 
 def test_standard_configs_need_no_download():

@@ -114,7 +114,9 @@ def test_fast_loop_gives_the_plain_loop_losses(tmp_path, fam):
         raw = tiny_recipe(fam, tmp_path / str(fast))
         raw["model"]["config_overrides"].update(NO_DROPOUT[fam])
         raw["model"]["head_dropout"] = 0.0
-        raw["train"].update(fused_lora=fast, fast_dropout=fast, pad_to_multiple=None if fast else 8)
+        raw["train"].update(
+            fused_lora=fast, recompute_activations=fast, fast_dropout=fast, pad_to_multiple=None if fast else 8
+        )
         if not fast:
             raw["train"].update(eval_batch_tokens=None, eval_batch_size=32)
         results[fast] = run(validate_recipe(raw)).result

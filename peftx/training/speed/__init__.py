@@ -5,6 +5,8 @@ with the same distribution from a different stream of random numbers. `tests/tra
 holds each one to the plain path's loss.
 
 - `fused_lora`: each LoRA layer as one matrix product with the merged weight (`peftx.methods.lora_fused`).
+- `recompute_activations`: a fused LoRA layer after an activation keeps the activation's input, not its
+  output (`peftx.methods.recomputed_activation`).
 - `fast_dropout`: dropout masks from cheap random bits, attention dropout on the same math (`dropout`).
 - `threads: auto`: one thread or one per core, whichever is faster right now (`threads.ThreadTuner`).
 - `keep_freed_memory`: glibc's allocator keeps freed blocks instead of page-faulting them in again
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from peftx.methods.lora_fused import fuse_lora_layers, lora_linear
+from peftx.methods.recomputed_activation import recompute_activations
 from peftx.training.speed.allocator import keep_freed_memory
 from peftx.training.speed.dropout import FastDropout, attention_with_dropout, fast_dropout
 from peftx.training.speed.threads import ThreadTuner
@@ -38,6 +41,7 @@ __all__ = [
     "keep_freed_memory",
     "lora_linear",
     "prepare_model",
+    "recompute_activations",
 ]
 
 
@@ -58,6 +62,9 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
         keep_freed_memory()
     if cfg.fused_lora:
         fuse_lora_layers(model)
+        # Checkpointing recomputes every activation already; compiled graphs find their own recomputation.
+        if cfg.recompute_activations and not cfg.gradient_checkpointing and not cfg.compile:
+            recompute_activations(model)
     if cfg.compile:
         model.compile(dynamic=True)  # inductor fuses dropout and elementwise work itself
         return nullcontext
