@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -51,7 +52,8 @@ sys.path.insert(0, str(ROOT))
 from peftx.recipe import validate_recipe  # noqa: E402
 from peftx.runs.record import RunRecord  # noqa: E402
 from peftx.runs.run import run  # noqa: E402
-from peftx.spec.objective import format_metric  # noqa: E402
+from peftx.spec.objective import LOWER_IS_BETTER, PERCENT_METRICS, format_metric  # noqa: E402
+from peftx.studies.report.rows import welch_interval  # noqa: E402
 from peftx.tasks import TASKS  # noqa: E402
 from peftx.tasks.timeseries.files import CLASSIFICATION, FORECASTING, REGRESSION  # noqa: E402
 from peftx.util.env import versions  # noqa: E402
@@ -127,6 +129,7 @@ def peftx_row(dataset: str, arm: str, seed: int, args: argparse.Namespace) -> di
         "dataset": dataset,
         "method": f"peftx {arm}",
         "seed": seed,
+        "steps": args.steps,
         "primary": m.primary,
         "direction": m.direction,
         "test": m.test,
@@ -300,6 +303,66 @@ def markdown(summary: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def claims(summary: list[dict], rows: list[dict]) -> list[str]:
+    """The table's three questions per data set, each a difference of test means with its 95% interval:
+    pretrained vs scratch (`lora` - `lora_scratch`, `fpt` - `fpt_scratch`), the model's own digit tokens vs
+    a trained projection (`digits` - `lora`), and peftx vs each classical method (`lora` - method; the
+    classical fits are deterministic, so a one-sample interval over the peftx seeds)."""
+    tests: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if "error" not in r:
+            tests.setdefault((r["dataset"], r["method"]), []).append(r["test"][r["primary"]])
+    primary = {s["dataset"]: s["primary"] for s in summary if "primary" in s}
+    lines = []
+    for dataset, p in primary.items():
+        pairs = [
+            ("peftx lora", "peftx lora_scratch"),
+            ("peftx fpt", "peftx fpt_scratch"),
+            ("peftx digits", "peftx lora"),
+        ]
+        pairs += [("peftx lora", m) for (d, m) in tests if d == dataset and not m.startswith("peftx")]
+        for a, b in pairs:
+            xa, xb = tests.get((dataset, a)), tests.get((dataset, b))
+            if not xa or not xb:
+                continue
+            diff, lo, hi = welch_interval(xa, xb) if len(xb) > 1 else one_sample_interval(xa, xb[0])
+            better = "lower is better" if p in LOWER_IS_BETTER else "higher is better"
+            scale = 100 if p in PERCENT_METRICS else 1
+            unit = " points" if scale == 100 else ""
+            ci = "n/a (one seed)" if math.isnan(lo) else f"[{scale * lo:+.4g}, {scale * hi:+.4g}]"
+            verdict = "" if math.isnan(lo) or lo <= 0 <= hi else " — excludes 0"
+            cells = [dataset, f"{a} − {b}", f"{p} ({better})", f"{scale * diff:+.4g}{unit}", ci + verdict]
+            lines.append("| " + " | ".join(cells) + f" | {len(xa)}, {len(xb)} |")
+    if not lines:
+        return []
+    head = ["| data set | difference | metric | mean | 95% interval | runs |", "|---|---|---|---|---|---|"]
+    return [
+        "",
+        "Claims (test means; Welch intervals between peftx arms, one-sample against a classical fit):",
+        "",
+        *head,
+        *lines,
+    ]
+
+
+def one_sample_interval(xs: list[float], fixed: float, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(xs) - fixed and its t interval over xs (NaN bounds for one value)."""
+    diff = statistics.fmean(xs) - fixed
+    if len(xs) < 2:
+        return diff, float("nan"), float("nan")
+    from scipy import stats
+
+    half = stats.t.ppf(0.5 + level / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return diff, diff - half, diff + half
+
+
+def earlier_rows(out: Path) -> list[dict]:
+    """Rows of earlier invocations with the same --out: the table accumulates across calls (other data
+    sets, arms or seeds), and a row already measured is not run again (delete results.json to redo)."""
+    path = out / "results.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="JapaneseVowels,Covid3Month,m1_yearly")
@@ -315,26 +378,54 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown data set(s) {unknown}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    out = Path(args.out)
+    rows = earlier_rows(out)
+    done = {(r["dataset"], r["method"], r.get("seed"), r.get("steps")) for r in rows if "error" not in r}
+    rows = [r for r in rows if "error" not in r]  # a failed arm is tried again
+    commands = [c for c in earlier_commands(out) if c]
     for dataset in datasets:
-        if not args.no_classical:
+        if not args.no_classical and not any(d == dataset and s is None for d, _, s, _ in done):
             rows += classical_rows(dataset)
         for arm in args.arms.split(","):
             for seed in seeds:
+                if (dataset, f"peftx {arm}", seed, args.steps) in done:
+                    continue
                 rows.append(peftx_row(dataset, arm, seed, args))
                 print(json.dumps(rows[-1])[:300], flush=True)
+                write(out, rows, commands + [command(argv)], args)
+    write(out, rows, commands + [command(argv)], args)
+    print((out / "results.md").read_text())
+
+
+def command(argv: list[str] | None) -> str:
+    return shlex.join(["python", "scripts/bench_timeseries.py", *(argv if argv is not None else sys.argv[1:])])
+
+
+def earlier_commands(out: Path) -> list[str]:
+    path = out / "results.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return earlier.get("commands") or [earlier.get("command")]
+
+
+def write(out: Path, rows: list[dict], commands: list[str], args: argparse.Namespace) -> None:
+    """results.json and results.md from every row so far (written after each run: an interrupted table
+    loses at most the run in progress)."""
+    commands = list(dict.fromkeys(commands))
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     steps = args.steps or "the recipes'"
     meta = {
-        "command": shlex.join(["python", "scripts/bench_timeseries.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " && ".join(commands),
+        "commands": commands,
         "machine": machine(),
         "scale": f"{len(datasets)} data set(s), {len(seeds)} seed(s), {steps} steps per peftx arm",
     }
     summary = summarise(rows)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({**meta, "summary": summary, "rows": rows}, indent=1, default=str))
-    (out / "results.md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    (out / "results.md").write_text(markdown(summary, meta) + "\n".join(claims(summary, rows)) + "\n")
 
 
 if __name__ == "__main__":
