@@ -244,3 +244,21 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     off, on = faults("false"), faults("none")
     assert off > 10 * 16384 * 0.5  # the OS's 4 KiB pages, mapped again every time
     assert on < off / 4, (on, off)
+
+
+@pytest.mark.parametrize(
+    ("method", "train", "routed"),
+    [
+        ({"name": "lora", "r": 4}, {}, True),
+        ({"name": "lora", "r": 4}, {"recompute_activations": False}, False),
+        ({"name": "lora", "r": 4}, {"gradient_checkpointing": True}, False),
+        ({"name": "full"}, {}, False),  # no fused LoRA layer to make use of it
+    ],
+)
+def test_activations_are_recomputed_only_for_fused_lora_layers(method, train, routed):
+    raw = tiny_recipe("gpt2", method=method)
+    raw["train"].update(train)
+    recipe, _, model, _ = build(raw)
+    prepare_model(model, recipe.train, torch.device("cpu"))
+    activations = [m for n, m in model.named_modules() if n.endswith(".mlp.act")]
+    assert activations and all(("forward" in vars(m)) == routed for m in activations)

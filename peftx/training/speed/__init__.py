@@ -60,11 +60,11 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
         torch.set_num_threads(cfg.threads)
     if cfg.keep_freed_memory or (cfg.keep_freed_memory is None and device.type == "cpu"):
         keep_freed_memory()
-    if cfg.fused_lora:
-        fuse_lora_layers(model)
-        # Checkpointing recomputes every activation already; compiled graphs find their own recomputation.
-        if cfg.recompute_activations and not cfg.gradient_checkpointing and not cfg.compile:
-            recompute_activations(model)
+    fused = fuse_lora_layers(model) if cfg.fused_lora else 0
+    # Only fused LoRA layers make use of it; checkpointing recomputes every activation already, and a
+    # compiled graph chooses its own recomputation.
+    if fused and cfg.recompute_activations and not cfg.gradient_checkpointing and not cfg.compile:
+        recompute_activations(model)
     if cfg.compile:
         model.compile(dynamic=True)  # inductor fuses dropout and elementwise work itself
         return nullcontext
