@@ -44,11 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from filelock import FileLock, Timeout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from peftx.errors import Interrupted  # noqa: E402
 from peftx.recipe import validate_recipe  # noqa: E402
 from peftx.runs.record import RunRecord  # noqa: E402
 from peftx.runs.run import run  # noqa: E402
@@ -121,6 +123,8 @@ def peftx_row(dataset: str, arm: str, seed: int, args: argparse.Namespace) -> di
     start = time.perf_counter()
     try:
         result = run(validate_recipe(raw), overwrite=True)
+    except Interrupted:
+        raise  # a stop request (Ctrl-C, SIGTERM) stops the table, not just this arm
     except Exception as e:  # a failed arm is a row that says so; the table goes on
         return {"dataset": dataset, "method": f"peftx {arm}", "seed": seed, "error": f"{type(e).__name__}: {e}"}
     record: RunRecord = result.record
@@ -379,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown data set(s) {unknown}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / "results.lock")
+    try:
+        lock.acquire(timeout=0)  # two invocations on one --out would each rewrite the other's rows away
+    except Timeout:
+        parser.error(f"another bench_timeseries.py is writing to {out}; wait for it or use another --out")
     rows = earlier_rows(out)
     done = {(r["dataset"], r["method"], r.get("seed"), r.get("steps")) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]  # a failed arm is tried again
