@@ -381,7 +381,6 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [d for d in datasets if d not in (*CLASSIFICATION, *REGRESSION, *FORECASTING)]
     if unknown:
         parser.error(f"unknown data set(s) {unknown}")
-    seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out / "results.lock")
@@ -389,10 +388,16 @@ def main(argv: list[str] | None = None) -> None:
         lock.acquire(timeout=0)  # two invocations on one --out would each rewrite the other's rows away
     except Timeout:
         parser.error(f"another bench_timeseries.py is writing to {out}; wait for it or use another --out")
+    measure(out, datasets, [int(s) for s in args.seeds.split(",")], args, command(argv))
+    print((out / "results.md").read_text())
+
+
+def measure(out: Path, datasets: list[str], seeds: list[int], args: argparse.Namespace, this_command: str) -> None:
+    """Run the rows not yet in `out`'s results, writing the table after each."""
     rows = earlier_rows(out)
     done = {(r["dataset"], r["method"], r.get("seed"), r.get("steps")) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]  # a failed arm is tried again
-    commands = [c for c in earlier_commands(out) if c]
+    commands = [c for c in earlier_commands(out) if c] + [this_command]
     for dataset in datasets:
         if not args.no_classical and not any(d == dataset and s is None for d, _, s, _ in done):
             rows += classical_rows(dataset)
@@ -402,9 +407,8 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 rows.append(peftx_row(dataset, arm, seed, args))
                 print(json.dumps(rows[-1])[:300], flush=True)
-                write(out, rows, commands + [command(argv)], args)
-    write(out, rows, commands + [command(argv)], args)
-    print((out / "results.md").read_text())
+                write(out, rows, commands, args)
+    write(out, rows, commands, args)
 
 
 def command(argv: list[str] | None) -> str:
