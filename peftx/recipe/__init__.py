@@ -1,5 +1,5 @@
-"""Recipes: the schema (`schema`), which values are grid axes (`grid`), reading and validating YAML
-(`load`)."""
+"""Recipes: the schema (`schema`; the `train` section and the sections' base in `sections`), which
+values are grid axes (`grid`), reading and validating YAML (`load`)."""
 
 from peftx.recipe.grid import find_axes, reject_grid
 from peftx.recipe.load import apply_overrides, dump_recipe, load_recipe, read_raw, validate_recipe
@@ -8,11 +8,11 @@ from peftx.recipe.schema import (
     ModelSection,
     OutputSection,
     RecipeBase,
-    TrainSection,
     recipe_class,
     result_defining,
     result_neutral_keys,
 )
+from peftx.recipe.sections import TrainSection
 
 __all__ = [
     "PLUGINS",
