@@ -86,10 +86,10 @@ def _forward(self: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def _is_activation(module: nn.Module) -> bool:
-    """A parameter-free element-wise activation module: transformers' (`ACT2FN`) or torch's."""
+    """A parameter-free activation module: transformers' (`ACT2FN`) or torch's."""
     kind = type(module).__module__
-    return (kind == "transformers.activations" or kind == "torch.nn.modules.activation") and not any(
-        True for _ in module.parameters()
+    return (
+        kind in ("transformers.activations", "torch.nn.modules.activation") and next(module.parameters(), None) is None
     )
 
 
@@ -98,7 +98,7 @@ def recompute_activations(model: nn.Module) -> int:
     names unchanged). Returns how many were routed."""
     count = 0
     for module in model.modules():
-        if _is_activation(module) and not isinstance(module, nn.MultiheadAttention | nn.Softmax):
+        if _is_activation(module):
             module.forward = MethodType(_forward, module)
             count += 1
     return count
