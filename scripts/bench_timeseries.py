@@ -356,15 +356,19 @@ def one_sample_interval(xs: list[float], fixed: float, level: float = 0.95) -> t
         return diff, float("nan"), float("nan")
     from scipy import stats
 
-    half = stats.t.ppf(0.5 + level / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return diff, diff - half, diff + half
+    ci = stats.ttest_1samp(xs, fixed).confidence_interval(level)
+    return diff, float(ci.low - fixed), float(ci.high - fixed)
 
 
-def earlier_rows(out: Path) -> list[dict]:
-    """Rows of earlier invocations with the same --out: the table accumulates across calls (other data
-    sets, arms or seeds), and a row already measured is not run again (delete results.json to redo)."""
+def earlier(out: Path) -> tuple[list[dict], list[str]]:
+    """Rows and commands of earlier invocations with the same --out: the table accumulates across calls
+    (other data sets, arms or seeds), and a row already measured is not run again (delete results.json
+    to redo)."""
     path = out / "results.json"
-    return json.loads(path.read_text())["rows"] if path.is_file() else []
+    if not path.is_file():
+        return [], []
+    data = json.loads(path.read_text())
+    return data["rows"], [c for c in data.get("commands") or [data.get("command")] if c]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,10 +398,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def measure(out: Path, datasets: list[str], seeds: list[int], args: argparse.Namespace, this_command: str) -> None:
     """Run the rows not yet in `out`'s results, writing the table after each."""
-    rows = earlier_rows(out)
+    rows, commands = earlier(out)
     done = {(r["dataset"], r["method"], r.get("seed"), r.get("steps")) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]  # a failed arm is tried again
-    commands = [c for c in earlier_commands(out) if c] + [this_command]
+    commands = [*commands, this_command]
     for dataset in datasets:
         if not args.no_classical and not any(d == dataset and s is None for d, _, s, _ in done):
             rows += classical_rows(dataset)
@@ -415,14 +419,6 @@ def command(argv: list[str] | None) -> str:
     return shlex.join(["python", "scripts/bench_timeseries.py", *(argv if argv is not None else sys.argv[1:])])
 
 
-def earlier_commands(out: Path) -> list[str]:
-    path = out / "results.json"
-    if not path.is_file():
-        return []
-    earlier = json.loads(path.read_text())
-    return earlier.get("commands") or [earlier.get("command")]
-
-
 def write(out: Path, rows: list[dict], commands: list[str], args: argparse.Namespace) -> None:
     """results.json and results.md from every row so far (written after each run: an interrupted table
     loses at most the run in progress)."""
@@ -437,7 +433,6 @@ def write(out: Path, rows: list[dict], commands: list[str], args: argparse.Names
         "scale": f"{len(datasets)} data set(s), {len(seeds)} seed(s), {steps} steps per peftx arm",
     }
     summary = summarise(rows)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({**meta, "summary": summary, "rows": rows}, indent=1, default=str))
     (out / "results.md").write_text(markdown(summary, meta) + "\n".join(claims(summary, rows)) + "\n")
 
