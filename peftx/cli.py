@@ -24,6 +24,7 @@ from peftx import __version__
 from peftx.errors import PeftxError
 from peftx.util.command_errors import err, print_error, user_errors, user_path
 from peftx.util.echo import printable
+from peftx.util.huge_pages import enable_huge_pages
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 recipe_app = typer.Typer(no_args_is_help=True, help="What a recipe may hold: every field, its type, default and help.")
@@ -385,6 +386,7 @@ def recipe_show(
 def main() -> None:
     """The `peftx` command. Usage mistakes (a missing argument, an unknown option, a bad value) are
     printed as one line, exit code 2, like every other mistake in the input."""
+    enable_huge_pages()  # before any command imports torch, which reads it once
     try:
         code = app(standalone_mode=False)
     except Exception as e:  # typer's vendored click exceptions: matched by what they offer, not by a private path

@@ -95,10 +95,12 @@ class TrainSection(Section):
     shared with other jobs one thread can be 2x faster; auto times both every 100 steps and keeps the
     faster (reproducible to float rounding only)."""
     keep_freed_memory: bool | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
-    """Have the C library's allocator keep freed memory for reuse (glibc: tensors up to 256 MiB from
-    its heap, up to 1 GiB of free heap kept) instead of handing large blocks back to the OS and
-    page-faulting them in again each step (~1.1x faster CPU steps; the process keeps up to 1 GiB it
-    freed). None: on for CPUs under glibc. Process-wide, from the start of training."""
+    """How the C library's allocator (glibc) treats a step's large tensors. False: each block of 1 MiB
+    or more gets its own mapping and goes back to the OS when freed (lean: the demo peaks ~0.6 GB
+    lower). True: blocks up to 256 MiB come from the heap and up to 1 GiB of freed heap is kept, so
+    nothing is page-faulted in twice (faster steps, for the fragmented heap's memory). None: False on
+    CPUs, untouched on GPUs. Process-wide, from the start of training; docs/low-memory.md has the
+    trade as measured."""
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up
     front, so it pays only on long runs (see docs/speed.md)."""

@@ -215,35 +215,51 @@ def test_fast_dropout_is_off_under_gradient_checkpointing():
     assert prepare_model(model, cfg, torch.device("cuda")) is nullcontext  # GPUs' own dropout is fast
 
 
-# Allocates and frees a 64 MiB tensor 10 times after the training loop's set-up (prepare_model with the
-# given keep_freed_memory), and prints the minor page faults that took.
-_FAULTS = """
-import resource, sys, torch
+# Sets up the training loop's allocator (prepare_model with keep_freed_memory = argv[1]), then allocates
+# and frees a 64 MiB tensor 10 times; prints the minor page faults that took, and how many MiB more the
+# process holds after it than before.
+_ALLOCATIONS = """
+import os, resource, sys, torch
 from peftx.recipe import TrainSection
 from peftx.training.speed import prepare_model
-keep = {"none": None, "false": False}[sys.argv[1]]
+keep = {"none": None, "false": False, "true": True}[sys.argv[1]]
 prepare_model(torch.nn.Linear(2, 2), TrainSection(steps=1, keep_freed_memory=keep), torch.device("cpu"))
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+held = resident()
 x = torch.ones(16 << 20); del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     x = torch.ones(16 << 20); del x
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, resident() - held)
 """
 
 
+def _allocations(keep: str) -> tuple[int, float]:
+    """(page faults, MiB held) of `_ALLOCATIONS` with keep_freed_memory = `keep`."""
+    out = subprocess.run([sys.executable, "-c", _ALLOCATIONS, keep], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    faults, held = out.stdout.split()[-2:]
+    return int(faults), float(held)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+@pytest.mark.parametrize("keep", ["none", "false"])
+def test_freed_large_blocks_go_back_to_the_os_by_default(keep):
+    """Lean by default on CPUs: a freed 64 MiB block is returned (its pages are faulted in anew next
+    time: at least one fault per 2 MiB huge page), where glibc's own threshold would have risen to
+    64 MiB after the first one and kept the rest in its heap."""
+    faults, held = _allocations(keep)
+    assert faults > 10 * 32 * 0.5
+    assert abs(held) < 8, held
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_keep_freed_memory_stops_refaulting_large_blocks():
-    """On by default for CPU training: a freed 64 MiB block is reused, not faulted in from the OS again."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's allocator only")
-
-    def faults(keep: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _FAULTS, keep], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return int(out.stdout.split()[-1])
-
-    off, on = faults("false"), faults("none")
-    assert off > 10 * 16384 * 0.5  # the OS's 4 KiB pages, mapped again every time
-    assert on < off / 4, (on, off)
+    """keep_freed_memory: true keeps a freed 64 MiB block in the heap for reuse, without page faults."""
+    keep_faults, held = _allocations("true")
+    lean_faults, _ = _allocations("false")
+    assert keep_faults < lean_faults / 4, (keep_faults, lean_faults)
+    assert held > 32, held  # the freed block's pages stay the process's
 
 
 @pytest.mark.parametrize(

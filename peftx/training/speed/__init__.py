@@ -9,8 +9,8 @@ holds each one to the plain path's loss.
   output (`peftx.methods.recomputed_activation`).
 - `fast_dropout`: dropout masks from cheap random bits, attention dropout on the same math (`dropout`).
 - `threads: auto`: one thread or one per core, whichever is faster right now (`threads.ThreadTuner`).
-- `keep_freed_memory`: glibc's allocator keeps freed blocks instead of page-faulting them in again
-  (`allocator`).
+- `keep_freed_memory`: where glibc's allocator puts large tensors: their own mappings, returned when
+  freed (lean, the default), or its heap, kept (`allocator`).
 - `pad_to_multiple` (`peftx.training.batching.pad_multiple`), `compile`: see `peftx.recipe.TrainSection`.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from peftx.methods.lora_fused import fuse_lora_layers, lora_linear
 from peftx.methods.recomputed_activation import recompute_activations
-from peftx.training.speed.allocator import keep_freed_memory
+from peftx.training.speed.allocator import keep_freed_memory, return_freed_memory
 from peftx.training.speed.dropout import FastDropout, attention_with_dropout, fast_dropout
 from peftx.training.speed.threads import ThreadTuner
 
@@ -42,6 +42,7 @@ __all__ = [
     "lora_linear",
     "prepare_model",
     "recompute_activations",
+    "return_freed_memory",
 ]
 
 
@@ -58,8 +59,10 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
     """
     if isinstance(cfg.threads, int):
         torch.set_num_threads(cfg.threads)
-    if cfg.keep_freed_memory or (cfg.keep_freed_memory is None and device.type == "cpu"):
+    if cfg.keep_freed_memory:
         keep_freed_memory()
+    elif cfg.keep_freed_memory is False or device.type == "cpu":
+        return_freed_memory()
     fused = fuse_lora_layers(model) if cfg.fused_lora else 0
     # Only fused LoRA layers make use of it; checkpointing recomputes every activation already, and a
     # compiled graph chooses its own recomputation.

@@ -1,37 +1,63 @@
-"""`train.keep_freed_memory`: glibc's allocator keeps freed blocks instead of page-faulting them in
-again every step."""
+"""`train.keep_freed_memory`: where glibc's allocator puts a step's large tensors, and what it keeps of
+them once freed.
+
+torch leaves CPU memory to the C library; allocators that cache by size class (jemalloc, tcmalloc)
+have to be preloaded before the process starts, so peftx tunes glibc's own, through `mallopt`, from
+inside the process. Two choices, measured on the demo (docs/low-memory.md):
+
+- lean (`return_freed_memory`, the default): blocks of 1 MiB or more get a mapping of their own and go
+  back to the OS when freed. glibc starts there too, but raises its threshold to the size of each
+  mapped block freed (up to 32 MiB); from then on a step's tensors come from the heap, whose free
+  blocks, cut to the shapes of earlier steps, fit the next step's tensors badly: the demo's heap held
+  1.3 GB free beside 0.6 GB in use. A fixed threshold keeps the heap to small blocks. Each large tensor
+  then page-faults its memory in: with huge pages (`THP_MEM_ALLOC_ENABLE=1` before torch allocates,
+  which the `peftx` command sets) that is a fault per 2 MiB instead of per 4 KiB.
+- keep (`keep_freed_memory`): everything up to 256 MiB from the heap and up to 1 GiB of it kept free,
+  so nothing is faulted in twice, for the fragmented heap's memory.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import platform
+from collections.abc import Callable
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "return_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's `mallopt` of this process, or None under another C library."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
+
+
+def return_freed_memory(mmap_threshold: int = 2 << 20) -> bool:
+    """Make glibc map every block of at least `mmap_threshold` bytes on its own, and unmap it when freed,
+    for the rest of the process (fixed: glibc's own threshold would climb).
+
+    Returns:
+        Whether the threshold was set (False on other C libraries, or where mallopt refuses it).
+    """
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
 
 
 def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
     """Make glibc's malloc serve blocks up to `mmap_threshold` bytes from its heap and keep up to
     `trim_threshold` bytes of free heap, for the rest of the process.
 
-    By default glibc maps large blocks (a step's activations, dropout masks, attention scores) fresh
-    from the OS and unmaps them when freed, so every step page-faults its memory in again. torch leaves
-    CPU memory to the C library, and allocators that cache (jemalloc, tcmalloc) have to be preloaded
-    before the process starts; glibc's own knob, set through ctypes, works from inside it.
-
-    Args:
-        mmap_threshold: blocks up to this many bytes come from the heap.
-        trim_threshold: free heap kept before any is returned to the OS, in bytes.
-
     Returns:
         Whether the thresholds were set (False on other C libraries, or where mallopt refuses them).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1

@@ -87,9 +87,11 @@ class _Mask:
         """The same mask, in backward (`saved`: what `to_save` gave, as saved)."""
         return saved[0] if self.seed is None else _keep_mask(self.shape, self.cut, self.dtype, self.device, self.seed)
 
-    def apply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`x` masked and scaled (in `x`'s dtype, float32 math)."""
-        return torch.addcmul(torch.zeros((), dtype=x.dtype, device=x.device), x, mask, value=self.scale)
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """`x` masked and scaled (in `x`'s dtype, float32 math); `in_place`: into `x` itself, for a
+        temporary of attention's size that nothing else reads (one less such block a layer)."""
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return torch.addcmul(zero, x, mask, value=self.scale, out=x if in_place else None)
 
 
 class _FastDropout(torch.autograd.Function):
@@ -159,7 +161,7 @@ class _AttentionWithDropout(torch.autograd.Function):
     def forward(ctx, q, k, v, p: float, scale: float, *biases):
         probs = _probs(q, k, list(biases), scale)
         ctx.mask = mask = _Mask(probs, p)
-        out = mask.apply(probs, mask.made) @ v  # (batch, heads, q_len, dim)
+        out = mask.apply(probs, mask.made, in_place=True) @ v  # (batch, heads, q_len, dim)
         ctx.scale, ctx.n_biases = scale, len(biases)
         device = q.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
@@ -175,7 +177,7 @@ class _AttentionWithDropout(torch.autograd.Function):
             probs = _probs(q, k, rest[: ctx.n_biases], ctx.scale)
             mask = ctx.mask.again(rest[ctx.n_biases :])
             grad_v = ctx.mask.apply(probs, mask).transpose(-2, -1) @ grad
-            grad_probs = ctx.mask.apply((grad @ v.transpose(-2, -1)).to(probs.dtype), mask)
+            grad_probs = ctx.mask.apply((grad @ v.transpose(-2, -1)).to(probs.dtype), mask, in_place=True)
             del mask
             grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             del probs, grad_probs
