@@ -113,6 +113,10 @@ class Sampler(threading.Thread):
 
 def child(contender: str, overrides: list[str], out: Path) -> None:
     """Inside the measured process: run the contender under a sampler and write what it measured."""
+    if contender == "peftx":
+        from peftx.util.huge_pages import enable_huge_pages
+
+        enable_huge_pages()  # as the `peftx` command does, before anything allocates a tensor
     sampler = Sampler()
     sampler.start()
     t0 = time.perf_counter()
