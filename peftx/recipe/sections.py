@@ -95,11 +95,11 @@ class TrainSection(Section):
     shared with other jobs one thread can be 2x faster; auto times both every 100 steps and keeps the
     faster (reproducible to float rounding only)."""
     keep_freed_memory: bool | None = Field(None, json_schema_extra=RESULT_NEUTRAL)
-    """How the C library's allocator (glibc) treats a step's large tensors. False: each block of 1 MiB
-    or more gets its own mapping and goes back to the OS when freed (lean: the demo peaks ~0.6 GB
-    lower). True: blocks up to 256 MiB come from the heap and up to 1 GiB of freed heap is kept, so
-    nothing is page-faulted in twice (faster steps, for the fragmented heap's memory). None: False on
-    CPUs, untouched on GPUs. Process-wide, from the start of training; docs/low-memory.md has the
+    """How the C library's allocator (glibc) treats a step's large tensors. False: each block of 2 MiB
+    or more gets its own mapping and goes back to the OS when freed (lean: the demo's steps peak ~0.4 GB
+    lower at ~0.97x the speed). True: blocks up to 256 MiB come from the heap and up to 1 GiB of freed
+    heap is kept, so nothing is page-faulted in twice (for the fragmented heap's memory). None: False
+    on CPUs, untouched on GPUs. Process-wide, from the start of training; docs/low-memory.md has the
     trade as measured."""
     compile: bool = False
     """torch.compile the model (dynamic shapes). Fuses element-wise work; costs minutes of compiling up

@@ -32,7 +32,7 @@ from peftx.training.global_batch import loss_term, micro_batches
 from peftx.training.job import StepResult, TrainJob, TrainOutcome
 from peftx.training.optimizers import make_optimizer, optimizer_state_bytes
 from peftx.training.points import EvalPoint, OnPoint, TrainPoint
-from peftx.training.speed import ThreadTuner, prepare_model
+from peftx.training.speed import ThreadTuner, prepare_model, trim_heap
 
 if TYPE_CHECKING:
     from peftx.recipe import TrainSection
@@ -217,6 +217,7 @@ class Trainer:
             self._window.sums[1] += real
         self._account(step, step_loss, step_examples, norm, bad)
         self.scheduler.step()  # once per optimizer step, whatever the number of processes
+        trim_heap()  # the lean allocator's free heap pages, back to the OS before the next step's peak
         state.step = step
         elapsed = time.perf_counter() - t0
         state.train_seconds += elapsed

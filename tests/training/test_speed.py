@@ -262,6 +262,30 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     assert held > 32, held  # the freed block's pages stay the process's
 
 
+# Fills glibc's heap with 500 MiB of small blocks and frees all but the last (so the heap's top stays in
+# use), then trims between "steps"; prints the MiB that went back to the OS.
+_TRIM = """
+import os, sys, torch
+from peftx.training.speed import keep_freed_memory, return_freed_memory, trim_heap
+(return_freed_memory if sys.argv[1] == "lean" else keep_freed_memory)()
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+blocks = [torch.ones(64 << 10) for _ in range(2000)]
+del blocks[:-1]
+before = resident()
+trim_heap()
+print(before - resident())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+@pytest.mark.parametrize(("setting", "returned"), [("lean", True), ("keep", False)])
+def test_the_heap_is_trimmed_between_steps_only_when_lean(setting, returned):
+    out = subprocess.run([sys.executable, "-c", _TRIM, setting], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    freed = float(out.stdout.split()[-1])
+    assert (freed > 400) is returned, freed
+
+
 @pytest.mark.parametrize(
     ("method", "train", "routed"),
     [

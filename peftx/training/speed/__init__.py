@@ -25,7 +25,7 @@ from torch import nn
 
 from peftx.methods.lora_fused import fuse_lora_layers, lora_linear
 from peftx.methods.recomputed_activation import recompute_activations
-from peftx.training.speed.allocator import keep_freed_memory, return_freed_memory
+from peftx.training.speed.allocator import keep_freed_memory, return_freed_memory, trim_heap
 from peftx.training.speed.dropout import FastDropout, attention_with_dropout, fast_dropout
 from peftx.training.speed.threads import ThreadTuner
 
@@ -43,6 +43,7 @@ __all__ = [
     "prepare_model",
     "recompute_activations",
     "return_freed_memory",
+    "trim_heap",
 ]
 
 

@@ -5,13 +5,15 @@ torch leaves CPU memory to the C library; allocators that cache by size class (j
 have to be preloaded before the process starts, so peftx tunes glibc's own, through `mallopt`, from
 inside the process. Two choices, measured on the demo (docs/low-memory.md):
 
-- lean (`return_freed_memory`, the default): blocks of 1 MiB or more get a mapping of their own and go
-  back to the OS when freed. glibc starts there too, but raises its threshold to the size of each
-  mapped block freed (up to 32 MiB); from then on a step's tensors come from the heap, whose free
-  blocks, cut to the shapes of earlier steps, fit the next step's tensors badly: the demo's heap held
-  1.3 GB free beside 0.6 GB in use. A fixed threshold keeps the heap to small blocks. Each large tensor
-  then page-faults its memory in: with huge pages (`THP_MEM_ALLOC_ENABLE=1` before torch allocates,
-  which the `peftx` command sets) that is a fault per 2 MiB instead of per 4 KiB.
+- lean (`return_freed_memory`, the default): blocks of 2 MiB or more get a mapping of their own and go
+  back to the OS when freed. A fixed threshold keeps the heap to small blocks: glibc's own climbs to
+  the size of each mapped block freed (up to 32 MiB), and a heap that serves a step's large tensors
+  fragments, its free blocks cut to the shapes of earlier steps (under `keep`, the demo's heap held
+  1.3 GB free beside 0.6 GB in use). Each large tensor then page-faults its memory in: with huge pages
+  (`THP_MEM_ALLOC_ENABLE=1` before torch allocates, which the `peftx` command sets) that is one fault
+  per 2 MiB instead of 512.
+  After each step the heap's free pages go back too (`trim_heap`): between its live small blocks the
+  demo's heap kept ~290 MB free, under the next step's peak.
 - keep (`keep_freed_memory`): everything up to 256 MiB from the heap and up to 1 GiB of it kept free,
   so nothing is faulted in twice, for the fragmented heap's memory.
 """
@@ -22,9 +24,10 @@ import ctypes
 import platform
 from collections.abc import Callable
 
-__all__ = ["keep_freed_memory", "return_freed_memory"]
+__all__ = ["keep_freed_memory", "return_freed_memory", "trim_heap"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
+_lean = False  # whether this process runs under `return_freed_memory` (mallopt's settings are per process)
 
 
 def _mallopt() -> Callable[[int, int], int] | None:
@@ -46,8 +49,10 @@ def return_freed_memory(mmap_threshold: int = 2 << 20) -> bool:
     Returns:
         Whether the threshold was set (False on other C libraries, or where mallopt refuses it).
     """
+    global _lean
     mallopt = _mallopt()
-    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    _lean = mallopt is not None and mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    return _lean
 
 
 def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
@@ -57,7 +62,16 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     Returns:
         Whether the thresholds were set (False on other C libraries, or where mallopt refuses them).
     """
+    global _lean
     mallopt = _mallopt()
     if mallopt is None:
         return False
+    _lean = False
     return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+
+
+def trim_heap() -> None:
+    """Under `return_freed_memory`, hand the free pages of glibc's heap back to the OS (`malloc_trim`),
+    between steps; elsewhere nothing. A few milliseconds: the heap holds only small blocks then."""
+    if _lean:
+        ctypes.CDLL(None).malloc_trim(0)
