@@ -59,6 +59,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from peftx.util.huge_pages import enable_huge_pages  # noqa: E402
+
+# Before torch allocates, as the `peftx` command does (every worker, the Trainer's too: it can only help them)
+enable_huge_pages()
+
 import numpy as np  # noqa: E402  (after the path set-up above)
 import torch  # noqa: E402
 
