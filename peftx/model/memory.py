@@ -9,13 +9,13 @@ caching allocator keeps), cheap enough to log at every log step.
 from __future__ import annotations
 
 import ctypes
-import platform
 from functools import cache
 
 import torch
 from torch import nn
 
 from peftx.model.quantization import quantized_modules, quantized_weight_bytes
+from peftx.util.glibc import glibc
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -74,9 +74,7 @@ class _MallInfo2(ctypes.Structure):
 
 @cache
 def _mallinfo2():  # noqa: ANN202  (a ctypes function, or None)
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    fn = getattr(ctypes.CDLL(None), "mallinfo2", None)  # glibc >= 2.33
+    fn = getattr(glibc(), "mallinfo2", None)  # glibc >= 2.33
     if fn is not None:
         fn.restype = _MallInfo2
     return fn

@@ -4,7 +4,6 @@ layer's own tests are in tests/methods/test_lora.py."""
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -17,6 +16,7 @@ from peftx.recipe import validate_recipe
 from peftx.runs.run import run
 from peftx.training.builder import norm_params
 from peftx.training.speed import FastDropout, ThreadTuner, attention_with_dropout, fast_dropout, prepare_model
+from peftx.util.glibc import glibc
 from tests.support.helpers import build
 from tests.support.tiny import tiny_recipe
 
@@ -215,6 +215,8 @@ def test_fast_dropout_is_off_under_gradient_checkpointing():
     assert prepare_model(model, cfg, torch.device("cuda")) is nullcontext  # GPUs' own dropout is fast
 
 
+glibc_only = pytest.mark.skipif(glibc() is None, reason="glibc's allocator")
+
 # Sets up the training loop's allocator (prepare_model with keep_freed_memory = argv[1]), then allocates
 # and frees a 64 MiB tensor 10 times; prints the minor page faults that took, and how many MiB more the
 # process holds after it than before.
@@ -242,7 +244,7 @@ def _allocations(keep: str) -> tuple[int, float]:
     return int(faults), float(held)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+@glibc_only
 @pytest.mark.parametrize("keep", ["none", "false"])
 def test_freed_large_blocks_go_back_to_the_os_by_default(keep):
     """Lean by default on CPUs: a freed 64 MiB block is returned (its pages are faulted in anew next
@@ -253,7 +255,7 @@ def test_freed_large_blocks_go_back_to_the_os_by_default(keep):
     assert abs(held) < 8, held
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+@glibc_only
 def test_keep_freed_memory_stops_refaulting_large_blocks():
     """keep_freed_memory: true keeps a freed 64 MiB block in the heap for reuse, without page faults."""
     keep_faults, held = _allocations("true")
@@ -277,7 +279,7 @@ print(before - resident())
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+@glibc_only
 @pytest.mark.parametrize(("setting", "returned"), [("lean", True), ("keep", False)])
 def test_the_heap_is_trimmed_between_steps_only_when_lean(setting, returned):
     out = subprocess.run([sys.executable, "-c", _TRIM, setting], capture_output=True, text=True, timeout=120)

@@ -21,8 +21,9 @@ inside the process. Two choices, measured on the demo (docs/low-memory.md):
 from __future__ import annotations
 
 import ctypes
-import platform
 from collections.abc import Callable
+
+from peftx.util.glibc import glibc
 
 __all__ = ["keep_freed_memory", "return_freed_memory", "trim_heap"]
 
@@ -32,13 +33,9 @@ _lean = False  # whether this process runs under `return_freed_memory` (mallopt'
 
 def _mallopt() -> Callable[[int, int], int] | None:
     """glibc's `mallopt` of this process, or None under another C library."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    mallopt = getattr(glibc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt
 
 
@@ -74,4 +71,4 @@ def trim_heap() -> None:
     """Under `return_freed_memory`, hand the free pages of glibc's heap back to the OS (`malloc_trim`),
     between steps; elsewhere nothing. A few milliseconds: the heap holds only small blocks then."""
     if _lean:
-        ctypes.CDLL(None).malloc_trim(0)
+        glibc().malloc_trim(0)  # _lean: glibc is there
