@@ -15,6 +15,8 @@ from functools import cached_property
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from peftx.families.pooled_rows import pick, pooled_row
+
 if TYPE_CHECKING:  # declaring a family imports no torch: recipes are read and checked without it
     import torch
     from torch import nn
@@ -62,6 +64,8 @@ class SpecialIds:
 
 
 if TYPE_CHECKING:
+    from peftx.families.pooled_rows import RowsForward
+
     Encode = Callable[[PreTrainedModel, torch.Tensor, torch.Tensor, str, SpecialIds], torch.Tensor]
 
 
@@ -90,6 +94,9 @@ class Family:
             interface once per forward (prefix tuning attaches there).
         attention_shape: attention module -> (heads, head dim) of its keys and values.
         space_prefix: byte-level BPE vocabularies spell a word inside a sentence with a leading space.
+        last_layer_rows: the backbone's last layer -> its forward for the pooled row alone
+            (`peftx.families.pooled_rows`), or None where that layer cannot (None: no such forward;
+            the family's poolings read more than one row of it).
         stacks_run: pooling -> the stacks (keys of `num_layers`) its forward pass runs; a pooling not
             listed runs every stack (T5/BART `encoder_mean` runs the encoder only).
         declare: a config.json's fields -> the backbone's parameters (`DeclaredShapes`), for budgets
@@ -112,6 +119,7 @@ class Family:
     attention_modules: dict[str, str]
     attention_shape: Callable[[nn.Module], tuple[int, int]]
     space_prefix: bool = False
+    last_layer_rows: Callable[[nn.Module], RowsForward | None] | None = None
     stacks_run: dict[str, tuple[str, ...]] = field(default_factory=dict)
     declare: Callable[[dict], DeclaredShapes] | None = None
 
@@ -214,9 +222,8 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Hidden state of the last non-pad position of each row (right padding)."""
-    index = mask.sum(1).long() - 1  # (batch,)
-    return hidden.gather(1, index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (batch, hidden)
+    """Hidden state of the last non-pad position of each row (right padding): (batch, hidden)."""
+    return pick(hidden, pooled_row("last", mask)).squeeze(1)
 
 
 def encoder_decoder_encode(

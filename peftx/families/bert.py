@@ -6,15 +6,33 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from peftx.families.base import DeclaredShapes, Family, SpecialIds, linear, masked_mean, model_class, norm
+from peftx.families.pooled_rows import attend, attention_takes_rows, heads, pick
 from peftx.families.registry import FAMILIES
 
 if TYPE_CHECKING:
     from transformers import BertConfig
 
+    from peftx.families.pooled_rows import RowsForward
+
 
 def _encode(backbone, embeds, mask, pooling, specials):
     hidden = backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (batch, seq, hidden)
     return hidden[:, 0] if pooling == "cls" else masked_mean(hidden, mask)
+
+
+def _last_layer_rows(layer) -> RowsForward | None:
+    """BertLayer's forward for one row per example (an encoder layer: no cross-attention)."""
+    return None if layer.is_decoder or not attention_takes_rows(layer.attention.self) else _rows_forward
+
+
+def _rows_forward(layer, hidden, rows, mask, kwargs):
+    attn = layer.attention.self
+    query = pick(hidden, rows)  # (batch, 1, hidden)
+    qkv = (heads(attn.query(query), attn.attention_head_size),)
+    qkv += tuple(heads(proj(hidden), attn.attention_head_size) for proj in (attn.key, attn.value))
+    out = attend(attn, qkv, mask, attn.dropout.p if attn.training else 0.0)
+    out = layer.attention.output(out, query)
+    return layer.output(layer.intermediate(out), out)
 
 
 def _special_ids(config: BertConfig, tokenizer) -> SpecialIds:
@@ -73,6 +91,7 @@ FAMILY = Family(
     },
     poolings=("cls", "mean"),
     encode=_encode,
+    last_layer_rows=_last_layer_rows,
     special_ids=_special_ids,
     max_positions=lambda c: c.max_position_embeddings,
     hidden_size=lambda c: c.hidden_size,

@@ -7,15 +7,35 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from peftx.families.base import DeclaredShapes, Family, SpecialIds, last_token, linear, masked_mean, model_class, norm
+from peftx.families.pooled_rows import attend, attention_takes_rows, heads, pick
 from peftx.families.registry import FAMILIES
 
 if TYPE_CHECKING:
     from transformers import GPT2Config
 
+    from peftx.families.pooled_rows import RowsForward
+
 
 def _encode(backbone, embeds, mask, pooling, specials):
     hidden = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
     return last_token(hidden, mask) if pooling == "last" else masked_mean(hidden, mask)
+
+
+def _last_layer_rows(block) -> RowsForward | None:
+    """GPT2Block's forward for one row per example."""
+    attn = block.attn
+    upcast = attn.reorder_and_upcast_attn and attn.config._attn_implementation == "eager"  # its own path
+    return None if upcast or not attention_takes_rows(attn) else _rows_forward
+
+
+def _rows_forward(block, hidden, rows, mask, kwargs):
+    # Queries come out of the one fused product c_attn with the keys and values: every row's are made
+    attn = block.attn
+    query, key, value = attn.c_attn(block.ln_1(hidden)).split(attn.split_size, dim=2)
+    qkv = tuple(heads(x, attn.head_dim) for x in (pick(query, rows), key, value))
+    out = attend(attn, qkv, mask, attn.attn_dropout.p if attn.training else 0.0)
+    out = attn.resid_dropout(attn.c_proj(out)) + pick(hidden, rows)
+    return out + block.mlp(block.ln_2(out))
 
 
 def _special_ids(config: GPT2Config, tokenizer) -> SpecialIds:
@@ -61,6 +81,7 @@ FAMILY = Family(
     },
     poolings=("last", "mean"),
     encode=_encode,
+    last_layer_rows=_last_layer_rows,
     special_ids=_special_ids,
     max_positions=lambda c: c.n_positions,
     hidden_size=lambda c: c.n_embd,

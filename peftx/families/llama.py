@@ -9,19 +9,49 @@ the only position that has seen the whole sequence.
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from peftx.families.base import DeclaredShapes, Family, SpecialIds, last_token, linear, masked_mean, model_class, norm
+from peftx.families.pooled_rows import attend, attention_takes_rows, heads, pick
 from peftx.families.registry import FAMILIES
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+    from peftx.families.pooled_rows import RowsForward
+
 
 def _encode(backbone, embeds, mask, pooling, specials):
     hidden = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
     return last_token(hidden, mask) if pooling == "last" else masked_mean(hidden, mask)
+
+
+def _last_layer_rows(layer) -> RowsForward | None:
+    """The decoder layer's forward for one row per example; declined under a sliding window (the row
+    would see more than the window)."""
+    attn = layer.self_attn
+    config = attn.config
+    window = getattr(attn, "sliding_window", None) or (config.model_type == "mistral" and config.sliding_window)
+    return None if window or not attention_takes_rows(attn) else _rows_forward
+
+
+def _rows_forward(layer, hidden, rows, mask, kwargs):
+    attn = layer.self_attn
+    rotate_half = sys.modules[type(attn).__module__].rotate_half  # each architecture's own
+
+    def rotary(x, cos, sin):  # apply_rotary_pos_emb for one tensor
+        return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+    cos, sin = kwargs["position_embeddings"]  # (batch or 1, seq, head_dim) each
+    normed = layer.input_layernorm(hidden)
+    query = rotary(heads(attn.q_proj(pick(normed, rows)), attn.head_dim), pick(cos, rows), pick(sin, rows))
+    key = rotary(heads(attn.k_proj(normed), attn.head_dim), cos, sin)
+    qkv = (query, key, heads(attn.v_proj(normed), attn.head_dim))
+    out = attend(attn, qkv, mask, attn.attention_dropout if attn.training else 0.0)
+    out = attn.o_proj(out) + pick(hidden, rows)
+    return out + layer.mlp(layer.post_attention_layernorm(out))
 
 
 def _special_ids(config: PretrainedConfig, tokenizer) -> SpecialIds:
@@ -89,6 +119,7 @@ FAMILY = Family(
     },
     poolings=("last", "mean"),
     encode=_encode,
+    last_layer_rows=_last_layer_rows,
     special_ids=_special_ids,
     max_positions=lambda c: c.max_position_embeddings,
     hidden_size=lambda c: c.hidden_size,

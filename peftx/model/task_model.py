@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from peftx.families import Family, ParamInfo, SpecialIds
 from peftx.model.extras import MethodExtras
+from peftx.model.pooled_rows import install_pooled_rows, reading_pooled_rows
 from peftx.spec.index_space import VALUE
 from peftx.spec.instance_norm import InstanceNorm
 from peftx.spec.objective import Forecasting, Objective, Regression
@@ -75,6 +76,7 @@ class PeftxModel(nn.Module):
         self.channels = len(objective.labels) if isinstance(objective, Forecasting) else None
         # Modules a method adds outside the backbone, keyed by their budget role ("prefix", "prompt").
         self.extras = MethodExtras()
+        self.pooled_rows_layer: str | None = None  # see `compute_pooled_rows_only`
 
     def forward(
         self,
@@ -94,7 +96,8 @@ class PeftxModel(nn.Module):
             embeds, attention_mask = embeds
         for extra in self.extras.values():  # e.g. soft prompts insert vectors and extend the mask
             embeds, attention_mask = extra.transform_inputs(embeds, attention_mask)
-        pooled = self.family.encode(self.backbone, embeds, attention_mask, self.pooling, self.specials)
+        with reading_pooled_rows(self.backbone, self.pooled_rows_layer, self.pooling, attention_mask):
+            pooled = self.family.encode(self.backbone, embeds, attention_mask, self.pooling, self.specials)
         out = self.head(pooled.to(self.head[1].weight.dtype))  # (batch, width)
         if self.output_scale is not None:
             out = self.output_scale(out)
@@ -102,6 +105,13 @@ class PeftxModel(nn.Module):
             out = out.float().reshape(len(out), -1, self.channels) * norm.scale + norm.loc
             out = out.flatten(1)
         return out
+
+    def compute_pooled_rows_only(self) -> bool:
+        """Have the backbone's last layer compute, in this model's forward passes, only the row the
+        pooling reads (`train.skip_unpooled_rows`, `peftx.model.pooled_rows`). Returns whether it applies
+        (one-row poolings of families that write the layer's one-row forward)."""
+        self.pooled_rows_layer = install_pooled_rows(self.backbone, self.family, self.pooling)
+        return self.pooled_rows_layer is not None
 
     def fit_outputs(self, objective: Objective) -> None:
         """Take a regression objective's target scale (fitted on the training split) into the head."""

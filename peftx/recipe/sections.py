@@ -82,6 +82,10 @@ class TrainSection(Section):
     output again in backward: exact, one more element-wise pass, and about a quarter less memory kept for
     backward (4 of MiniLM's ~17 hidden-sized tensors per layer; more for GPT-2's composite GELU). Applies
     with fused_lora, not under gradient_checkpointing or compile."""
+    skip_unpooled_rows: bool = True
+    """The backbone's last layer computes only the row the pooling reads ([CLS], or the last token), with
+    keys and values of every row: the same outputs to float rounding, and 5/6 of a 6-layer model's last
+    layer less work. Applies to `cls` and `last` pooling on BERT, GPT-2 and LLaMA-shaped models."""
     fast_dropout: bool | None = None
     """Draw dropout masks 15 bits per element instead of one Bernoulli draw each (same distribution,
     probability quantised to 1/32768; ~1.15x faster steps on CPU in fp32, more in bf16). None: on

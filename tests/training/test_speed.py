@@ -115,7 +115,11 @@ def test_fast_loop_gives_the_plain_loop_losses(tmp_path, fam):
         raw["model"]["config_overrides"].update(NO_DROPOUT[fam])
         raw["model"]["head_dropout"] = 0.0
         raw["train"].update(
-            fused_lora=fast, recompute_activations=fast, fast_dropout=fast, pad_to_multiple=None if fast else 8
+            fused_lora=fast,
+            recompute_activations=fast,
+            skip_unpooled_rows=fast,
+            fast_dropout=fast,
+            pad_to_multiple=None if fast else 8,
         )
         if not fast:
             raw["train"].update(eval_batch_tokens=None, eval_batch_size=32)

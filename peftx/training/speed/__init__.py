@@ -8,6 +8,7 @@ holds each one to the plain path's loss.
 - `recompute_activations`: a fused LoRA layer after an activation keeps the activation's input, not its
   output (`peftx.methods.recomputed_activation`).
 - `fast_dropout`: dropout masks from cheap random bits, attention dropout on the same math (`dropout`).
+- `skip_unpooled_rows`: the last layer computes only the pooled row (`peftx.model.pooled_rows`).
 - `threads: auto`: one thread or one per core, whichever is faster right now (`threads.ThreadTuner`).
 - `keep_freed_memory`: where glibc's allocator puts large tensors: their own mappings, returned when
   freed (lean, the default), or its heap, kept (`allocator`).
@@ -25,6 +26,7 @@ from torch import nn
 
 from peftx.methods.lora_fused import fuse_lora_layers, lora_linear
 from peftx.methods.recomputed_activation import recompute_activations
+from peftx.model.task_model import PeftxModel
 from peftx.training.speed.allocator import keep_freed_memory, return_freed_memory, trim_heap
 from peftx.training.speed.dropout import FastDropout, attention_with_dropout, fast_dropout
 from peftx.training.speed.threads import ThreadTuner
@@ -64,6 +66,8 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
         keep_freed_memory()
     elif cfg.keep_freed_memory is False or device.type == "cpu":
         return_freed_memory()
+    if cfg.skip_unpooled_rows and isinstance(model, PeftxModel):
+        model.compute_pooled_rows_only()
     fused = fuse_lora_layers(model) if cfg.fused_lora else 0
     # Only fused LoRA layers make use of it; checkpointing recomputes every activation already, and a
     # compiled graph chooses its own recomputation.
