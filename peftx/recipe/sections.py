@@ -85,7 +85,8 @@ class TrainSection(Section):
     skip_unpooled_rows: bool = True
     """The backbone's last layer computes only the row the pooling reads ([CLS], or the last token), with
     keys and values of every row: the same outputs to float rounding, and 5/6 of a 6-layer model's last
-    layer less work. Applies to `cls` and `last` pooling on BERT, GPT-2 and LLaMA-shaped models."""
+    layer less work. Applies to `cls` and `last` pooling on BERT, GPT-2 and LLaMA-shaped models, not
+    under gradient_checkpointing or compile."""
     fast_dropout: bool | None = None
     """Draw dropout masks 15 bits per element instead of one Bernoulli draw each (same distribution,
     probability quantised to 1/32768; ~1.15x faster steps on CPU in fp32, more in bf16). None: on

@@ -152,11 +152,13 @@ def test_a_copied_model_computes_with_its_own_layer():
         assert not torch.allclose(changed, kept)
 
 
-@pytest.mark.parametrize(("setting", "applied"), [(None, True), (False, False)])
-def test_training_applies_it_unless_switched_off(setting, applied):
+@pytest.mark.parametrize(
+    ("train", "applied"),
+    [({}, True), ({"skip_unpooled_rows": False}, False), ({"gradient_checkpointing": True}, False)],
+)
+def test_training_applies_it_unless_switched_off(train, applied):
     raw = tiny_recipe("gpt2")
-    if setting is not None:
-        raw["train"]["skip_unpooled_rows"] = setting
+    raw["train"].update(train)
     recipe, _, net, split = build(raw)
     prepare_model(net, recipe.train, torch.device("cpu"))
     assert (net.pooled_rows_layer is not None) == applied

@@ -66,7 +66,10 @@ def prepare_model(model: nn.Module, cfg: TrainSection, device: torch.device) -> 
         keep_freed_memory()
     elif cfg.keep_freed_memory is False or device.type == "cpu":
         return_freed_memory()
-    if cfg.skip_unpooled_rows and isinstance(model, PeftxModel):
+    # Checkpointing would replay the layer outside the forward that reads one row, computing every row;
+    # a compiled graph would trace the switch between the two forwards.
+    plain = not (cfg.gradient_checkpointing or cfg.compile)
+    if cfg.skip_unpooled_rows and plain and isinstance(model, PeftxModel):
         model.compute_pooled_rows_only()
     fused = fuse_lora_layers(model) if cfg.fused_lora else 0
     # Only fused LoRA layers make use of it; checkpointing recomputes every activation already, and a
