@@ -131,16 +131,16 @@ def chosen(points) -> float:
 
 def test_a_pruned_tuning_stage_chooses_the_rate_the_full_grid_chooses(tmp_path):
     full = expand(majority_raw(tmp_path, "full", None))
-    # rungs at steps 8 and 16: at 8, lr 1e-2 has begun to learn (47.5% against 46%: all zeros)
-    pruned = expand(majority_raw(tmp_path, "asha", {"kind": "asha", "min_resource": 8, "reduction_factor": 2}))
+    # rungs at steps 12 and 24: at 12, lr 1e-2 has begun to learn (78.5% against 46%: all zeros)
+    pruned = expand(majority_raw(tmp_path, "asha", {"kind": "asha", "min_resource": 12, "reduction_factor": 2}))
     assert run_sweep(full, log=lambda _: None).pruned == []
     out = run_sweep(pruned, log=lambda _: None)
     assert chosen(pruned) == chosen(full) == 1e-2
     assert out.pruned == ["seed=0__lr=1e-06"]  # 1e-5 ran first (alone at its rungs); 1e-6 fell behind both
     record = RunRecord.read(tmp_path / "runs" / "asha" / "seed=0__lr=1e-06")
     assert record.status == "pruned" and record.metrics is None and record.error is None
-    assert record.pruned.step == 8 and "asha" in record.pruned.reason
-    assert [h.step for h in record.history] == [4, 8]  # stopped at its first rung, of 24 steps
+    assert record.pruned.step == 12 and "asha" in record.pruned.reason
+    assert [h.step for h in record.history] == [4, 8, 12]  # stopped at its first rung, of 24 steps
     trials = {t.user_attrs["point"]: t for t in load(tmp_path, "asha").trials}
     assert trials["seed=0__lr=1e-06"].state == TrialState.PRUNED
     assert trials["seed=1__lr=0.01"].user_attrs[GROUP] is None  # the chosen rate's later seed: never pruned
