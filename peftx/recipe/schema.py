@@ -238,29 +238,36 @@ def recipe_class() -> type[RecipeBase]:
 PLUGINS = {"task": TASKS, "input": INPUTS, "method": METHODS}
 
 
-def result_neutral_keys(cls: type[BaseModel] | None = None, prefix: str = "") -> tuple[str, ...]:
-    """Dotted keys of the recipe fields marked `RESULT_NEUTRAL` (threads, where output goes, names).
+def _marked(mark: str, cls: type[BaseModel] | None = None, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> the mark's value, for the recipe fields whose schema extra holds `mark`.
 
     Plug-in sections (task, input, method) are walked through their registered config classes.
     """
     cls = cls or RecipeBase
-    keys: list[str] = []
+    keys: dict[str, object] = {}
     for name, field in cls.model_fields.items():
         extra = field.json_schema_extra
-        if isinstance(extra, dict) and extra.get("result_neutral"):
-            keys.append(prefix + name)
+        if isinstance(extra, dict) and mark in extra:
+            keys[prefix + name] = extra[mark]
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            keys.extend(result_neutral_keys(field.annotation, f"{prefix}{name}."))
+            keys |= _marked(mark, field.annotation, f"{prefix}{name}.")
     if not prefix:
         for section, registry in PLUGINS.items():
             for plugin in registry.names():
-                keys.extend(k for k in result_neutral_keys(registry.get(plugin), f"{section}.") if k not in keys)
-    return tuple(keys)
+                found = _marked(mark, registry.get(plugin), f"{section}.")
+                keys |= {key: value for key, value in found.items() if key not in keys}
+    return keys
+
+
+def result_neutral_keys() -> tuple[str, ...]:
+    """Dotted keys of the recipe fields marked `RESULT_NEUTRAL` (threads, where output goes, names)."""
+    return tuple(_marked("result_neutral"))
 
 
 def result_defining(recipe: dict) -> dict:
-    """A resolved recipe (as `RecipeBase.to_dict` gives it) without its result-neutral fields: two runs
-    whose result-defining recipes are equal compute the same thing."""
+    """A resolved recipe (as `RecipeBase.to_dict` gives it) without its result-neutral fields, and with
+    the value before they existed for fields `added_later` that a recorded recipe lacks: two runs whose
+    result-defining recipes are equal compute the same thing."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in recipe.items()}
     for key in result_neutral_keys():
         head, _, tail = key.partition(".")
@@ -268,4 +275,8 @@ def result_defining(recipe: dict) -> dict:
             out.pop(head, None)
         elif isinstance(out.get(head), dict):
             out[head].pop(tail, None)
+    for key, before in _marked("absent_means").items():
+        head, _, tail = key.partition(".")
+        if tail and isinstance(out.get(head), dict):
+            out[head].setdefault(tail, before)
     return out

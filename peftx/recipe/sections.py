@@ -13,6 +13,12 @@ MAX_STEPS = 1_000_000_000
 RESULT_NEUTRAL = {"result_neutral": True}
 
 
+def added_later(value_before: object) -> dict:
+    """Marks a result-defining field added after runs were recorded without it: such a run computed as
+    `value_before` does (see `result_defining`), so setting that value resumes it or keeps it done."""
+    return {"absent_means": value_before}
+
+
 class Section(BaseModel):
     # attribute docstrings become each field's `description`: `peftx recipe show` prints them
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -82,7 +88,7 @@ class TrainSection(Section):
     output again in backward: exact, one more element-wise pass, and about a quarter less memory kept for
     backward (4 of MiniLM's ~17 hidden-sized tensors per layer; more for GPT-2's composite GELU). Applies
     with fused_lora, not under gradient_checkpointing or compile."""
-    skip_unpooled_rows: bool = True
+    skip_unpooled_rows: bool = Field(True, json_schema_extra=added_later(False))
     """The backbone's last layer computes only the row the pooling reads ([CLS], or the last token), with
     keys and values of every row: the same outputs to float rounding, and 5/6 of a 6-layer model's last
     layer less work. Applies to `cls` and `last` pooling on BERT, GPT-2 and LLaMA-shaped models, not

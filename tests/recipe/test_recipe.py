@@ -137,6 +137,21 @@ def test_result_neutral_fields_come_from_the_schema():
     assert result_defining(a) != result_defining(c)
 
 
+def test_a_run_recorded_before_a_field_existed_computed_as_the_field_s_earlier_value():
+    """`train.skip_unpooled_rows` came later: a recorded recipe without it ran every row, so it matches a
+    recipe that switches it off (resumable, done in a sweep) and not the new default."""
+    from peftx.recipe import result_defining
+
+    new = validate_recipe(tiny_recipe("bert")).to_dict()
+    old = {**new, "train": {k: v for k, v in new["train"].items() if k != "skip_unpooled_rows"}}
+    off = validate_recipe(
+        {**tiny_recipe("bert"), "train": {**tiny_recipe("bert")["train"], "skip_unpooled_rows": False}}
+    )
+    assert result_defining(old) == result_defining(off.to_dict())
+    assert result_defining(old) != result_defining(new)
+    assert result_defining(new)["train"]["skip_unpooled_rows"] is True
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32])
 def test_seed_out_of_range_is_one_line(seed):
     with pytest.raises(PeftxError, match="seed"):
