@@ -151,6 +151,11 @@ class Family:
         groups = m.groups()
         return (groups[0] if len(groups) == 2 else None), int(groups[-1])
 
+    def last_layer(self, backbone: nn.Module) -> str | None:
+        """Name of the backbone's layer module with the highest index (`layer_pattern`), or None."""
+        layers = [n for n, _ in backbone.named_modules() if self._layer_re.fullmatch(n + ".")]
+        return max(layers, key=lambda n: self.locate(n + ".")[1], default=None)
+
     def stacks(self, config: PretrainedConfig, pooling: str) -> dict[str, int]:
         """Layer count of each stack the forward pass runs with `pooling`, in forward order."""
         counts = self.num_layers(config)

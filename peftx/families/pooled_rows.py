@@ -33,20 +33,17 @@ if TYPE_CHECKING:
 ROW_MASK_ATTENTION = ("eager", "sdpa", "peftx_prefix")
 
 
-# The poolings that read one row of the last layer: `pooled_row` says which.
-ONE_ROW_POOLINGS = ("cls", "last")
-
-
 def pooled_row(pooling: str, mask: torch.Tensor) -> torch.Tensor:
-    """The row (batch,) each example's `pooling` reads: 0 for `cls`, the last real position for `last`
-    (right padding; `mask` (batch, seq) is 1 on real positions)."""
-    import torch
+    """The row (batch,) each example's `pooling` reads (one of `ONE_ROW_POOLINGS`); `mask` (batch, seq)
+    is 1 on real positions, padding on the right."""
+    return _ROW_OF[pooling](mask)
 
-    if pooling == "cls":
-        return torch.zeros(len(mask), dtype=torch.long, device=mask.device)
-    if pooling == "last":
-        return mask.sum(1).long() - 1
-    raise ValueError(f"pooling {pooling!r} reads more than one row")
+
+_ROW_OF = {
+    "cls": lambda mask: mask.new_zeros(len(mask)).long(),  # the first position
+    "last": lambda mask: mask.sum(1).long() - 1,  # the last real position
+}
+ONE_ROW_POOLINGS = tuple(_ROW_OF)  # the poolings that read one row of the last layer
 
 
 def pick(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ against many), and dropout draws other random numbers for the smaller tensors.
 
 from __future__ import annotations
 
-import re
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from types import MethodType
@@ -47,12 +46,9 @@ def install_pooled_rows(backbone: nn.Module, family: Family, pooling: str) -> st
     """
     if family.last_layer_rows is None or pooling not in ONE_ROW_POOLINGS:
         return None
-    rx = re.compile(family.layer_pattern)
-    matches = ((rx.fullmatch(name + "."), name) for name, _ in backbone.named_modules())
-    layers = [(int(m.group(m.lastindex)), name) for m, name in matches if m]
-    if not layers:
+    name = family.last_layer(backbone)
+    if name is None:
         return None
-    name = max(layers)[1]
     layer = backbone.get_submodule(name)
     if getattr(layer, _ROWS, False) is None:  # installed already
         return name
